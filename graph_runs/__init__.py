@@ -1,0 +1,1 @@
+"""graph-runs: users' scheduled AI graph runs, fired exactly once per slot through Dagster."""

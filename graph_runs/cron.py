@@ -1,0 +1,159 @@
+"""Cron expressions in IANA time zones, with classic cron's daylight-saving rules.
+
+croniter alone fires a fixed local time twice on a fall-back day. graph-runs follows Vixie
+cron instead:
+
+* a fixed local time that does not exist (spring forward) fires once, when the gap ends;
+* a fixed local time that occurs twice (fall back) fires once, at its first occurrence;
+* an expression whose hour field is a wildcard (``*`` or ``*/N``) follows real time: it
+  fires at every occurrence of a repeated local time and skips local times that never
+  happen.
+
+The cron maths runs on naive local wall-clock times; each candidate is then resolved to the
+UTC instants it stands for under the rules above.
+"""
+
+import datetime as dt
+import re
+from collections.abc import Iterator
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import CroniterBadCronError, CroniterBadDateError, CroniterError, croniter
+
+UTC = dt.UTC
+# Daylight-saving shifts are at most two hours; looking three hours either side of a
+# candidate finds every occurrence that could sort before it.
+_DST_SLACK = dt.timedelta(hours=3)
+_FIELD = re.compile(r"^[0-9A-Za-z*/,\-?LW#]+$")
+
+
+class CronError(ValueError):
+    """A cron expression or time zone graph-runs cannot use."""
+
+
+def parse_timezone(name: str) -> ZoneInfo:
+    """Return the IANA zone ``name`` or raise CronError."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise CronError(f"unknown IANA time zone {name!r}") from None
+
+
+def format_utc(instant: dt.datetime) -> str:
+    """Format an aware instant as ``YYYY-MM-DDTHH:MM:SSZ``."""
+    return instant.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_instant(text: str) -> dt.datetime:
+    """Parse an ISO 8601 instant; a value without an offset is taken as UTC."""
+    try:
+        value = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an ISO 8601 time") from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class CronSchedule:
+    """A 5-field cron expression evaluated in one time zone."""
+
+    def __init__(self, expression: str, timezone: str = "UTC") -> None:
+        """Validate ``expression`` and ``timezone``; raise CronError naming what is wrong."""
+        fields = expression.split()
+        if len(fields) != 5 or not all(_FIELD.match(f) for f in fields):
+            raise CronError(
+                f"{expression!r} is not a 5-field cron expression (minute hour day month weekday)"
+            )
+        if not croniter.is_valid(expression):
+            raise CronError(f"{expression!r} is not a valid cron expression")
+        self.expression = " ".join(fields)
+        self.timezone = timezone
+        self.zone = parse_timezone(timezone)
+        self.hour_is_wildcard = fields[1].startswith("*")
+        try:
+            self.next_after(dt.datetime(2000, 1, 1, tzinfo=UTC))
+        except CronError:
+            raise CronError(f"{expression!r} never fires") from None
+
+    def next_after(self, after: dt.datetime) -> dt.datetime:
+        """The first fire instant strictly after ``after`` (aware), in UTC."""
+        after = after.astimezone(UTC)
+        local = after.astimezone(self.zone).replace(tzinfo=None)
+        candidates = croniter(self.expression, local - _DST_SLACK)
+        best: dt.datetime | None = None
+        horizon: dt.datetime | None = None
+        while True:
+            try:
+                naive = candidates.get_next(dt.datetime)
+            except (CroniterBadDateError, CroniterBadCronError, CroniterError):
+                raise CronError(f"{self.expression!r} has no fire time after {after}") from None
+            if horizon is not None and naive > horizon:
+                assert best is not None
+                return best
+            for instant in self._instants(naive):
+                if instant > after and (best is None or instant < best):
+                    best = instant
+                    horizon = naive + _DST_SLACK
+
+    def fires_after(self, after: dt.datetime) -> Iterator[dt.datetime]:
+        """Every fire instant strictly after ``after``, in order, without end."""
+        current = after
+        while True:
+            current = self.next_after(current)
+            yield current
+
+    def fires_between(
+        self, start: dt.datetime, end: dt.datetime, *, limit: int
+    ) -> list[dt.datetime]:
+        """Up to ``limit`` fire instants in ``[start, end]``, oldest first."""
+        out: list[dt.datetime] = []
+        for instant in self.fires_after(start - dt.timedelta(microseconds=1)):
+            if instant > end or len(out) >= limit:
+                break
+            out.append(instant)
+        return out
+
+    def is_fire_time(self, instant: dt.datetime) -> bool:
+        """Whether ``instant`` is one of this schedule's fire instants."""
+        return self.next_after(instant - dt.timedelta(microseconds=1)) == instant
+
+    def min_interval(self, after: dt.datetime, samples: int = 200) -> dt.timedelta:
+        """The shortest gap between consecutive fires among the next ``samples`` fires."""
+        fires = self.fires_after(after)
+        previous = next(fires)
+        shortest: dt.timedelta | None = None
+        for _ in range(samples - 1):
+            current = next(fires)
+            gap = current - previous
+            shortest = gap if shortest is None else min(shortest, gap)
+            previous = current
+        assert shortest is not None
+        return shortest
+
+    def _instants(self, naive: dt.datetime) -> list[dt.datetime]:
+        """The UTC instants that the local wall-clock time ``naive`` stands for."""
+        first = naive.replace(tzinfo=self.zone, fold=0).astimezone(UTC)
+        second = naive.replace(tzinfo=self.zone, fold=1).astimezone(UTC)
+        exists = first.astimezone(self.zone).replace(tzinfo=None) == naive
+        if not exists:
+            # In a spring-forward gap. Real time never shows this wall-clock time; a fixed
+            # time fires once, at the instant the gap ends.
+            return [] if self.hour_is_wildcard else [self._gap_end(second, first)]
+        if first != second and self.hour_is_wildcard:
+            return [min(first, second), max(first, second)]
+        return [min(first, second)]
+
+    def _gap_end(self, low: dt.datetime, high: dt.datetime) -> dt.datetime:
+        """The transition instant in (low, high]: the first whose local time is past the gap.
+
+        ``low`` reads the gap time with the offset after the shift and lands before the
+        transition, ``high`` reads it with the offset before and lands after it, so a binary
+        search to the second finds the shift.
+        """
+        low_local = low.astimezone(self.zone).utcoffset()
+        while high - low > dt.timedelta(seconds=1):
+            mid = low + (high - low) / 2
+            if mid.astimezone(self.zone).utcoffset() == low_local:
+                low = mid
+            else:
+                high = mid
+        return high.replace(microsecond=0)

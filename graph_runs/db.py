@@ -1,0 +1,112 @@
+"""Engines for the schedules database, and the schema version check.
+
+SQLite is shared by the daemon, the code server and every run process, so each connection
+gets WAL mode and a busy timeout. Postgres URLs are pinned to psycopg2: under SQLAlchemy 2.1
+a bare ``postgresql://`` selects psycopg 3, which dagster-postgres cannot use.
+"""
+
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+class SchemaError(RuntimeError):
+    """The database schema is missing, older or newer than this code."""
+
+
+def normalize_url(url: str) -> str:
+    """Pin Postgres URLs to the psycopg2 driver; leave every other URL as it is."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix) :]
+    return url
+
+
+def make_engine(url: str) -> sa.Engine:
+    """Create an engine for ``url``, creating the SQLite file's folder if needed."""
+    url = normalize_url(url)
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return sa.create_engine(url, pool_pre_ping=True)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        # pysqlite's own transaction handling defers BEGIN; issue it ourselves so that
+        # BEGIN IMMEDIATE semantics and savepoints behave (SQLAlchemy's documented recipe).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn):  # type: ignore[no-untyped-def]
+        # Take the write lock up front: a deferred transaction that reads, then writes, can
+        # fail with "database is locked" without waiting for the busy timeout.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def alembic_config(engine: sa.Engine | None = None) -> Config:
+    """An alembic configuration pointing at ``migrations/``, bound to ``engine`` if given."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if engine is not None:
+        config.attributes["engine"] = engine
+    return config
+
+
+def head_revision() -> str:
+    """The newest migration this code knows."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None, "migrations/versions holds no migration"
+    return head
+
+
+def current_revision(engine: sa.Engine) -> str | None:
+    """The migration the database is at, or None when it has never been migrated."""
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine: sa.Engine) -> tuple[str | None, str]:
+    """Apply every pending migration; returns the revisions before and after."""
+    from alembic import command
+
+    before = current_revision(engine)
+    command.upgrade(alembic_config(engine), "head")
+    return before, head_revision()
+
+
+def check_schema(engine: sa.Engine) -> None:
+    """Raise SchemaError, in one line naming the fix, unless the schema is at this code's head."""
+    head = head_revision()
+    try:
+        current = current_revision(engine)
+    except sa.exc.OperationalError as exc:
+        raise SchemaError(f"cannot reach the schedules database: {exc.orig}") from exc
+    if current == head:
+        return
+    if current is None:
+        raise SchemaError("the schedules database has no schema yet: run `graph-runs db upgrade`")
+    known = {rev.revision for rev in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+    if current in known:
+        raise SchemaError(
+            f"the schedules database is at revision {current}, older than this code's {head}: "
+            "run `graph-runs db upgrade`"
+        )
+    raise SchemaError(
+        f"the schedules database is at revision {current}, which this code does not know "
+        f"(newest known: {head}): deploy a newer graph-runs"
+    )

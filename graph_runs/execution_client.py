@@ -1,0 +1,238 @@
+"""The client side of the execution API contract (see README, "The execution API contract").
+
+Retries use bounded exponential backoff that honours ``Retry-After``; the request body is
+built once per slot and never changes between attempts, because the server's idempotency
+store compares bodies. Attempt number and Dagster run id travel in headers only. The clock
+and the sleep are injectable so that tests never wait on the wall clock.
+"""
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+logger = logging.getLogger(__name__)
+
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+TERMINAL_STATUSES = frozenset({"succeeded", "failed"})
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a run consumed, as the API reported it."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+    model: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> "Usage | None":
+        """Parse the contract's ``usage`` object."""
+        if not data:
+            return None
+        return cls(
+            prompt_tokens=int(data.get("prompt_tokens") or 0),
+            completion_tokens=int(data.get("completion_tokens") or 0),
+            total_tokens=int(data.get("total_tokens") or 0),
+            cost_usd=Decimal(str(data.get("cost_usd") or 0)),
+            model=data.get("model"),
+        )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A graph run's terminal outcome, or why none could be had."""
+
+    status: str
+    api_run_id: str | None = None
+    output: Any = None
+    error_code: str | None = None
+    error_message: str | None = None
+    usage: Usage | None = None
+    attempts: int = 1
+
+    @classmethod
+    def from_terminal(cls, body: Mapping[str, Any], attempts: int) -> "Outcome":
+        """Parse a 200 answer's body."""
+        error = body.get("error") or {}
+        return cls(
+            status=body["status"],
+            api_run_id=body.get("run_id"),
+            output=body.get("output"),
+            error_code=error.get("code"),
+            error_message=error.get("message"),
+            usage=Usage.from_json(body.get("usage")),
+            attempts=attempts,
+        )
+
+
+class ExecutionApiError(Exception):
+    """The API refused the request, or stayed unreachable through every retry."""
+
+    def __init__(self, code: str, message: str, *, http_status: int | None, attempts: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.http_status = http_status
+        self.attempts = attempts
+
+    def as_outcome(self) -> Outcome:
+        """The failed outcome the ledger records for this error."""
+        return Outcome(
+            status="failed",
+            error_code=self.code,
+            error_message=self.message,
+            attempts=self.attempts,
+        )
+
+
+@dataclass
+class RetryPolicy:
+    """Bounded exponential backoff."""
+
+    max_attempts: int = 5
+    base_seconds: float = 0.5
+    max_seconds: float = 30.0
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        backoff = min(self.max_seconds, self.base_seconds * 2 ** (attempt - 1))
+        if retry_after is not None:
+            return min(self.max_seconds, max(backoff, retry_after))
+        return backoff
+
+
+def _retry_after(response: httpx.Response, now: float) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - now)
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass
+class ExecutionApiClient:
+    """Submits graph runs and waits for their outcome."""
+
+    base_url: str
+    token: str
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    request_timeout_seconds: float = 30.0
+    poll_interval_seconds: float = 2.0
+    default_run_timeout_seconds: float = 3600.0
+    transport: httpx.BaseTransport | None = None
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+    wall_clock: Callable[[], float] = time.time
+
+    def run(
+        self,
+        *,
+        graph_id: str,
+        body: Mapping[str, Any],
+        idempotency_key: str,
+        dagster_run_id: str,
+        timeout_seconds: float | None = None,
+    ) -> Outcome:
+        """Submit the run and wait for its terminal outcome.
+
+        Raises:
+            ExecutionApiError: on a non-retryable answer, on exhausted retries, or when the
+                run is not terminal within ``timeout_seconds``.
+        """
+        deadline = self.clock() + (timeout_seconds or self.default_run_timeout_seconds)
+        content = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        headers = {
+            "Authorization": f"Bearer {self.token}",
+            "Idempotency-Key": idempotency_key,
+            "X-Dagster-Run-Id": dagster_run_id,
+            "Content-Type": "application/json",
+        }
+        url = f"{self.base_url.rstrip('/')}/api/internal/graphs/{graph_id}/runs"
+        with httpx.Client(transport=self.transport, timeout=self.request_timeout_seconds) as http:
+            response, attempts = self._send(http, "POST", url, headers, content)
+            payload = response.json()
+            if response.status_code == 200:
+                return Outcome.from_terminal(payload, attempts)
+            run_id = payload["run_id"]
+            poll_url = f"{url}/{run_id}"
+            while True:
+                if self.clock() >= deadline:
+                    raise ExecutionApiError(
+                        "timeout",
+                        f"run {run_id} was not terminal within the timeout",
+                        http_status=None,
+                        attempts=attempts,
+                    )
+                self.sleep(self.poll_interval_seconds)
+                response, polls = self._send(http, "GET", poll_url, headers, None)
+                attempts += polls - 1
+                if response.status_code == 200:
+                    payload = response.json()
+                    if payload.get("status") in TERMINAL_STATUSES:
+                        return Outcome.from_terminal(payload, attempts)
+
+    def _send(
+        self,
+        http: httpx.Client,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        content: bytes | None,
+    ) -> tuple[httpx.Response, int]:
+        """Send with retries; returns the first 200/202 answer and the attempts it took."""
+        last_problem = ""
+        last_status: int | None = None
+        for attempt in range(1, self.retry.max_attempts + 1):
+            retry_after: float | None = None
+            try:
+                response = http.request(
+                    method, url, headers={**headers, "X-Attempt": str(attempt)}, content=content
+                )
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                last_problem = f"{type(exc).__name__}: {exc}"
+                last_status = None
+            else:
+                if response.status_code in (200, 202):
+                    return response, attempt
+                last_status = response.status_code
+                if response.status_code not in RETRYABLE_STATUS:
+                    raise self._refusal(response, attempt)
+                last_problem = f"HTTP {response.status_code}"
+                retry_after = _retry_after(response, self.wall_clock())
+            if attempt < self.retry.max_attempts:
+                delay = self.retry.delay(attempt, retry_after)
+                logger.warning(
+                    "execution API %s %s: %s; retrying in %.1f s", method, url, last_problem, delay
+                )
+                self.sleep(delay)
+        raise ExecutionApiError(
+            "api_unavailable",
+            f"execution API still failing after {self.retry.max_attempts} attempts: {last_problem}",
+            http_status=last_status,
+            attempts=self.retry.max_attempts,
+        )
+
+    @staticmethod
+    def _refusal(response: httpx.Response, attempt: int) -> ExecutionApiError:
+        try:
+            error = response.json().get("error") or {}
+        except (ValueError, AttributeError):
+            error = {}
+        code = error.get("code") or f"http_{response.status_code}"
+        message = error.get("message") or response.text[:500] or f"HTTP {response.status_code}"
+        return ExecutionApiError(code, message, http_status=response.status_code, attempts=attempt)

@@ -1,0 +1,191 @@
+"""The schedules database, as SQLAlchemy Core tables.
+
+The migrations in ``migrations/versions`` create exactly these tables; a test compares the
+two. Money is stored in integer micro-dollars (``*_micros``) so that sums are exact in
+SQLite and Postgres alike. Times are stored in UTC.
+"""
+
+import datetime as dt
+from typing import Any
+
+import sqlalchemy as sa
+
+UTC = dt.UTC
+
+
+class UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
+    """A timezone-aware UTC datetime on every backend.
+
+    SQLite keeps no offset, so values are stored there as naive UTC and given their zone back
+    on the way out; Postgres gets ``timestamp with time zone``.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: sa.Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r} given where an aware UTC time is needed")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: sa.Dialect) -> Any:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = sa.MetaData()
+
+ACTIVE_SCHEDULE = sa.text("enabled AND status = 'active'")
+
+execution_grants = sa.Table(
+    "execution_grants",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("owner", sa.String(200), nullable=False),
+    sa.Column("billing_account", sa.String(200), nullable=False),
+    sa.Column("scopes", sa.JSON, nullable=False),
+    sa.Column("connection_ids", sa.JSON, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime),
+    sa.Column("revoked_at", UTCDateTime),
+    sa.Column("revoked_by", sa.String(200)),
+    sa.Index("ix_execution_grants_owner", "owner"),
+)
+
+schedules = sa.Table(
+    "schedules",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("owner", sa.String(200), nullable=False),
+    sa.Column("graph_id", sa.String(200), nullable=False),
+    sa.Column("input", sa.JSON, nullable=False),
+    sa.Column("cron", sa.String(200)),
+    sa.Column("timezone", sa.String(64), nullable=False, server_default="UTC"),
+    sa.Column("run_at", UTCDateTime),
+    sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("status", sa.String(20), nullable=False, server_default="active"),
+    sa.Column("grant_id", sa.String(40), nullable=False),
+    sa.Column("max_cost_micros", sa.BigInteger),
+    sa.Column("timeout_seconds", sa.Integer),
+    sa.Column("next_run_at", UTCDateTime),
+    sa.Column("last_run_at", UTCDateTime),
+    sa.Column("runs_total", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("runs_succeeded", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("runs_failed", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text),
+    sa.Column("pause_note", sa.Text),
+    sa.Column("paused_at", UTCDateTime),
+    sa.Column("created_at", UTCDateTime, nullable=False, server_default=sa.func.current_timestamp()),
+    sa.Column("updated_at", UTCDateTime, nullable=False, server_default=sa.func.current_timestamp()),
+    sa.Column("deleted_at", UTCDateTime),
+    # The sensor's due query reads this partial index only: O(due), not O(all schedules).
+    sa.Index(
+        "ix_schedules_due",
+        "next_run_at",
+        sqlite_where=ACTIVE_SCHEDULE,
+        postgresql_where=ACTIVE_SCHEDULE,
+    ),
+    sa.Index("ix_schedules_owner", "owner"),
+)
+
+graph_runs = sa.Table(
+    "graph_runs",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("idempotency_key", sa.String(300), nullable=False),
+    sa.Column("schedule_id", sa.String(40)),
+    sa.Column("scheduled_for", UTCDateTime),
+    sa.Column("graph_id", sa.String(200), nullable=False),
+    sa.Column("owner", sa.String(200), nullable=False),
+    sa.Column("grant_id", sa.String(40), nullable=False),
+    sa.Column("billing_account", sa.String(200)),
+    sa.Column("input", sa.JSON, nullable=False),
+    sa.Column("max_cost_micros", sa.BigInteger),
+    sa.Column("timeout_seconds", sa.Integer),
+    sa.Column("trigger_kind", sa.String(20), nullable=False),
+    sa.Column("trigger_source", sa.String(100), nullable=False),
+    sa.Column("trigger_ref", sa.String(300)),
+    sa.Column("requested_by", sa.String(200)),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("dagster_run_id", sa.String(64)),
+    sa.Column("api_run_id", sa.String(200)),
+    sa.Column("error_code", sa.String(100)),
+    sa.Column("error_message", sa.Text),
+    sa.Column("output", sa.JSON),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("started_at", UTCDateTime),
+    sa.Column("finished_at", UTCDateTime),
+    sa.UniqueConstraint("idempotency_key", name="uq_graph_runs_idempotency_key"),
+    sa.UniqueConstraint("schedule_id", "scheduled_for", name="uq_graph_runs_schedule_slot"),
+    # Rows the sensor claimed but Dagster may not have made a run for yet: a handful at most.
+    sa.Index(
+        "ix_graph_runs_pending",
+        "created_at",
+        sqlite_where=sa.text("status = 'pending'"),
+        postgresql_where=sa.text("status = 'pending'"),
+    ),
+    sa.Index("ix_graph_runs_schedule_created", "schedule_id", "created_at"),
+)
+
+charge_receipts = sa.Table(
+    "charge_receipts",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("graph_run_id", sa.String(40), nullable=False),
+    sa.Column("api_run_id", sa.String(200), nullable=False),
+    sa.Column("billing_account", sa.String(200), nullable=False),
+    sa.Column("grant_id", sa.String(40), nullable=False),
+    sa.Column("schedule_id", sa.String(40)),
+    sa.Column("dagster_run_id", sa.String(64)),
+    sa.Column("graph_id", sa.String(200), nullable=False),
+    sa.Column("model", sa.String(200)),
+    sa.Column("prompt_tokens", sa.Integer, nullable=False),
+    sa.Column("completion_tokens", sa.Integer, nullable=False),
+    sa.Column("total_tokens", sa.Integer, nullable=False),
+    sa.Column("cost_micros", sa.BigInteger, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    # One receipt per graph run and per API run: no retry or re-execution bills twice.
+    sa.UniqueConstraint("graph_run_id", name="uq_charge_receipts_graph_run"),
+    sa.UniqueConstraint("api_run_id", name="uq_charge_receipts_api_run"),
+    sa.Index("ix_charge_receipts_account_created", "billing_account", "created_at"),
+)
+
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("action", sa.String(100), nullable=False),
+    sa.Column("entity_type", sa.String(50), nullable=False),
+    sa.Column("entity_id", sa.String(40), nullable=False),
+    sa.Column("detail", sa.JSON, nullable=False),
+    sa.Index("ix_audit_log_entity", "entity_type", "entity_id"),
+)
+
+
+def audit(
+    conn: sa.Connection,
+    *,
+    at: dt.datetime,
+    actor: str,
+    action: str,
+    entity_type: str,
+    entity_id: str,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Append one audit entry in the caller's transaction."""
+    conn.execute(
+        audit_log.insert().values(
+            at=at,
+            actor=actor,
+            action=action,
+            entity_type=entity_type,
+            entity_id=entity_id,
+            detail=detail or {},
+        )
+    )

@@ -1,0 +1,19 @@
+"""Alembic environment: migrations run on the engine given by ``graph-runs db upgrade``."""
+
+from alembic import context
+
+from graph_runs.tables import metadata
+
+engine = context.config.attributes.get("engine")
+if engine is None:
+    raise RuntimeError("run migrations with `graph-runs db upgrade`, which supplies the engine")
+
+with engine.connect() as connection:
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        render_as_batch=connection.dialect.name == "sqlite",
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+    connection.commit()
