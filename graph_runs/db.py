@@ -6,6 +6,7 @@ a bare ``postgresql://`` selects psycopg 3, which dagster-postgres cannot use.
 """
 
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from alembic.config import Config
@@ -39,7 +40,7 @@ def make_engine(url: str) -> sa.Engine:
     engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
 
     @sa.event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # pysqlite's own transaction handling defers BEGIN; issue it ourselves so that
         # BEGIN IMMEDIATE semantics and savepoints behave (SQLAlchemy's documented recipe).
         dbapi_conn.isolation_level = None
@@ -50,7 +51,7 @@ def make_engine(url: str) -> sa.Engine:
         cur.close()
 
     @sa.event.listens_for(engine, "begin")
-    def _on_begin(conn):  # type: ignore[no-untyped-def]
+    def _on_begin(conn: sa.Connection) -> None:
         # Take the write lock up front: a deferred transaction that reads, then writes, can
         # fail with "database is locked" without waiting for the busy timeout.
         conn.exec_driver_sql("BEGIN IMMEDIATE")
@@ -110,3 +111,31 @@ def check_schema(engine: sa.Engine) -> None:
         f"the schedules database is at revision {current}, which this code does not know "
         f"(newest known: {head}): deploy a newer graph-runs"
     )
+
+
+def insert_ignoring_conflicts(
+    conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]]
+) -> int:
+    """Insert ``rows`` in one batched statement, skipping those that hit a unique constraint.
+
+    This is what makes a replayed tick or a retried op harmless: the unique constraints
+    decide, not a read-then-write race. Returns the driver's rowcount, which is exact for a
+    single row and may be -1 for a batch.
+    """
+    if not rows:
+        return 0
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        stmt: sa.Insert = pg_insert(table).on_conflict_do_nothing()
+    elif conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        stmt = sqlite_insert(table).on_conflict_do_nothing()
+    else:
+        raise NotImplementedError(
+            f"graph-runs supports SQLite and PostgreSQL, not {conn.dialect.name}"
+        )
+    if len(rows) == 1:
+        return conn.execute(stmt.values(**rows[0])).rowcount
+    return conn.execute(stmt, rows).rowcount

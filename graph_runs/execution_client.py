@@ -73,6 +73,32 @@ class Outcome:
             attempts=attempts,
         )
 
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (money as a string), to pass between ops."""
+        usage = None
+        if self.usage is not None:
+            usage = {
+                "prompt_tokens": self.usage.prompt_tokens,
+                "completion_tokens": self.usage.completion_tokens,
+                "total_tokens": self.usage.total_tokens,
+                "cost_usd": str(self.usage.cost_usd),
+                "model": self.usage.model,
+            }
+        return {
+            "status": self.status,
+            "api_run_id": self.api_run_id,
+            "output": self.output,
+            "error_code": self.error_code,
+            "error_message": self.error_message,
+            "usage": usage,
+            "attempts": self.attempts,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Outcome":
+        """The inverse of ``as_dict``."""
+        return cls(**{**data, "usage": Usage.from_json(data.get("usage"))})
+
 
 class ExecutionApiError(Exception):
     """The API refused the request, or stayed unreachable through every retry."""

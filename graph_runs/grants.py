@@ -166,7 +166,9 @@ def revoke_grant(conn: sa.Connection, grant_id: str, *, now: dt.datetime, by: st
             .where(execution_grants.c.id == grant_id)
             .values(revoked_at=now, revoked_by=by)
         )
-        audit(conn, at=now, actor=by, action="grant.revoke", entity_type="grant", entity_id=grant_id)
+        audit(
+            conn, at=now, actor=by, action="grant.revoke", entity_type="grant", entity_id=grant_id
+        )
         grant = get_grant(conn, grant_id)
         assert grant is not None
     return grant

@@ -122,7 +122,9 @@ def create_schedule(
     if grant is None:
         raise InvalidInput("grant_id", f"grant {spec.grant_id} not found")
     if grant.owner != spec.owner:
-        raise InvalidInput("grant_id", f"grant {grant.id} belongs to {grant.owner}, not {spec.owner}")
+        raise InvalidInput(
+            "grant_id", f"grant {grant.id} belongs to {grant.owner}, not {spec.owner}"
+        )
     count = conn.execute(
         sa.select(sa.func.count())
         .select_from(schedules)
@@ -130,7 +132,8 @@ def create_schedule(
     ).scalar_one()
     if count >= limits.max_schedules_per_owner:
         raise InvalidInput(
-            "owner", f"{spec.owner} has {count} schedules; the limit is {limits.max_schedules_per_owner}"
+            "owner",
+            f"{spec.owner} has {count} schedules; the limit is {limits.max_schedules_per_owner}",
         )
     schedule_id = new_id("sch")
     conn.execute(
@@ -153,7 +156,14 @@ def create_schedule(
             updated_at=now,
         )
     )
-    audit(conn, at=now, actor=actor, action="schedule.create", entity_type="schedule", entity_id=schedule_id)
+    audit(
+        conn,
+        at=now,
+        actor=actor,
+        action="schedule.create",
+        entity_type="schedule",
+        entity_id=schedule_id,
+    )
     return get_schedule(conn, schedule_id)
 
 
@@ -224,8 +234,15 @@ def pause_schedule(
             .where(schedules.c.id == schedule_id)
             .values(enabled=False, pause_note=note, paused_at=now, updated_at=now)
         )
-        audit(conn, at=now, actor=actor, action="schedule.pause", entity_type="schedule",
-              entity_id=schedule_id, detail={"note": note})
+        audit(
+            conn,
+            at=now,
+            actor=actor,
+            action="schedule.pause",
+            entity_type="schedule",
+            entity_id=schedule_id,
+            detail={"note": note},
+        )
     return get_schedule(conn, schedule_id)
 
 
@@ -259,7 +276,14 @@ def resume_schedule(
             updated_at=now,
         )
     )
-    audit(conn, at=now, actor=actor, action="schedule.resume", entity_type="schedule", entity_id=schedule_id)
+    audit(
+        conn,
+        at=now,
+        actor=actor,
+        action="schedule.resume",
+        entity_type="schedule",
+        entity_id=schedule_id,
+    )
     return get_schedule(conn, schedule_id)
 
 
@@ -277,7 +301,14 @@ def delete_schedule(
         .values(status="deleted", enabled=False, deleted_at=now, updated_at=now, next_run_at=None)
     )
     if result.rowcount:
-        audit(conn, at=now, actor=actor, action="schedule.delete", entity_type="schedule", entity_id=schedule_id)
+        audit(
+            conn,
+            at=now,
+            actor=actor,
+            action="schedule.delete",
+            entity_type="schedule",
+            entity_id=schedule_id,
+        )
     return bool(result.rowcount)
 
 
@@ -301,4 +332,3 @@ def spec_from_row(row: Any, limits: ScheduleLimits, now: dt.datetime) -> Schedul
         limits,
         now,
     )
-

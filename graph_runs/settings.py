@@ -10,11 +10,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from graph_runs.schedules import ScheduleLimits
+
 DATABASE_URL_VAR = "GRAPH_RUNS_DATABASE_URL"
 EXECUTION_API_URL_VAR = "GRAPH_RUNS_EXECUTION_API_URL"
 EXECUTION_API_TOKEN_VAR = "GRAPH_RUNS_EXECUTION_API_TOKEN"
 SENSOR_INTERVAL_VAR = "GRAPH_RUNS_SENSOR_INTERVAL_SECONDS"
 HOME_VAR = "GRAPH_RUNS_HOME"
+MIN_INTERVAL_VAR = "GRAPH_RUNS_MIN_INTERVAL_SECONDS"
+MAX_SCHEDULES_PER_OWNER_VAR = "GRAPH_RUNS_MAX_SCHEDULES_PER_OWNER"
+MAX_INPUT_BYTES_VAR = "GRAPH_RUNS_MAX_INPUT_BYTES"
 
 DEFAULT_EXECUTION_API_URL = "http://127.0.0.1:8765"
 DEFAULT_SENSOR_INTERVAL_SECONDS = 30
@@ -34,12 +39,14 @@ class Settings:
             URL travels as an ``EnvVar`` because it may carry a password.
         execution_api_url: base URL of the execution API.
         sensor_interval_seconds: minimum interval of ``graph_schedules_sensor``.
+        schedule_limits: operator-set bounds on what users may schedule.
     """
 
     home: Path
     database_url_from_env: bool
     execution_api_url: str
     sensor_interval_seconds: int
+    schedule_limits: ScheduleLimits
 
     @property
     def default_database_url(self) -> str:
@@ -52,19 +59,35 @@ class Settings:
         return env.get(DATABASE_URL_VAR) or self.default_database_url
 
 
+def _whole_number(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    raw = env.get(name) or str(default)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read the settings from ``environ`` (the process environment by default)."""
     env = os.environ if environ is None else environ
-    raw_interval = env.get(SENSOR_INTERVAL_VAR) or str(DEFAULT_SENSOR_INTERVAL_SECONDS)
-    try:
-        interval = int(raw_interval)
-    except ValueError:
-        raise SettingsError(f"{SENSOR_INTERVAL_VAR} must be a whole number of seconds, got {raw_interval!r}") from None
-    if interval < 1:
-        raise SettingsError(f"{SENSOR_INTERVAL_VAR} must be at least 1, got {interval}")
+    defaults = ScheduleLimits()
     return Settings(
-        home=Path(env.get(HOME_VAR) or ".graph_runs"),
+        home=Path(env.get(HOME_VAR) or ".graph_runs").resolve(),
         database_url_from_env=bool(env.get(DATABASE_URL_VAR)),
         execution_api_url=(env.get(EXECUTION_API_URL_VAR) or DEFAULT_EXECUTION_API_URL).rstrip("/"),
-        sensor_interval_seconds=interval,
+        sensor_interval_seconds=_whole_number(
+            env, SENSOR_INTERVAL_VAR, DEFAULT_SENSOR_INTERVAL_SECONDS, 1
+        ),
+        schedule_limits=ScheduleLimits(
+            min_interval_seconds=_whole_number(
+                env, MIN_INTERVAL_VAR, defaults.min_interval_seconds, 60
+            ),
+            max_schedules_per_owner=_whole_number(
+                env, MAX_SCHEDULES_PER_OWNER_VAR, defaults.max_schedules_per_owner, 1
+            ),
+            max_input_bytes=_whole_number(env, MAX_INPUT_BYTES_VAR, defaults.max_input_bytes, 2),
+        ),
     )

@@ -24,6 +24,7 @@ class UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: dt.datetime | None, dialect: sa.Dialect) -> Any:
+        """Refuse naive times: a naive time's zone is a guess, and guesses shift slots."""
         if value is None:
             return None
         if value.tzinfo is None:
@@ -32,6 +33,7 @@ class UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: dt.datetime | None, dialect: sa.Dialect) -> Any:
+        """Give SQLite's naive values their UTC zone back."""
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
@@ -79,8 +81,12 @@ schedules = sa.Table(
     sa.Column("last_error", sa.Text),
     sa.Column("pause_note", sa.Text),
     sa.Column("paused_at", UTCDateTime),
-    sa.Column("created_at", UTCDateTime, nullable=False, server_default=sa.func.current_timestamp()),
-    sa.Column("updated_at", UTCDateTime, nullable=False, server_default=sa.func.current_timestamp()),
+    sa.Column(
+        "created_at", UTCDateTime, nullable=False, server_default=sa.func.current_timestamp()
+    ),
+    sa.Column(
+        "updated_at", UTCDateTime, nullable=False, server_default=sa.func.current_timestamp()
+    ),
     sa.Column("deleted_at", UTCDateTime),
     # The sensor's due query reads this partial index only: O(due), not O(all schedules).
     sa.Index(
@@ -90,6 +96,8 @@ schedules = sa.Table(
         postgresql_where=ACTIVE_SCHEDULE,
     ),
     sa.Index("ix_schedules_owner", "owner"),
+    # Lets the sensor find schedules created or deleted since its last tick (partitions).
+    sa.Index("ix_schedules_updated_at", "updated_at"),
 )
 
 graph_runs = sa.Table(

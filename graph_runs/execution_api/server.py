@@ -57,7 +57,9 @@ class ExecutionStore:
         }
 
 
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def _error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status, headers=headers)
 
 
@@ -94,7 +96,9 @@ def create_app(token: str, store: ExecutionStore | None = None) -> Starlette:
             known = store.keys.get(key)
             if known is not None:
                 if known[0] != digest:
-                    return _error(409, "idempotency_conflict", "this key was used with another body")
+                    return _error(
+                        409, "idempotency_conflict", "this key was used with another body"
+                    )
                 status, answer = store.view(store.runs[known[1]])
                 return JSONResponse(answer, status)
             payload = body["input"]
@@ -102,7 +106,9 @@ def create_app(token: str, store: ExecutionStore | None = None) -> Starlette:
                 seen = store.flaky_seen.get(key, 0)
                 if seen < graphs.flaky_failures(payload):
                     store.flaky_seen[key] = seen + 1
-                    return _error(503, "unavailable", "flaky graph says: try again", {"Retry-After": "0"})
+                    return _error(
+                        503, "unavailable", "flaky graph says: try again", {"Retry-After": "0"}
+                    )
             duration = graphs.sleep_seconds(payload) if graph_id == "sleep" else 0.0
             run = _Run(f"apirun_{uuid.uuid4().hex}", graph_id, payload, store.clock() + duration)
             store.runs[run.run_id] = run

@@ -80,6 +80,7 @@ def upgrade() -> None:
             postgresql_where=ACTIVE_SCHEDULE,
         )
         op.create_index("ix_schedules_owner", "schedules", ["owner"])
+        op.create_index("ix_schedules_updated_at", "schedules", ["updated_at"])
     if "graph_runs" not in existing:
         op.create_table(
             "graph_runs",

@@ -1,0 +1,55 @@
+"""The code location's one entry point: ``defs``, loaded by ``workspace.yaml``.
+
+Configuration comes from ``graph_runs.settings``; secrets (the API token, and the database
+URL when it is set, since it may carry a password) reach resources through ``EnvVar`` so
+that the UI shows their names, never their values.
+"""
+
+import dagster as dg
+
+from graph_runs.jobs import graph_run_adhoc_job, graph_run_job
+from graph_runs.settings import (
+    DATABASE_URL_VAR,
+    EXECUTION_API_TOKEN_VAR,
+    Settings,
+    load_settings,
+)
+from resources import (
+    ClockResource,
+    DatabaseResource,
+    ExecutionApiResource,
+    GrantsResource,
+    ScheduleLimitsResource,
+)
+from sensors.graph_schedules_sensor import make_graph_schedules_sensor
+
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    """The definitions for ``settings``; tests build their own with test values."""
+    database = DatabaseResource(
+        url=dg.EnvVar(DATABASE_URL_VAR)
+        if settings.database_url_from_env
+        else settings.default_database_url
+    )
+    limits = settings.schedule_limits
+    return dg.Definitions(
+        jobs=[graph_run_job, graph_run_adhoc_job],
+        sensors=[make_graph_schedules_sensor(settings.sensor_interval_seconds)],
+        resources={
+            "database": database,
+            "grants": GrantsResource(database=database),
+            "execution_api": ExecutionApiResource(
+                base_url=settings.execution_api_url,
+                token=dg.EnvVar(EXECUTION_API_TOKEN_VAR),
+            ),
+            "clock": ClockResource(),
+            "schedule_limits": ScheduleLimitsResource(
+                min_interval_seconds=limits.min_interval_seconds,
+                max_schedules_per_owner=limits.max_schedules_per_owner,
+                max_input_bytes=limits.max_input_bytes,
+            ),
+        },
+    )
+
+
+defs = build_definitions(load_settings())

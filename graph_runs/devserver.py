@@ -1,0 +1,162 @@
+"""``graph-runs dev``: everything a new user needs to see a first run, in one command.
+
+It migrates the local database, seeds a demo grant and an every-minute demo schedule (unless
+they exist), starts the local execution API and ``dagster dev`` with DAGSTER_HOME under
+``.graph_runs/``, and stops both on Ctrl-C.
+"""
+
+import datetime as dt
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import sqlalchemy as sa
+
+from graph_runs.db import make_engine, upgrade
+from graph_runs.grants import create_grant, list_grants
+from graph_runs.schedules import create_schedule, list_schedules
+from graph_runs.settings import (
+    EXECUTION_API_TOKEN_VAR,
+    HOME_VAR,
+    SENSOR_INTERVAL_VAR,
+    Settings,
+)
+
+logger = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEMO_OWNER = "demo"
+DEV_SENSOR_INTERVAL_SECONDS = "10"
+
+
+def seed_demo(conn: sa.Connection, settings: Settings, now: dt.datetime) -> list[str]:
+    """Create the demo grant and schedule unless the demo owner has them; returns what it did."""
+    done = []
+    usable = [
+        g
+        for g in list_grants(conn, DEMO_OWNER)
+        if g.revoked_at is None and (g.expires_at is None or g.expires_at > now)
+    ]
+    grant = usable[0] if usable else None
+    if grant is None:
+        grant = create_grant(
+            conn,
+            owner=DEMO_OWNER,
+            billing_account="demo-billing",
+            scopes=["graph:execute:*"],
+            now=now,
+            actor="graph-runs dev",
+        )
+        done.append(f"created demo grant {grant.id}")
+    if not list_schedules(conn, DEMO_OWNER):
+        view = create_schedule(
+            conn,
+            {
+                "owner": DEMO_OWNER,
+                "graph_id": "echo",
+                "input": {"message": "hello from graph-runs"},
+                "cron": "* * * * *",
+                "timezone": "UTC",
+                "grant_id": grant.id,
+            },
+            limits=settings.schedule_limits,
+            now=now,
+            actor="graph-runs dev",
+        )
+        done.append(f"created every-minute demo schedule {view['id']} (graph echo)")
+    return done
+
+
+def _dev_token(home: Path) -> str:
+    """The local API token: from the environment, else one generated once and kept locally."""
+    given = os.environ.get(EXECUTION_API_TOKEN_VAR)
+    if given:
+        return given
+    path = home / "dev-execution-api-token"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def run_dev(settings: Settings, *, port: int, as_json: bool) -> int:
+    """Run the local stack in the foreground; returns the exit status."""
+    home = settings.home
+    dagster_home = home / "dagster"
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(REPO_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
+
+    engine = make_engine(settings.database_url())
+    try:
+        upgrade(engine)
+        with engine.begin() as conn:
+            seeded = seed_demo(conn, settings, dt.datetime.now(dt.UTC).replace(microsecond=0))
+    finally:
+        engine.dispose()
+
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(dagster_home),
+        HOME_VAR: str(home),
+        EXECUTION_API_TOKEN_VAR: _dev_token(home),
+    }
+    env.setdefault(SENSOR_INTERVAL_VAR, DEV_SENSOR_INTERVAL_SECONDS)
+    bin_dir = Path(sys.executable).parent
+    children: list[subprocess.Popen[bytes]] = []
+    api = urlsplit(settings.execution_api_url)
+    if api.hostname in ("127.0.0.1", "localhost"):
+        children.append(
+            subprocess.Popen(
+                [
+                    str(bin_dir / "graph-runs"),
+                    "execution-api",
+                    "serve",
+                    "--host",
+                    api.hostname,
+                    "--port",
+                    str(api.port or 80),
+                ],
+                env=env,
+            )
+        )
+    for line in seeded:
+        logger.warning(line)
+    message = (
+        f"graph-runs dev: Dagster UI on http://127.0.0.1:{port}, execution API on "
+        f"{settings.execution_api_url}, schedules database {settings.database_url()}"
+    )
+    print(message, flush=True)  # noqa: T201 - the one line a user of `make dev` reads
+    children.append(
+        subprocess.Popen(
+            [
+                str(bin_dir / "dagster"),
+                "dev",
+                "-w",
+                str(REPO_ROOT / "workspace.yaml"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=env,
+            cwd=REPO_ROOT,
+        )
+    )
+    try:
+        return children[-1].wait()
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGINT)
+        for child in children:
+            try:
+                child.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                child.kill()

@@ -1,0 +1,210 @@
+"""The graph-run job: check the grant, call the execution API, record the outcome.
+
+One graph, two jobs. ``graph_run_job`` is partitioned by schedule and launched by the
+sensor, which tags each run with its ledger row. ``graph_run_adhoc_job`` is the same graph
+without partitions, launched through Dagster's GraphQL API or the launchpad with a
+``GraphRunRequest`` config that carries the caller's idempotency key. Both take one path
+through the same ops and the same ledger.
+"""
+
+from typing import Any
+
+import dagster as dg
+
+from graph_runs import ledger
+from graph_runs.errors import Conflict, NotFound
+from graph_runs.execution_client import ExecutionApiError, Outcome
+from graph_runs.grants import GrantDenied
+from resources import ClockResource, DatabaseResource, ExecutionApiResource, GrantsResource
+
+SCHEDULE_PARTITIONS_NAME = "graph_run_schedules"
+schedule_partitions = dg.DynamicPartitionsDefinition(name=SCHEDULE_PARTITIONS_NAME)
+
+
+class GraphRunRequest(dg.Config):
+    """An ad-hoc run's request. Scheduled runs leave it empty: their run tags name the slot."""
+
+    idempotency_key: str = ""
+    graph_id: str = ""
+    grant_id: str = ""
+    input: dict[str, Any] = {}
+    requested_by: str | None = None
+    max_cost_usd: str | None = None
+    timeout_seconds: int | None = None
+
+
+def _start(
+    context: dg.OpExecutionContext,
+    config: GraphRunRequest,
+    database: DatabaseResource,
+    grants: GrantsResource,
+    clock: ClockResource,
+) -> Any:
+    """Find the run's ledger row (creating it for an ad-hoc request) and mark it running."""
+    now = clock.now()
+    ledger_id = context.run.tags.get(ledger.LEDGER_ID_TAG)
+    if ledger_id:
+        with database.transaction() as conn:
+            return ledger.start_run(conn, ledger_id, dagster_run_id=context.run_id, now=now)
+    missing = [
+        name for name in ("idempotency_key", "graph_id", "grant_id") if not getattr(config, name)
+    ]
+    if missing:
+        raise dg.Failure(
+            description=(
+                "an ad-hoc graph run needs op config check_grant.config with "
+                f"{', '.join(missing)} (see README, 'Immediate runs')"
+            )
+        )
+    grant = grants.get(config.grant_id)
+    request = ledger.AdhocRequest(
+        idempotency_key=config.idempotency_key,
+        graph_id=config.graph_id,
+        grant_id=config.grant_id,
+        input=config.input,
+        requested_by=config.requested_by,
+        source="dagster",
+        max_cost_usd=config.max_cost_usd,
+        timeout_seconds=config.timeout_seconds,
+    )
+    with database.transaction() as conn:
+        row = ledger.start_adhoc_run(
+            conn,
+            request,
+            owner=grant.owner if grant else "unknown",
+            billing_account=grant.billing_account if grant else None,
+            dagster_run_id=context.run_id,
+            now=now,
+        )
+    context.instance.add_run_tags(context.run_id, ledger.run_tags(row))
+    return row
+
+
+@dg.op(
+    description="Find the run's ledger row and check its grant before any API call.",
+    out=dg.Out(dict),
+)
+def check_grant(
+    context: dg.OpExecutionContext,
+    config: GraphRunRequest,
+    database: DatabaseResource,
+    grants: GrantsResource,
+    clock: ClockResource,
+) -> dict[str, Any]:
+    """Fail fast, recording why, when the grant is missing, expired, revoked or out of scope."""
+    try:
+        row = _start(context, config, database, grants, clock)
+    except (Conflict, NotFound) as exc:
+        raise dg.Failure(description=str(exc)) from None
+    ticket = ledger.Ticket.from_row(row)
+    try:
+        grant = grants.check(row.grant_id, row.graph_id, clock.now())
+    except GrantDenied as denied:
+        context.log.error(f"{ticket.label} grant check failed: {denied.code}: {denied.message}")
+        outcome = Outcome(
+            status=ledger.FAILED, error_code=denied.code, error_message=denied.message
+        )
+        with database.transaction() as conn:
+            ledger.record_outcome(
+                conn, row.id, outcome, dagster_run_id=context.run_id, now=clock.now()
+            )
+        raise dg.Failure(
+            description=f"{ticket.label} {denied.code}: {denied.message}",
+            metadata={"error_code": denied.code, "ledger_id": row.id},
+        ) from None
+    context.log.info(f"{ticket.label} grant {grant.id} allows the run; calling the execution API")
+    return {
+        "ticket": ticket.as_dict(),
+        "body": ledger.request_body(row, grant.connection_ids),
+    }
+
+
+@dg.op(
+    description="Submit the run to the execution API and wait for its outcome, with retries.",
+    out=dg.Out(dict),
+)
+def call_execution_api(
+    context: dg.OpExecutionContext, checked: dict[str, Any], execution_api: ExecutionApiResource
+) -> dict[str, Any]:
+    """Call the API with the slot's idempotency key; a refusal becomes a failed outcome."""
+    ticket = ledger.Ticket(**checked["ticket"])
+    try:
+        outcome = execution_api.client().run(
+            graph_id=ticket.graph_id,
+            body=checked["body"],
+            idempotency_key=ticket.idempotency_key,
+            dagster_run_id=context.run_id,
+            timeout_seconds=ticket.timeout_seconds,
+        )
+    except ExecutionApiError as exc:
+        context.log.error(
+            f"{ticket.label} execution API refused or unreachable after {exc.attempts} "
+            f"attempt(s): {exc.code}: {exc.message}"
+        )
+        outcome = exc.as_outcome()
+    else:
+        context.log.info(
+            f"{ticket.label} execution API run {outcome.api_run_id} ended {outcome.status} "
+            f"after {outcome.attempts} attempt(s)"
+        )
+    return outcome.as_dict()
+
+
+@dg.op(description="Write the outcome, the schedule's counters and the charge receipt.")
+def record_outcome(
+    context: dg.OpExecutionContext,
+    checked: dict[str, Any],
+    outcome: dict[str, Any],
+    database: DatabaseResource,
+    clock: ClockResource,
+) -> dg.Output[dict[str, Any]]:
+    """Record once; a failed graph run fails the Dagster run after it is recorded."""
+    ticket = ledger.Ticket(**checked["ticket"])
+    result = Outcome.from_dict(outcome)
+    with database.transaction() as conn:
+        recorded = ledger.record_outcome(
+            conn, ticket.ledger_id, result, dagster_run_id=context.run_id, now=clock.now()
+        )
+    metadata: dict[str, Any] = {
+        "api_run_id": recorded["api_run_id"] or "",
+        "status": recorded["status"],
+        "tokens": recorded["total_tokens"] or 0,
+        "cost_usd": recorded["cost_usd"] or "0",
+        "ledger_id": ticket.ledger_id,
+        "idempotency_key": ticket.idempotency_key,
+        "receipt_written": recorded["receipt_written"],
+    }
+    context.log.info(
+        f"{ticket.label} recorded {recorded['status']}; cost {metadata['cost_usd']} USD, "
+        f"{metadata['tokens']} tokens, receipt "
+        f"{'written' if recorded['receipt_written'] else 'already present or none'}"
+    )
+    if recorded["status"] != ledger.SUCCEEDED:
+        raise dg.Failure(
+            description=(
+                f"{ticket.label} graph run failed: {result.error_code}: {result.error_message}"
+            ),
+            metadata=metadata,
+        )
+    return dg.Output(recorded, metadata=metadata)
+
+
+@dg.graph
+def graph_run() -> None:
+    """One graph run: grant check, API call, outcome."""
+    checked = check_grant()
+    record_outcome(checked, call_execution_api(checked))
+
+
+graph_run_job = graph_run.to_job(
+    name="graph_run_job",
+    description="A scheduled slot of a user schedule; one partition per schedule.",
+    partitions_def=schedule_partitions,
+    executor_def=dg.in_process_executor,
+)
+
+graph_run_adhoc_job = graph_run.to_job(
+    name="graph_run_adhoc_job",
+    description="An immediate graph run with the caller's idempotency key (GraphQL, launchpad).",
+    executor_def=dg.in_process_executor,
+)

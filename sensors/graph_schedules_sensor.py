@@ -1,0 +1,241 @@
+"""The sensor that turns users' schedules into Dagster runs, exactly once per slot.
+
+Each tick is a function of its cursor, its resources and the clock:
+
+1. claim: due slots go into the ledger and ``next_run_at`` advances, in one transaction;
+2. emit: every ``pending`` ledger row without a Dagster run gets a run request whose run
+   key is the slot's idempotency key. Rows claimed by a tick that died before Dagster
+   created their runs are simply emitted again; the run key makes that safe;
+3. partitions: schedules created or deleted since the last tick gain or lose their
+   partition, and every hour a full comparison repairs anything else (rows that another
+   application deleted outright, say). At most ``MAX_PARTITION_CHANGES`` per tick.
+"""
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+
+from graph_runs import ledger
+from graph_runs.cron import format_utc, parse_instant
+from graph_runs.db import SchemaError
+from graph_runs.jobs import SCHEDULE_PARTITIONS_NAME, graph_run_job
+from graph_runs.slots import (
+    TickLimits,
+    claim_due_slots,
+    live_schedule_ids,
+    mark_queued,
+    next_due,
+    pending_runs,
+    schedules_changed_since,
+)
+from resources import ClockResource, DatabaseResource, ScheduleLimitsResource
+
+# Dagster recommends at most 25k partition changes per evaluation; a single add of about
+# 30k keys fails on Postgres (65,535 bind parameters).
+MAX_PARTITION_CHANGES = 20_000
+FULL_PARTITION_SYNC_EVERY = dt.timedelta(hours=1)
+# Schedules touched within this margin before the last tick are looked at again, so that a
+# row committed late by a slow writer (or written with a skewed clock) is not missed.
+CHANGE_MARGIN = dt.timedelta(minutes=5)
+RUN_LOOKUP_CHUNK = 500
+DEFAULT_TICK_LIMITS = TickLimits()
+
+
+@dataclass(frozen=True)
+class SensorCursor:
+    """What the sensor remembers between ticks."""
+
+    last_tick: dt.datetime | None = None
+    last_full_sync: dt.datetime | None = None
+
+    @classmethod
+    def parse(cls, raw: str | None) -> "SensorCursor":
+        """Read a cursor; an empty or unreadable one starts over with a full partition sync."""
+        if not raw:
+            return cls()
+        try:
+            data = json.loads(raw)
+            return cls(
+                last_tick=parse_instant(data["last_tick"]) if data.get("last_tick") else None,
+                last_full_sync=(
+                    parse_instant(data["last_full_sync"]) if data.get("last_full_sync") else None
+                ),
+            )
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return cls()
+
+    def serialize(self) -> str:
+        """The cursor as Dagster stores it."""
+        return json.dumps(
+            {
+                "last_tick": None if self.last_tick is None else format_utc(self.last_tick),
+                "last_full_sync": (
+                    None if self.last_full_sync is None else format_utc(self.last_full_sync)
+                ),
+            },
+            sort_keys=True,
+        )
+
+
+def _existing_runs(instance: dg.DagsterInstance, ledger_ids: list[str]) -> dict[str, str]:
+    """Dagster run ids by ledger id, looked up in batches by tag rather than one per row."""
+    found: dict[str, str] = {}
+    for start in range(0, len(ledger_ids), RUN_LOOKUP_CHUNK):
+        chunk = ledger_ids[start : start + RUN_LOOKUP_CHUNK]
+        records = instance.get_run_records(dg.RunsFilter(tags={ledger.LEDGER_ID_TAG: chunk}))
+        for record in records:
+            ledger_id = record.dagster_run.tags.get(ledger.LEDGER_ID_TAG)
+            if ledger_id:
+                found.setdefault(ledger_id, record.dagster_run.run_id)
+    return found
+
+
+def _plan_partitions(
+    instance: dg.DagsterInstance,
+    wanted: set[str],
+    unwanted: set[str],
+    full: set[str] | None,
+) -> tuple[list[str], list[str], set[str], bool]:
+    """Partition keys to add and delete this tick.
+
+    Also returns the keys that exist afterwards and whether every change fitted in this tick.
+    """
+    existing = set(instance.get_dynamic_partitions(SCHEDULE_PARTITIONS_NAME))
+    if full is not None:
+        wanted = wanted | full
+        unwanted = unwanted | (existing - full)
+    to_add = sorted(wanted - existing - unwanted)
+    to_delete = sorted(unwanted & existing)
+    complete = len(to_add) + len(to_delete) <= MAX_PARTITION_CHANGES
+    to_add = to_add[:MAX_PARTITION_CHANGES]
+    to_delete = to_delete[: MAX_PARTITION_CHANGES - len(to_add)]
+    return to_add, to_delete, (existing | set(to_add)) - set(to_delete), complete
+
+
+def graph_schedules_tick(
+    context: dg.SensorEvaluationContext,
+    database: DatabaseResource,
+    clock: ClockResource,
+    schedule_limits: ScheduleLimitsResource,
+    tick_limits: TickLimits = DEFAULT_TICK_LIMITS,
+) -> dg.SensorResult | dg.SkipReason:
+    """One evaluation of ``graph_schedules_sensor``; see the module docstring."""
+    now = clock.now()
+    cursor = SensorCursor.parse(context.cursor)
+    try:
+        database.check_schema()
+    except SchemaError as exc:
+        return dg.SkipReason(f"not firing anything: {exc}")
+
+    with database.transaction() as conn:
+        claim = claim_due_slots(
+            conn, now=now, schedule_limits=schedule_limits.limits(), tick_limits=tick_limits
+        )
+    for schedule_id, problem in claim.invalid:
+        context.log.error(f"[schedule={schedule_id}] marked error, not fired: {problem}")
+
+    full_sync_due = (
+        cursor.last_full_sync is None or now - cursor.last_full_sync >= FULL_PARTITION_SYNC_EVERY
+    )
+    since = (cursor.last_tick or now) - CHANGE_MARGIN
+    with database.engine().connect() as conn:
+        pending = pending_runs(conn, tick_limits.max_pending)
+        changed_live, changed_deleted = schedules_changed_since(conn, since)
+        full = live_schedule_ids(conn) if full_sync_due else None
+        upcoming = next_due(conn)
+
+    found = _existing_runs(context.instance, [row.id for row in pending])
+    if found:
+        with database.transaction() as conn:
+            mark_queued(conn, found)
+    to_emit = [row for row in pending if row.id not in found]
+
+    wanted = changed_live | {row.schedule_id for row in to_emit if row.schedule_id}
+    to_add, to_delete, partitions, complete = _plan_partitions(
+        context.instance, wanted, changed_deleted, full
+    )
+
+    run_requests = []
+    held = 0
+    for row in to_emit:
+        label = (
+            f"[schedule={row.schedule_id} owner={row.owner} slot={format_utc(row.scheduled_for)}]"
+        )
+        if row.schedule_id not in partitions:
+            held += 1
+            context.log.warning(f"{label} held until its partition exists (next tick)")
+            continue
+        context.log.info(f"{label} requesting run {row.idempotency_key} (ledger {row.id})")
+        run_requests.append(
+            dg.RunRequest(
+                run_key=row.idempotency_key,
+                partition_key=row.schedule_id,
+                tags=ledger.run_tags(row),
+            )
+        )
+
+    new_cursor = SensorCursor(
+        last_tick=now,
+        last_full_sync=now if full_sync_due and complete else cursor.last_full_sync,
+    )
+    partition_requests: list[Any] = []
+    if to_add:
+        partition_requests.append(
+            dg.AddDynamicPartitionsRequest(
+                partitions_def_name=SCHEDULE_PARTITIONS_NAME, partition_keys=to_add
+            )
+        )
+    if to_delete:
+        partition_requests.append(
+            dg.DeleteDynamicPartitionsRequest(
+                partitions_def_name=SCHEDULE_PARTITIONS_NAME, partition_keys=to_delete
+            )
+        )
+    summary = (
+        f"at {format_utc(now)}: {claim.fired} slot(s) fired, {claim.missed} missed, "
+        f"{len(claim.invalid)} invalid schedule(s), {len(found)} already had runs, "
+        f"{len(run_requests)} run request(s), {held} held, "
+        f"+{len(to_add)}/-{len(to_delete)} partition(s)"
+    )
+    context.log.info(summary)
+    if run_requests or partition_requests:
+        return dg.SensorResult(
+            run_requests=run_requests,
+            dynamic_partitions_requests=partition_requests,
+            cursor=new_cursor.serialize(),
+        )
+    if upcoming is None:
+        reason = f"no schedule is due at {format_utc(now)} and none is active"
+    else:
+        reason = (
+            f"no schedule is due at {format_utc(now)}; next due: schedule {upcoming[0]} "
+            f"at {format_utc(upcoming[1])}"
+        )
+    return dg.SensorResult(skip_reason=reason, cursor=new_cursor.serialize())
+
+
+def make_graph_schedules_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
+    """The sensor, with its interval from ``GRAPH_RUNS_SENSOR_INTERVAL_SECONDS``."""
+
+    @dg.sensor(
+        name="graph_schedules_sensor",
+        job=graph_run_job,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=(
+            "Reads due user schedules from the schedules table, writes each slot to the run "
+            "ledger and requests one run per slot (run key sched:{schedule}:{slot})."
+        ),
+    )
+    def graph_schedules_sensor(
+        context: dg.SensorEvaluationContext,
+        database: DatabaseResource,
+        clock: ClockResource,
+        schedule_limits: ScheduleLimitsResource,
+    ) -> dg.SensorResult | dg.SkipReason:
+        return graph_schedules_tick(context, database, clock, schedule_limits)
+
+    return graph_schedules_sensor
