@@ -78,14 +78,21 @@ class CronSchedule:
         """The first fire instant strictly after ``after`` (aware), in UTC."""
         after = after.astimezone(UTC)
         local = after.astimezone(self.zone).replace(tzinfo=None)
+        if self._offset(after - _DST_SLACK) == self._offset(after + _DST_SLACK):
+            # No shift near ``after``: no earlier wall-clock time can map to a later instant,
+            # so the first candidate after ``local`` that exists is the answer.
+            candidates = croniter(self.expression, local)
+            while True:
+                later = [i for i in self._instants(self._next(candidates, after)) if i > after]
+                if later:
+                    return min(later)
+        # Near a shift a wall-clock time before ``local`` may stand for a later instant (the
+        # repeated hour), so start earlier and keep the smallest instant after ``after``.
         candidates = croniter(self.expression, local - _DST_SLACK)
         best: dt.datetime | None = None
         horizon: dt.datetime | None = None
         while True:
-            try:
-                naive = candidates.get_next(dt.datetime)
-            except (CroniterBadDateError, CroniterBadCronError, CroniterError):
-                raise CronError(f"{self.expression!r} has no fire time after {after}") from None
+            naive = self._next(candidates, after)
             if horizon is not None and naive > horizon:
                 assert best is not None
                 return best
@@ -93,6 +100,16 @@ class CronSchedule:
                 if instant > after and (best is None or instant < best):
                     best = instant
                     horizon = naive + _DST_SLACK
+
+    def _offset(self, instant: dt.datetime) -> dt.timedelta | None:
+        return instant.astimezone(self.zone).utcoffset()
+
+    def _next(self, candidates: croniter, after: dt.datetime) -> dt.datetime:
+        try:
+            naive: dt.datetime = candidates.get_next(dt.datetime)
+        except (CroniterBadDateError, CroniterBadCronError, CroniterError):
+            raise CronError(f"{self.expression!r} has no fire time after {after}") from None
+        return naive
 
     def fires_after(self, after: dt.datetime) -> Iterator[dt.datetime]:
         """Every fire instant strictly after ``after``, in order, without end."""

@@ -1,0 +1,130 @@
+"""Shared fixtures: real SQLite files, a real PostgreSQL database, a real execution API.
+
+Postgres tests run when GRAPH_RUNS_TEST_POSTGRES_URL names a server (``.ci/run`` sets it);
+each session creates its own database there and drops it at the end. Without the variable
+they are skipped, and ``-ra`` prints why.
+"""
+
+import os
+import shutil
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+import uvicorn
+
+from graph_runs import tables
+from graph_runs.db import make_engine, upgrade
+from graph_runs.execution_api.server import ExecutionStore, create_app
+
+POSTGRES_VAR = "GRAPH_RUNS_TEST_POSTGRES_URL"
+API_TOKEN = "test-token-not-secret"
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file, copied per test so that each starts empty and fast."""
+    path = tmp_path_factory.mktemp("template") / "graph_runs.db"
+    engine = make_engine(f"sqlite:///{path}")
+    upgrade(engine)
+    engine.dispose()
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A database of this session's own on the test server, dropped afterwards."""
+    admin_url = os.environ.get(POSTGRES_VAR)
+    if not admin_url:
+        pytest.skip(f"{POSTGRES_VAR} is not set; PostgreSQL tests skipped")
+    admin = make_engine(admin_url).execution_options(isolation_level="AUTOCOMMIT")
+    name = f"graph_runs_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = sa.make_url(make_engine(admin_url).url).set(database=name)
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_migrated(postgres_url: str) -> str:
+    engine = make_engine(postgres_url)
+    upgrade(engine)
+    engine.dispose()
+    return postgres_url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path) -> str:
+    """A migrated, empty schedules database on each backend."""
+    if request.param == "sqlite":
+        path = tmp_path / "graph_runs.db"
+        shutil.copyfile(sqlite_template, path)
+        return f"sqlite:///{path}"
+    url: str = request.getfixturevalue("postgres_migrated")
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        names = ", ".join(t.name for t in tables.metadata.sorted_tables)
+        conn.exec_driver_sql(f"TRUNCATE {names} RESTART IDENTITY")
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[sa.Engine]:
+    """An engine on ``database_url``; at teardown no pooled connection may still be out."""
+    eng = make_engine(database_url)
+    yield eng
+    checked_out = eng.pool.checkedout()  # type: ignore[attr-defined]
+    eng.dispose()
+    assert checked_out == 0, f"{checked_out} database connection(s) leaked"
+
+
+@dataclass
+class RunningApi:
+    url: str
+    token: str
+    store: ExecutionStore
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand (the server's ``sleep`` graph reads it)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def execution_api() -> Iterator[RunningApi]:
+    """The local execution API on a free loopback port, serving real HTTP in a thread."""
+    store = ExecutionStore(clock=FakeClock())
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(API_TOKEN, store), log_level="warning", lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:  # readiness of a thread, not a wait on behaviour under test
+        assert thread.is_alive() and time.monotonic() < deadline, "execution API did not start"
+        time.sleep(0.005)
+    yield RunningApi(f"http://127.0.0.1:{port}", API_TOKEN, store)
+    server.should_exit = True
+    thread.join(timeout=10)
+    sock.close()

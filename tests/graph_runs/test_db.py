@@ -1,0 +1,64 @@
+"""graph_runs.db and migrations/: the migration builds exactly tables.py, the schema check
+names its fix, and the due query reads the partial index. Real SQLite and PostgreSQL.
+"""
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from graph_runs.db import SchemaError, check_schema, make_engine, normalize_url, upgrade
+from graph_runs.tables import ACTIVE_SCHEDULE, metadata, schedules
+from tests.helpers import at
+
+
+def test_migrations_build_exactly_the_tables_the_code_uses(engine: sa.Engine) -> None:
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert diff == []
+
+
+def test_upgrade_is_safe_to_run_again(engine: sa.Engine) -> None:
+    before, after = upgrade(engine)
+    assert before == after == "0001"
+    check_schema(engine)
+
+
+def test_empty_database_is_reported_with_the_command_that_fixes_it(tmp_path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+    with pytest.raises(SchemaError, match=r"no schema yet: run `graph-runs db upgrade`"):
+        check_schema(engine)
+    engine.dispose()
+
+
+def test_older_and_unknown_revisions_are_reported(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = 'zzzz'"))
+    with pytest.raises(SchemaError, match="does not know .* deploy a newer graph-runs"):
+        check_schema(engine)
+
+
+def test_postgres_urls_are_pinned_to_psycopg2() -> None:
+    assert normalize_url("postgresql://u@h/db") == "postgresql+psycopg2://u@h/db"
+    assert normalize_url("postgres://u@h/db") == "postgresql+psycopg2://u@h/db"
+    assert normalize_url("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"
+    assert normalize_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_due_query_uses_the_partial_index(engine: sa.Engine) -> None:
+    query = (
+        sa.select(schedules.c.id)
+        .where(ACTIVE_SCHEDULE, schedules.c.next_run_at <= at("2026-11-22T10:00:00Z"))
+        .order_by(schedules.c.next_run_at)
+    )
+    with engine.connect() as conn:
+        compiled = query.compile(conn, compile_kwargs={"literal_binds": True})
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("SET enable_seqscan = off")
+        plan = "\n".join(
+            str(r)
+            for r in conn.exec_driver_sql(
+                f"EXPLAIN {'QUERY PLAN ' if conn.dialect.name == 'sqlite' else ''}{compiled}"
+            )
+        )
+    assert "ix_schedules_due" in plan
