@@ -1,0 +1,133 @@
+"""graph_runs.ledger: outcomes recorded once, counters moved once, one receipt per run.
+
+Real SQLite and PostgreSQL databases; outcomes are built by hand as the client returns them.
+"""
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from graph_runs import ledger
+from graph_runs.errors import Conflict
+from graph_runs.execution_client import Outcome, Usage
+from graph_runs.schedules import ScheduleLimits
+from graph_runs.slots import claim_due_slots
+from graph_runs.tables import charge_receipts, schedules
+from tests.helpers import at, make_grant, make_schedule
+
+NOW = at("2026-11-22T10:00:30Z")
+USAGE = Usage(prompt_tokens=10, completion_tokens=5, total_tokens=15, cost_usd=Decimal("0.00003"))
+
+
+def claimed_row(engine: sa.Engine) -> tuple[Any, str]:
+    with engine.begin() as conn:
+        grant = make_grant(conn, NOW)
+        view = make_schedule(conn, NOW, grant)
+        claim_due_slots(conn, now=at("2026-11-22T10:01:00Z"), schedule_limits=ScheduleLimits())
+        row = conn.execute(sa.select(ledger.graph_runs)).one()
+    return row, view["id"]
+
+
+def counters(engine: sa.Engine, schedule_id: str) -> tuple[int, int, int]:
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(schedules).where(schedules.c.id == schedule_id)).one()
+    return row.runs_total, row.runs_succeeded, row.runs_failed
+
+
+def receipts(engine: sa.Engine) -> list[Any]:
+    with engine.connect() as conn:
+        return list(conn.execute(sa.select(charge_receipts)))
+
+
+def record(engine: sa.Engine, ledger_id: str, outcome: Outcome, run: str = "dagster-1") -> dict:
+    with engine.begin() as conn:
+        return ledger.record_outcome(conn, ledger_id, outcome, dagster_run_id=run, now=NOW)
+
+
+def test_recording_twice_bills_and_counts_once(engine: sa.Engine) -> None:
+    row, schedule_id = claimed_row(engine)
+    outcome = Outcome(status="succeeded", api_run_id="apirun_1", usage=USAGE)
+    first = record(engine, row.id, outcome)
+    second = record(engine, row.id, outcome, run="dagster-2")
+    assert (first["changed"], first["receipt_written"]) == (True, True)
+    assert (second["changed"], second["receipt_written"]) == (False, False)
+    assert counters(engine, schedule_id) == (1, 1, 0)
+    (receipt,) = receipts(engine)
+    assert (receipt.cost_micros, receipt.total_tokens, receipt.billing_account) == (
+        30,
+        15,
+        "alice-billing",
+    )
+    assert (receipt.schedule_id, receipt.dagster_run_id) == (schedule_id, "dagster-1")
+
+
+def test_failure_then_success_on_re_execution_moves_one_count(engine: sa.Engine) -> None:
+    row, schedule_id = claimed_row(engine)
+    record(engine, row.id, Outcome(status="failed", error_code="api_unavailable"))
+    record(engine, row.id, Outcome(status="failed", error_code="api_unavailable"))
+    assert counters(engine, schedule_id) == (1, 0, 1)
+    record(engine, row.id, Outcome(status="succeeded", api_run_id="apirun_1", usage=USAGE))
+    assert counters(engine, schedule_id) == (1, 1, 0)
+    # A succeeded run never goes back.
+    result = record(engine, row.id, Outcome(status="failed", error_code="late"))
+    assert result["status"] == "succeeded" and counters(engine, schedule_id) == (1, 1, 0)
+
+
+def test_one_receipt_per_api_run_even_across_ledger_rows(engine: sa.Engine) -> None:
+    row, _ = claimed_row(engine)
+    record(engine, row.id, Outcome(status="succeeded", api_run_id="apirun_1", usage=USAGE))
+    with engine.begin() as conn:
+        other = ledger.start_adhoc_run(
+            conn,
+            ledger.AdhocRequest("k1", "echo", row.grant_id, {}),
+            owner="alice",
+            billing_account="alice-billing",
+            dagster_run_id="dagster-9",
+            now=NOW,
+        )
+    result = record(
+        engine, other.id, Outcome(status="succeeded", api_run_id="apirun_1", usage=USAGE)
+    )
+    assert result["receipt_written"] is False
+    assert len(receipts(engine)) == 1
+
+
+def test_adhoc_key_reuse_with_another_request_is_a_conflict(engine: sa.Engine) -> None:
+    row, _ = claimed_row(engine)
+    request = ledger.AdhocRequest("key-1", "echo", row.grant_id, {"a": 1})
+    with engine.begin() as conn:
+        first = ledger.start_adhoc_run(
+            conn, request, owner="alice", billing_account="b", dagster_run_id="r1", now=NOW
+        )
+        again = ledger.start_adhoc_run(
+            conn, request, owner="alice", billing_account="b", dagster_run_id="r2", now=NOW
+        )
+        assert first.id == again.id and again.idempotency_key == "api:key-1"
+        changed = ledger.AdhocRequest("key-1", "echo", row.grant_id, {"a": 2})
+        with pytest.raises(Conflict, match="different input"):
+            ledger.start_adhoc_run(
+                conn, changed, owner="alice", billing_account="b", dagster_run_id="r3", now=NOW
+            )
+
+
+def test_request_body_is_the_contracts_and_stable(engine: sa.Engine) -> None:
+    row, schedule_id = claimed_row(engine)
+    body = ledger.request_body(row, ["conn_b", "conn_a"])
+    assert body == {
+        "grant_id": row.grant_id,
+        "input": {"topic": "news"},
+        "trigger": {
+            "kind": "scheduled",
+            "source": "graph_schedules_sensor",
+            "ref": schedule_id,
+            "requested_by": None,
+        },
+        "schedule_id": schedule_id,
+        "scheduled_for": "2026-11-22T10:01:00Z",
+        "limits": {"max_cost_usd": None, "timeout_seconds": None},
+        "connection_ids": ["conn_a", "conn_b"],
+    }
+    assert ledger.request_body(row, ["conn_a", "conn_b"]) == body
+    assert row.idempotency_key == f"sched:{schedule_id}:2026-11-22T10:01:00Z"
