@@ -1,0 +1,68 @@
+"""Driving the sensor and the job in-process the way the daemon would, for tests."""
+
+from typing import Any
+
+import dagster as dg
+
+from graph_runs.jobs import graph_run_job
+from resources import (
+    ClockResource,
+    DatabaseResource,
+    ExecutionApiResource,
+    GrantsResource,
+    ScheduleLimitsResource,
+)
+from sensors.graph_schedules_sensor import make_graph_schedules_sensor
+from tests.conftest import RunningApi
+
+
+def make_resources(database_url: str, api: RunningApi | None, now: str) -> dict[str, Any]:
+    database = DatabaseResource(url=database_url)
+    return {
+        "database": database,
+        "grants": GrantsResource(database=database),
+        "clock": ClockResource(fixed_now=now),
+        "schedule_limits": ScheduleLimitsResource(),
+        "execution_api": ExecutionApiResource(
+            base_url=api.url if api else "http://127.0.0.1:9",
+            token=api.token if api else "unused",
+            backoff_base_seconds=0.0,
+            backoff_max_seconds=0.0,
+            max_attempts=3,
+        ),
+    }
+
+
+def tick(
+    instance: dg.DagsterInstance, resources: dict[str, Any], cursor: str | None
+) -> dg.SensorResult:
+    """One evaluation of graph_schedules_sensor; always a SensorResult."""
+    sensor = make_graph_schedules_sensor(30)
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        result = sensor(context)
+    assert isinstance(result, dg.SensorResult), result
+    return result
+
+
+def apply_partitions(instance: dg.DagsterInstance, result: dg.SensorResult) -> None:
+    """What the daemon does with the tick's partition requests, before its run requests."""
+    for request in result.dynamic_partitions_requests or []:
+        if isinstance(request, dg.AddDynamicPartitionsRequest):
+            instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
+        else:
+            for key in request.partition_keys:
+                instance.delete_dynamic_partition(request.partitions_def_name, key)
+
+
+def launch(
+    instance: dg.DagsterInstance, resources: dict[str, Any], request: dg.RunRequest
+) -> dg.ExecuteInProcessResult:
+    """Run a run request's job in-process, tagged as the daemon would tag it."""
+    tags = {**request.tags, "dagster/run_key": request.run_key or ""}
+    return graph_run_job.execute_in_process(
+        instance=instance,
+        partition_key=request.partition_key,
+        tags=tags,
+        resources=resources,
+        raise_on_error=False,
+    )
