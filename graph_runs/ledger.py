@@ -146,6 +146,13 @@ def start_run(conn: sa.Connection, ledger_id: str, *, dagster_run_id: str, now: 
     row = get_run(conn, ledger_id)
     if row.status in (SUCCEEDED, MISSED):
         return row
+    if row.status == FAILED and row.schedule_id is not None:
+        # A failed slot being run again is no longer failed; its new outcome counts anew.
+        conn.execute(
+            schedules.update()
+            .where(schedules.c.id == row.schedule_id)
+            .values(runs_failed=schedules.c.runs_failed - 1, updated_at=now)
+        )
     conn.execute(
         graph_runs.update()
         .where(graph_runs.c.id == ledger_id)

@@ -1,0 +1,198 @@
+"""graph_runs.jobs: the ops check the grant, call the real local execution API over HTTP,
+and record outcome, counters and receipt. Jobs run in-process on instance_for_test.
+"""
+
+from collections.abc import Iterator
+from typing import Any
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from graph_runs.grants import revoke_grant
+from graph_runs.jobs import graph_run_adhoc_job
+from graph_runs.money import micros_to_usd
+from graph_runs.tables import charge_receipts, graph_runs, schedules
+from tests.conftest import RunningApi
+from tests.dagster_helpers import apply_partitions, launch, make_resources, tick
+from tests.helpers import at, make_grant, make_schedule
+
+CREATED = at("2026-11-22T10:00:30Z")
+NOW = "2026-11-22T10:01:02Z"
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+def fire_one(
+    engine: sa.Engine,
+    database_url: str,
+    instance: dg.DagsterInstance,
+    api: RunningApi,
+    scopes: list[str] | None = None,
+    **fields: Any,
+) -> tuple[dg.ExecuteInProcessResult, dict[str, Any], dg.RunRequest]:
+    with engine.begin() as conn:
+        grant = make_grant(conn, CREATED, scopes=scopes)
+        view = make_schedule(conn, CREATED, grant, **fields)
+    resources = make_resources(database_url, api, NOW)
+    result = tick(instance, resources, None)
+    apply_partitions(instance, result)
+    (request,) = result.run_requests or []
+    return launch(instance, resources, request), view, request
+
+
+def one(engine: sa.Engine, table: sa.Table) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(table)).one()
+
+
+def count(engine: sa.Engine, table: sa.Table) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+
+
+def test_a_scheduled_slot_runs_records_and_bills(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
+) -> None:
+    run, view, _ = fire_one(engine, database_url, instance, execution_api, max_cost_usd="0.5")
+    assert run.success
+    row = one(engine, graph_runs)
+    receipt = one(engine, charge_receipts)
+    assert (row.status, row.dagster_run_id, row.api_run_id) == (
+        "succeeded",
+        run.run_id,
+        receipt.api_run_id,
+    )
+    assert row.output == {"echo": {"topic": "news"}}
+    assert (receipt.graph_run_id, receipt.schedule_id, receipt.billing_account) == (
+        row.id,
+        view["id"],
+        "alice-billing",
+    )
+    metadata = run.output_for_node("record_outcome")
+    assert metadata["status"] == "succeeded" and metadata["receipt_written"] is True
+    (materialization,) = [
+        e
+        for e in run.all_events
+        if e.event_type_value == "STEP_OUTPUT" and e.step_key == "record_outcome"
+    ]
+    entries = materialization.event_specific_data.metadata  # type: ignore[union-attr]
+    assert entries["api_run_id"].value == receipt.api_run_id
+    assert entries["tokens"].value == receipt.total_tokens
+    assert entries["cost_usd"].value == str(micros_to_usd(receipt.cost_micros))
+
+
+@pytest.mark.parametrize(
+    ("scopes", "revoke", "code"),
+    [
+        (["graph:execute:other"], False, "scope_denied"),
+        (["graph:execute:echo"], True, "grant_revoked"),
+    ],
+)
+def test_grant_failures_are_recorded_without_calling_the_api(
+    engine: sa.Engine,
+    database_url: str,
+    instance: dg.DagsterInstance,
+    execution_api: RunningApi,
+    scopes: list[str],
+    revoke: bool,
+    code: str,
+) -> None:
+    with engine.begin() as conn:
+        grant = make_grant(conn, CREATED, scopes=scopes)
+        make_schedule(conn, CREATED, grant)
+        if revoke:
+            revoke_grant(conn, grant.id, now=CREATED, by="security")
+    resources = make_resources(database_url, execution_api, NOW)
+    result = tick(instance, resources, None)
+    apply_partitions(instance, result)
+    run = launch(instance, resources, (result.run_requests or [])[0])
+    assert not run.success
+    row = one(engine, graph_runs)
+    assert (row.status, row.error_code) == ("failed", code)
+    assert execution_api.store.executions == 0 and count(engine, charge_receipts) == 0
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(schedules.c.runs_failed)).scalar_one() == 1
+
+
+def test_a_failed_graph_fails_the_run_and_still_bills(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
+) -> None:
+    run, _, _ = fire_one(engine, database_url, instance, execution_api, graph_id="fail")
+    assert not run.success
+    row = one(engine, graph_runs)
+    assert (row.status, row.error_code) == ("failed", "graph_failed")
+    assert count(engine, charge_receipts) == 1
+
+
+def test_re_executing_a_slot_never_executes_or_bills_twice(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
+) -> None:
+    first, _, request = fire_one(engine, database_url, instance, execution_api)
+    second = launch(instance, make_resources(database_url, execution_api, NOW), request)
+    assert first.success and second.success
+    assert execution_api.store.executions == 1
+    assert count(engine, charge_receipts) == 1
+    with engine.connect() as conn:
+        totals = conn.execute(sa.select(schedules.c.runs_total, schedules.c.runs_succeeded)).one()
+    assert tuple(totals) == (1, 1)
+
+
+def test_api_outage_fails_the_run_and_a_later_re_execution_succeeds_once(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
+) -> None:
+    run, _, request = fire_one(
+        engine, database_url, instance, execution_api, graph_id="flaky", input={"failures": 3}
+    )
+    # Three attempts, three 503s: the run fails, recorded as api_unavailable.
+    assert not run.success
+    assert one(engine, graph_runs).error_code == "api_unavailable"
+    again = launch(instance, make_resources(database_url, execution_api, NOW), request)
+    assert again.success
+    row = one(engine, graph_runs)
+    assert (row.status, row.dagster_run_id) == ("succeeded", again.run_id)
+    with engine.connect() as conn:
+        counts = conn.execute(sa.select(schedules.c.runs_succeeded, schedules.c.runs_failed)).one()
+    assert tuple(counts) == (1, 0)
+    assert execution_api.store.executions == 1 and count(engine, charge_receipts) == 1
+
+
+def test_adhoc_runs_with_one_key_execute_once(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
+) -> None:
+    with engine.begin() as conn:
+        grant = make_grant(conn, CREATED)
+    config = {
+        "ops": {
+            "check_grant": {
+                "config": {
+                    "idempotency_key": "req-42",
+                    "graph_id": "echo",
+                    "grant_id": grant.id,
+                    "input": {"q": "now"},
+                    "requested_by": "ops@example.com",
+                }
+            }
+        }
+    }
+    resources = make_resources(database_url, execution_api, NOW)
+    runs = [
+        graph_run_adhoc_job.execute_in_process(
+            run_config=config, instance=instance, resources=resources
+        )
+        for _ in range(2)
+    ]
+    assert all(r.success for r in runs)
+    assert execution_api.store.executions == 1 and count(engine, charge_receipts) == 1
+    row = one(engine, graph_runs)
+    assert (row.idempotency_key, row.trigger_kind, row.requested_by) == (
+        "api:req-42",
+        "api",
+        "ops@example.com",
+    )
+    tags = instance.get_run_by_id(runs[0].run_id).tags  # type: ignore[union-attr]
+    assert tags["graph_runs/ledger_id"] == row.id and tags["graph_runs/owner"] == "alice"
