@@ -1,0 +1,127 @@
+"""Real Dagster processes (dagster-daemon, dagster-webserver) on a temporary DAGSTER_HOME.
+
+The processes read the same environment a deployment would; the execution API is the real
+local server in the test process, reached over loopback HTTP by the run workers.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from graph_runs.db import make_engine
+from tests.conftest import RunningApi
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    dagster_home: Path
+    logs: Path
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self, *argv: str) -> None:
+        log = open(self.logs / f"{Path(argv[0]).name}-{len(self.processes)}.log", "wb")  # noqa: SIM115
+        self.processes.append(
+            subprocess.Popen(
+                [str(BIN / argv[0]), *argv[1:]],
+                cwd=REPO,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+
+    def instance(self, monkeypatch: pytest.MonkeyPatch) -> dg.DagsterInstance:
+        """The same Dagster instance the processes use, opened in the test process."""
+        for name in ("DAGSTER_HOME", "GRAPH_RUNS_DAGSTER_POSTGRES_URL"):
+            if name in self.env:
+                monkeypatch.setenv(name, self.env[name])
+        return dg.DagsterInstance.from_config(str(self.dagster_home))
+
+    def output(self) -> str:
+        return "\n".join(p.read_text(errors="replace")[-4000:] for p in self.logs.glob("*.log"))
+
+
+def wait_for(check: Callable[[], bool], stack: Stack, what: str, timeout: float = 240) -> None:
+    """Poll a real process's progress; the deadline only bounds a hung test."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        for process in stack.processes:
+            assert process.poll() is None, f"{process.args} exited:\n{stack.output()}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{stack.output()}"
+        time.sleep(0.5)
+
+
+@pytest.fixture
+def dagster_storage_url(database_url: str) -> Iterator[str | None]:
+    """A Postgres database for Dagster's own storage when the schedules DB is Postgres."""
+    if not database_url.startswith("postgresql"):
+        yield None
+        return
+    admin = make_engine(os.environ["GRAPH_RUNS_TEST_POSTGRES_URL"]).execution_options(
+        isolation_level="AUTOCOMMIT"
+    )
+    name = f"graph_runs_dagster_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = sa.make_url(admin.url).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture
+def stack(
+    tmp_path: Path,
+    database_url: str,
+    dagster_storage_url: str | None,
+    execution_api: RunningApi,
+) -> Iterator[Stack]:
+    """A DAGSTER_HOME with the repository's dagster.yaml (or dagster.postgres.yaml)."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    instance_file = "dagster.postgres.yaml" if dagster_storage_url else "dagster.yaml"
+    shutil.copyfile(REPO / instance_file, home / "dagster.yaml")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    env = {
+        "PATH": f"{BIN}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "DAGSTER_HOME": str(home),
+        "GRAPH_RUNS_HOME": str(tmp_path / "graph_runs_home"),
+        "GRAPH_RUNS_DATABASE_URL": database_url,
+        "GRAPH_RUNS_EXECUTION_API_URL": execution_api.url,
+        "GRAPH_RUNS_EXECUTION_API_TOKEN": execution_api.token,
+        "GRAPH_RUNS_SENSOR_INTERVAL_SECONDS": "1",
+    }
+    if dagster_storage_url:
+        env["GRAPH_RUNS_DAGSTER_POSTGRES_URL"] = dagster_storage_url
+    running = Stack(env=env, dagster_home=home, logs=logs)
+    yield running
+    for process in running.processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+    for process in running.processes:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

@@ -1,0 +1,145 @@
+"""graph_runs.cli: the commands a user types, with --json, exit status 2 and one line on bad
+input. Runs main() in-process against a real database named by GRAPH_RUNS_DATABASE_URL, plus
+one run of the installed `graph-runs` script.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from graph_runs.cli import main
+from graph_runs.tables import schedules
+
+
+@pytest.fixture
+def cli(database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    monkeypatch.setenv("GRAPH_RUNS_DATABASE_URL", database_url)
+
+    def run(*args: str) -> tuple[int, Any, str]:
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        data = json.loads(out) if "--json" in args and code == 0 else out
+        return code, data, err
+
+    return run
+
+
+def grant(cli) -> str:
+    code, data, _ = cli(
+        "grants", "create", "--owner", "alice", "--billing-account", "acme",
+        "--scope", "graph:execute:daily-digest", "--json",
+    )  # fmt: skip
+    assert code == 0
+    return str(data["id"])
+
+
+def test_create_describe_pause_resume_delete(cli) -> None:
+    grant_id = grant(cli)
+    code, created, _ = cli(
+        "schedules", "create", "--owner", "alice", "--graph", "daily-digest",
+        "--cron", "0 9 * * 1-5", "--timezone", "Europe/Berlin", "--grant", grant_id,
+        "--input", '{"lang": "de"}', "--max-cost-usd", "0.25", "--timeout-seconds", "600",
+        "--json",
+    )  # fmt: skip
+    assert code == 0
+    sid = created["id"]
+    assert (created["max_cost_usd"], created["timeout_seconds"]) == ("0.25", 600)
+    code, described, _ = cli("schedules", "describe", sid, "--json")
+    assert code == 0 and len(described["next_fire_times"]) == 10
+    assert described["next_fire_times"][0] == described["next_run_at"]
+    assert described["recent_runs"] == []
+    code, paused, _ = cli("schedules", "pause", sid, "--note", "vacation", "--json")
+    assert (paused["enabled"], paused["pause_note"]) == (False, "vacation")
+    code, resumed, _ = cli("schedules", "resume", sid, "--json")
+    assert resumed["enabled"] is True
+    code, listed, _ = cli("schedules", "list", "--owner", "alice", "--json")
+    assert [s["id"] for s in listed] == [sid]
+    code, deleted, _ = cli("schedules", "delete", sid, "--json")
+    assert deleted == {"id": sid, "deleted": True}
+    code, _, err = cli("schedules", "describe", sid)
+    assert (code, err) == (2, f"error: schedule {sid} not found\n")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--cron", "0 9 * *"], "error: cron: '0 9 * *' is not a 5-field cron expression"),
+        (["--cron", "0 9 * * *", "--timezone", "Europe/Nowhere"], "error: timezone: unknown IANA"),
+        (["--cron", "0 9 * * *", "--input", "{oops"], "error: input: is not valid JSON"),
+        (["--cron", "0 9 * * *", "--run-at", "tomorrow"], "error: run_at: 'tomorrow' is not"),
+        (["--cron", "0 9 * * *", "--max-cost-usd", "lots"], "error: max_cost_usd: 'lots'"),
+        (["--cron", "0 9 * * *", "--timeout-seconds", "x"], "error: Invalid value for '--timeout"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(
+    cli, database_url: str, extra: list[str], message: str
+) -> None:
+    grant_id = grant(cli)
+    base = ["schedules", "create", "--owner", "alice", "--graph", "g", "--grant", grant_id]
+    code, out, err = cli(*base, *extra)
+    assert code == 2 and out == ""
+    assert err.startswith(message) and err.count("\n") == 1
+    engine = sa.create_engine(database_url.replace("postgresql://", "postgresql+psycopg2://"))
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(schedules)).scalar() == 0
+    engine.dispose()
+
+
+def test_preview_prints_fire_instants_under_the_dst_policy(cli) -> None:
+    code, instants, _ = cli(
+        "schedules", "preview", "--cron", "30 1 * * *", "--timezone", "America/New_York",
+        "--from", "2026-10-31T00:00:00Z", "--count", "3", "--json",
+    )  # fmt: skip
+    assert code == 0
+    assert instants == ["2026-10-31T05:30:00Z", "2026-11-01T05:30:00Z", "2026-11-02T06:30:00Z"]
+    code, text, _ = cli(
+        "schedules", "preview", "--cron", "30 2 * * *", "--timezone", "America/New_York",
+        "--from", "2026-03-08T00:00:00Z", "--count", "1",
+    )  # fmt: skip
+    assert text == "2026-03-08T07:00:00Z\n"
+
+
+def test_grants_revoke_and_list(cli) -> None:
+    grant_id = grant(cli)
+    code, revoked, _ = cli("grants", "revoke", grant_id, "--by", "security", "--json")
+    assert code == 0 and revoked["revoked_by"] == "security"
+    code, listed, _ = cli("grants", "list", "--json")
+    assert [g["id"] for g in listed] == [grant_id]
+    code, _, err = cli("grants", "create", "--owner", "a", "--billing-account", "b", "--scope", "x")
+    assert (code, err) == (
+        2,
+        "error: scope: 'x' is not graph:execute:<graph_id> or graph:execute:*\n",
+    )
+
+
+def test_unmigrated_database_says_which_command_fixes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("GRAPH_RUNS_DATABASE_URL", f"sqlite:///{tmp_path / 'fresh.db'}")
+    assert main(["schedules", "list"]) == 2
+    assert capsys.readouterr().err == (
+        "error: the schedules database has no schema yet: run `graph-runs db upgrade`\n"
+    )
+    assert main(["db", "upgrade", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"from_revision": None, "to_revision": "0001"}
+
+
+def test_installed_script_exits_2(tmp_path: Path) -> None:
+    script = Path(sys.executable).parent / "graph-runs"
+    result = subprocess.run(
+        [str(script), "schedules", "preview", "--cron", "* * *", "--from", "2026-01-01T00:00:00Z"],
+        capture_output=True,
+        text=True,
+        env={"GRAPH_RUNS_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    assert result.returncode == 2
+    assert (
+        result.stderr
+        == "error: cron: '* * *' is not a 5-field cron expression (minute hour day month weekday)\n"
+    )
