@@ -1,6 +1,7 @@
-"""graph_runs.cli: the commands a user types, with --json, exit status 2 and one line on bad
-input. Runs main() in-process against a real database named by GRAPH_RUNS_DATABASE_URL, plus
-one run of the installed `graph-runs` script.
+"""graph_runs.cli: the commands a user types, with --json, and exit status 2 on bad input.
+
+Runs main() in-process against a real database named by GRAPH_RUNS_DATABASE_URL, plus one
+run of the installed `graph-runs` script. Bad input must give one line and write nothing.
 """
 
 import json

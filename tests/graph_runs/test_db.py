@@ -1,5 +1,7 @@
-"""graph_runs.db and migrations/: the migration builds exactly tables.py, the schema check
-names its fix, and the due query reads the partial index. Real SQLite and PostgreSQL.
+"""graph_runs.db and migrations/: the migration builds exactly tables.py.
+
+The schema check names its fix, and the due query reads the partial index. Real SQLite and
+PostgreSQL.
 """
 
 import pytest
@@ -7,7 +9,14 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from graph_runs.db import SchemaError, check_schema, make_engine, normalize_url, upgrade
+from graph_runs.db import (
+    SchemaError,
+    check_schema,
+    head_revision,
+    make_engine,
+    normalize_url,
+    upgrade,
+)
 from graph_runs.tables import ACTIVE_SCHEDULE, metadata, schedules
 from tests.helpers import at
 
@@ -34,8 +43,12 @@ def test_empty_database_is_reported_with_the_command_that_fixes_it(tmp_path) -> 
 def test_older_and_unknown_revisions_are_reported(engine: sa.Engine) -> None:
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE alembic_version SET version_num = 'zzzz'"))
-    with pytest.raises(SchemaError, match="does not know .* deploy a newer graph-runs"):
-        check_schema(engine)
+    try:
+        with pytest.raises(SchemaError, match="does not know .* deploy a newer graph-runs"):
+            check_schema(engine)
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"UPDATE alembic_version SET version_num = '{head_revision()}'"))
 
 
 def test_postgres_urls_are_pinned_to_psycopg2() -> None:

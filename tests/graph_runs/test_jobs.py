@@ -1,5 +1,7 @@
-"""graph_runs.jobs: the ops check the grant, call the real local execution API over HTTP,
-and record outcome, counters and receipt. Jobs run in-process on instance_for_test.
+"""graph_runs.jobs: grant check, execution API call, outcome, counters and receipt.
+
+Jobs run in-process on instance_for_test against the real local execution API over HTTP
+and a real schedules database.
 """
 
 from collections.abc import Iterator
