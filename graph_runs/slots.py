@@ -204,7 +204,7 @@ def _validated(row: Any, limits: ScheduleLimits, now: dt.datetime) -> ScheduleSp
         max_input_bytes=limits.max_input_bytes,
     )
     spec = spec_from_row(row, relaxed, now)
-    if spec.cron is not None:
+    if spec.cron is not None and limits.min_interval_seconds > 60:
         shortest = _cached_min_interval(spec.cron, spec.timezone, now.date())
         if shortest < limits.min_interval_seconds:
             raise InvalidInput(

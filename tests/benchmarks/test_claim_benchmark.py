@@ -1,0 +1,67 @@
+"""Benchmarks of the sensor's claim step on SQLite (``make bench``; skipped by ``make test``).
+
+Claim cost must follow the number of due schedules, not the number of schedules: the same
+100 due schedules are claimed beside 0 and beside 20,000 schedules that are not due.
+"""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from graph_runs.db import make_engine
+from graph_runs.schedules import ScheduleLimits
+from graph_runs.slots import claim_due_slots
+from graph_runs.tables import execution_grants, graph_runs, schedules
+from tests.helpers import at
+
+NOW = at("2026-11-22T10:01:05Z")
+DUE_AT = at("2026-11-22T10:01:00Z")
+
+
+def populate(path: Path, template: Path, due: int, idle: int) -> sa.Engine:
+    shutil.copyfile(template, path)
+    engine = make_engine(f"sqlite:///{path}")
+    created = at("2026-11-22T10:00:30Z")
+    with engine.begin() as conn:
+        conn.execute(
+            execution_grants.insert().values(
+                id="grt_b", owner="o", billing_account="b", scopes=["graph:execute:*"],
+                connection_ids=[], created_at=created,
+            )
+        )  # fmt: skip
+        rows = [
+            {
+                "id": f"sch_{i:06d}", "owner": "o", "graph_id": "echo", "input": {},
+                "cron": "* * * * *" if i < due else "0 12 * * *", "timezone": "UTC",
+                "grant_id": "grt_b", "created_at": created, "updated_at": created,
+                "next_run_at": DUE_AT if i < due else at("2026-11-22T12:00:00Z"),
+            }
+            for i in range(due + idle)
+        ]  # fmt: skip
+        conn.execute(schedules.insert(), rows)
+    return engine
+
+
+@pytest.mark.parametrize("idle", [0, 20_000])
+def test_claim_100_due(benchmark, tmp_path: Path, sqlite_template: Path, idle: int) -> None:
+    engine = populate(tmp_path / "bench.db", sqlite_template, 100, idle)
+
+    def reset() -> None:
+        with engine.begin() as conn:
+            conn.execute(graph_runs.delete())
+            conn.execute(
+                schedules.update()
+                .where(schedules.c.cron == "* * * * *")
+                .values(next_run_at=at("2026-11-22T10:01:00Z"), runs_total=0)
+            )
+
+    def claim() -> int:
+        with engine.begin() as conn:
+            return claim_due_slots(conn, now=NOW, schedule_limits=ScheduleLimits()).fired
+
+    benchmark.pedantic(claim, setup=reset, rounds=15)
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(graph_runs)).scalar() == 100
+    engine.dispose()
