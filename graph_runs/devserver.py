@@ -84,6 +84,11 @@ def _dev_token(home: Path) -> str:
     return path.read_text().strip()
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    """Treat SIGTERM like Ctrl-C, so that the children are stopped either way."""
+    raise KeyboardInterrupt
+
+
 def run_dev(settings: Settings, *, port: int, as_json: bool) -> int:
     """Run the local stack in the foreground; returns the exit status."""
     home = settings.home
@@ -147,6 +152,7 @@ def run_dev(settings: Settings, *, port: int, as_json: bool) -> int:
             cwd=REPO_ROOT,
         )
     )
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return children[-1].wait()
     except KeyboardInterrupt:
@@ -154,7 +160,7 @@ def run_dev(settings: Settings, *, port: int, as_json: bool) -> int:
     finally:
         for child in children:
             if child.poll() is None:
-                child.send_signal(signal.SIGINT)
+                child.send_signal(signal.SIGTERM)
         for child in children:
             try:
                 child.wait(timeout=20)
