@@ -111,6 +111,10 @@ def run_dev(settings: Settings, *, port: int, as_json: bool) -> int:
         EXECUTION_API_TOKEN_VAR: _dev_token(home),
     }
     env.setdefault(SENSOR_INTERVAL_VAR, DEV_SENSOR_INTERVAL_SECONDS)
+    # Started in the background by a non-interactive shell, this process inherits SIGINT as
+    # ignored, and so would the children, which then could not be stopped cleanly.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     bin_dir = Path(sys.executable).parent
     children: list[subprocess.Popen[bytes]] = []
     api = urlsplit(settings.execution_api_url)
@@ -152,7 +156,6 @@ def run_dev(settings: Settings, *, port: int, as_json: bool) -> int:
             cwd=REPO_ROOT,
         )
     )
-    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return children[-1].wait()
     except KeyboardInterrupt:
@@ -160,7 +163,9 @@ def run_dev(settings: Settings, *, port: int, as_json: bool) -> int:
     finally:
         for child in children:
             if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
+                # dagster dev shuts its webserver, daemon and code servers down on SIGINT;
+                # on SIGTERM it exits and leaves them running.
+                child.send_signal(signal.SIGINT)
         for child in children:
             try:
                 child.wait(timeout=20)
