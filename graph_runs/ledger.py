@@ -26,7 +26,8 @@ RUNNING = "running"
 SUCCEEDED = "succeeded"
 FAILED = "failed"
 MISSED = "missed"  # the slot passed while nothing could fire it, beyond catch-up
-TERMINAL = frozenset({SUCCEEDED, FAILED, MISSED})
+CANCELLED = "cancelled"  # the schedule was deleted before the slot's run was created
+TERMINAL = frozenset({SUCCEEDED, FAILED, MISSED, CANCELLED})
 
 TAG_PREFIX = "graph_runs/"
 LEDGER_ID_TAG = f"{TAG_PREFIX}ledger_id"
@@ -144,7 +145,7 @@ def start_run(conn: sa.Connection, ledger_id: str, *, dagster_run_id: str, now: 
     outcome back from the API (same key, same body) and records nothing new.
     """
     row = get_run(conn, ledger_id)
-    if row.status in (SUCCEEDED, MISSED):
+    if row.status in (SUCCEEDED, MISSED, CANCELLED):
         return row
     if row.status == FAILED and row.schedule_id is not None:
         # A failed slot being run again is no longer failed; its new outcome counts anew.

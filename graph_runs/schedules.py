@@ -18,7 +18,7 @@ from graph_runs.errors import InvalidInput, NotFound
 from graph_runs.grants import get_grant
 from graph_runs.ids import new_id
 from graph_runs.money import micros_to_usd, usd_to_micros
-from graph_runs.tables import audit, schedules
+from graph_runs.tables import audit, graph_runs, schedules
 
 
 @dataclass(frozen=True)
@@ -303,6 +303,18 @@ def delete_schedule(
         .values(status="deleted", enabled=False, deleted_at=now, updated_at=now, next_run_at=None)
     )
     if result.rowcount:
+        # Slots claimed but not yet handed to Dagster would otherwise wait for a partition
+        # that no longer exists; they end here, visibly.
+        conn.execute(
+            graph_runs.update()
+            .where(graph_runs.c.schedule_id == schedule_id, graph_runs.c.status == "pending")
+            .values(
+                status="cancelled",
+                error_code="schedule_deleted",
+                error_message="the schedule was deleted before this slot's run was created",
+                finished_at=now,
+            )
+        )
         audit(
             conn,
             at=now,

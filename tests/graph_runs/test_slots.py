@@ -7,7 +7,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from graph_runs.schedules import ScheduleLimits
+from graph_runs.schedules import ScheduleLimits, delete_schedule
 from graph_runs.slots import ClaimResult, TickLimits, claim_due_slots, pending_runs
 from graph_runs.tables import graph_runs, schedules
 from tests.helpers import at, make_grant, make_schedule
@@ -209,3 +209,14 @@ def test_now_is_exact_to_the_slot(engine: sa.Engine) -> None:
     setup_schedule(engine)
     assert claim(engine, "2026-11-22T10:01:00Z").fired == 1
     assert ledger(engine) == [("2026-11-22T10:01:00Z", "pending")]
+
+
+def test_deleting_a_schedule_cancels_its_slots_not_yet_handed_to_dagster(
+    engine: sa.Engine,
+) -> None:
+    view = setup_schedule(engine)
+    claim(engine, "2026-11-22T10:01:01Z")
+    with engine.begin() as conn:
+        delete_schedule(conn, view["id"], now=at("2026-11-22T10:01:02Z"))
+        assert pending_runs(conn, 10) == []
+    assert ledger(engine) == [("2026-11-22T10:01:00Z", "cancelled")]
