@@ -6,7 +6,7 @@ they exist), starts the local execution API and ``dagster dev`` with DAGSTER_HOM
 """
 
 import datetime as dt
-import logging
+import json
 import os
 import secrets
 import shutil
@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import click
 import sqlalchemy as sa
 
 from graph_runs.db import make_engine, upgrade
@@ -28,7 +29,6 @@ from graph_runs.settings import (
     Settings,
 )
 
-logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_OWNER = "demo"
 DEV_SENSOR_INTERVAL_SECONDS = "10"
@@ -133,13 +133,21 @@ def run_dev(settings: Settings, *, port: int, as_json: bool) -> int:
                 env=env,
             )
         )
-    for line in seeded:
-        logger.warning(line)
-    message = (
-        f"graph-runs dev: Dagster UI on http://127.0.0.1:{port}, execution API on "
-        f"{settings.execution_api_url}, schedules database {settings.database_url()}"
-    )
-    print(message, flush=True)  # noqa: T201 - the one line a user of `make dev` reads
+    urls = {
+        "dagster_ui": f"http://127.0.0.1:{port}",
+        "execution_api": settings.execution_api_url,
+        "schedules_database": sa.make_url(settings.database_url()).render_as_string(),
+        "seeded": seeded,
+    }
+    if as_json:
+        click.echo(json.dumps(urls))
+    else:
+        for line in seeded:
+            click.echo(line)
+        click.echo(
+            f"graph-runs dev: Dagster UI on {urls['dagster_ui']}, execution API on "
+            f"{urls['execution_api']}, schedules database {urls['schedules_database']}"
+        )
     children.append(
         subprocess.Popen(
             [
