@@ -5,6 +5,7 @@ straight into the table (the sensor validates those before firing them).
 """
 
 import datetime as dt
+import functools
 import json
 from dataclasses import dataclass
 from decimal import Decimal
@@ -84,22 +85,33 @@ def validate_spec(raw: dict[str, Any], limits: ScheduleLimits, now: dt.datetime)
         raise InvalidInput(field, first["msg"].removeprefix("Value error, ")) from None
     if spec.cron is not None:
         try:
-            cron = CronSchedule(spec.cron, spec.timezone)
+            CronSchedule(spec.cron, spec.timezone)  # raises on a bad expression or zone
         except CronError as exc:
             raise InvalidInput("cron", str(exc)) from None
         # Fire instants are whole minutes, so no expression fires more often than every 60 s:
         # only a stricter limit needs the (costly) scan of upcoming fires.
-        shortest = cron.min_interval(now) if limits.min_interval_seconds > 60 else None
-        if shortest is not None and shortest.total_seconds() < limits.min_interval_seconds:
+        # Cached, because the sensor revalidates every due row on every tick and many rows
+        # share an expression.
+        shortest = (
+            _min_interval_seconds(spec.cron, spec.timezone, now)
+            if limits.min_interval_seconds > 60
+            else None
+        )
+        if shortest is not None and shortest < limits.min_interval_seconds:
             raise InvalidInput(
                 "cron",
-                f"fires every {int(shortest.total_seconds())} s at times; "
+                f"fires every {int(shortest)} s at times; "
                 f"the minimum interval is {limits.min_interval_seconds} s",
             )
     size = len(json.dumps(spec.input, separators=(",", ":")).encode())
     if size > limits.max_input_bytes:
         raise InvalidInput("input", f"is {size} bytes; the limit is {limits.max_input_bytes}")
     return spec
+
+
+@functools.lru_cache(maxsize=8192)
+def _min_interval_seconds(expression: str, timezone: str, now: dt.datetime) -> float:
+    return CronSchedule(expression, timezone).min_interval(now).total_seconds()
 
 
 def first_slot(spec: ScheduleSpec, after: dt.datetime) -> dt.datetime | None:

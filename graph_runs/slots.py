@@ -14,7 +14,6 @@ Nothing here imports Dagster, so the tick's logic is tested at exact instants wi
 """
 
 import datetime as dt
-import functools
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from graph_runs.cron import CronSchedule, format_utc
+from graph_runs.cron import format_utc
 from graph_runs.db import insert_ignoring_conflicts
 from graph_runs.errors import InvalidInput
 from graph_runs.ids import new_id
@@ -94,7 +93,7 @@ def claim_due_slots(
     for row in rows:
         result.schedules_seen += 1
         try:
-            spec = _validated(row, schedule_limits, now)
+            spec = spec_from_row(row, schedule_limits, now)
         except InvalidInput as exc:
             _mark_invalid(conn, row.id, str(exc), now)
             result.invalid.append((row.id, str(exc)))
@@ -188,31 +187,6 @@ def _billing_accounts(conn: sa.Connection, grant_ids: Iterable[str]) -> dict[str
         execution_grants.c.id.in_(ids)
     )
     return {row.id: row.billing_account for row in conn.execute(query)}
-
-
-@functools.lru_cache(maxsize=8192)
-def _cached_min_interval(expression: str, timezone: str, day: dt.date) -> float:
-    start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
-    return CronSchedule(expression, timezone).min_interval(start).total_seconds()
-
-
-def _validated(row: Any, limits: ScheduleLimits, now: dt.datetime) -> ScheduleSpec:
-    """Revalidate a row; the minimum-interval check is cached per expression and day."""
-    relaxed = ScheduleLimits(
-        min_interval_seconds=0,
-        max_schedules_per_owner=limits.max_schedules_per_owner,
-        max_input_bytes=limits.max_input_bytes,
-    )
-    spec = spec_from_row(row, relaxed, now)
-    if spec.cron is not None and limits.min_interval_seconds > 60:
-        shortest = _cached_min_interval(spec.cron, spec.timezone, now.date())
-        if shortest < limits.min_interval_seconds:
-            raise InvalidInput(
-                "cron",
-                f"fires every {int(shortest)} s at times; "
-                f"the minimum interval is {limits.min_interval_seconds} s",
-            )
-    return spec
 
 
 @dataclass
