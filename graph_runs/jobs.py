@@ -7,6 +7,7 @@ without partitions, launched through Dagster's GraphQL API or the launchpad with
 through the same ops and the same ledger.
 """
 
+from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
@@ -15,6 +16,8 @@ from graph_runs import ledger
 from graph_runs.errors import Conflict, NotFound
 from graph_runs.execution_client import ExecutionApiError, Outcome
 from graph_runs.grants import GrantDenied
+from graph_runs.statuses import NEVER_RAN
+from graph_runs.triggers import start_partition_run
 from resources import ClockResource, DatabaseResource, ExecutionApiResource, GrantsResource
 
 SCHEDULE_PARTITIONS_NAME = "graph_run_schedules"
@@ -46,6 +49,20 @@ def _start(
     if ledger_id:
         with database.transaction() as conn:
             return ledger.start_run(conn, ledger_id, dagster_run_id=context.run_id, now=now)
+    if context.has_partition_key and not config.idempotency_key:
+        # Launched from the Dagster UI for a schedule (a partition backfill, say): a
+        # trigger-now of that schedule, keyed by the root run so re-execution reuses it.
+        with database.transaction() as conn:
+            row = start_partition_run(
+                conn,
+                context.partition_key,
+                dagster_run_id=context.run_id,
+                root_run_id=context.run.root_run_id or context.run_id,
+                requested_by=context.run.tags.get("dagster/user"),
+                now=now,
+            )
+        context.instance.add_run_tags(context.run_id, ledger.run_tags(row))
+        return row
     missing = [
         name for name in ("idempotency_key", "graph_id", "grant_id") if not getattr(config, name)
     ]
@@ -82,7 +99,7 @@ def _start(
 
 @dg.op(
     description="Find the run's ledger row and check its grant before any API call.",
-    out=dg.Out(dict),
+    out=dg.Out(dict, is_required=False),
 )
 def check_grant(
     context: dg.OpExecutionContext,
@@ -90,13 +107,24 @@ def check_grant(
     database: DatabaseResource,
     grants: GrantsResource,
     clock: ClockResource,
-) -> dict[str, Any]:
-    """Fail fast, recording why, when the grant is missing, expired, revoked or out of scope."""
+) -> Iterator[dg.Output[dict[str, Any]]]:
+    """Fail fast, recording why, when the grant is missing, expired, revoked or out of scope.
+
+    A slot cancelled before its run started (its schedule paused or deleted, or superseded
+    under overlap cancel_other) yields nothing: the API is not called, the later steps are
+    skipped, and the run ends without charging anyone.
+    """
     try:
         row = _start(context, config, database, grants, clock)
     except (Conflict, NotFound) as exc:
         raise dg.Failure(description=str(exc)) from None
     ticket = ledger.Ticket.from_row(row)
+    if row.status in NEVER_RAN:
+        context.log.warning(
+            f"{ticket.label} not calling the execution API: the slot is {row.status} "
+            f"({row.error_code}: {row.error_message})"
+        )
+        return
     try:
         grant = grants.check(row.grant_id, row.graph_id, clock.now())
     except GrantDenied as denied:
@@ -113,10 +141,12 @@ def check_grant(
             metadata={"error_code": denied.code, "ledger_id": row.id},
         ) from None
     context.log.info(f"{ticket.label} grant {grant.id} allows the run; calling the execution API")
-    return {
-        "ticket": ticket.as_dict(),
-        "body": ledger.request_body(row, grant.connection_ids),
-    }
+    yield dg.Output(
+        {
+            "ticket": ticket.as_dict(),
+            "body": ledger.request_body(row, grant.connection_ids),
+        }
+    )
 
 
 @dg.op(

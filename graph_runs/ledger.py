@@ -18,24 +18,20 @@ from graph_runs.errors import Conflict, NotFound
 from graph_runs.execution_client import Outcome
 from graph_runs.ids import new_id
 from graph_runs.money import micros_to_usd, usd_to_micros
+from graph_runs.schedules import FAILURE_PAUSER, pause_schedule
+from graph_runs.statuses import (
+    CANCELLED,
+    CANCELLING,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    SETTLED,
+    SUCCEEDED,
+)
 from graph_runs.tables import charge_receipts, graph_runs, schedules
-
-PENDING = "pending"  # claimed by the sensor; Dagster may not have a run for it yet
-QUEUED = "queued"  # a Dagster run exists and has not started the op yet
-RUNNING = "running"
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-MISSED = "missed"  # the slot passed while nothing could fire it, beyond catch-up
-CANCELLED = "cancelled"  # the schedule was deleted before the slot's run was created
-TERMINAL = frozenset({SUCCEEDED, FAILED, MISSED, CANCELLED})
 
 TAG_PREFIX = "graph_runs/"
 LEDGER_ID_TAG = f"{TAG_PREFIX}ledger_id"
-
-
-def slot_key(schedule_id: str, scheduled_for: dt.datetime) -> str:
-    """The idempotency key (and Dagster run key) of a scheduled slot."""
-    return f"sched:{schedule_id}:{format_utc(scheduled_for)}"
 
 
 def api_key(caller_key: str) -> str:
@@ -130,9 +126,12 @@ def request_body(row: Any, connection_ids: list[str]) -> dict[str, Any]:
     }
 
 
-def get_run(conn: sa.Connection, ledger_id: str) -> Any:
-    """The ledger row, or raise NotFound."""
-    row = conn.execute(sa.select(graph_runs).where(graph_runs.c.id == ledger_id)).one_or_none()
+def get_run(conn: sa.Connection, ledger_id: str, *, lock: bool = False) -> Any:
+    """The ledger row, or raise NotFound; ``lock`` holds it until the transaction ends."""
+    query = sa.select(graph_runs).where(graph_runs.c.id == ledger_id)
+    if lock and conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    row = conn.execute(query).one_or_none()
     if row is None:
         raise NotFound(f"graph run {ledger_id} not found in the ledger")
     return row
@@ -142,10 +141,20 @@ def start_run(conn: sa.Connection, ledger_id: str, *, dagster_run_id: str, now: 
     """Mark a ledger row as running in ``dagster_run_id``; returns the row as it now is.
 
     A row that already succeeded is returned unchanged: a re-executed run then gets the first
-    outcome back from the API (same key, same body) and records nothing new.
+    outcome back from the API (same key, same body) and records nothing new. A row that was
+    cancelled, or is being cancelled (its schedule paused or deleted, or overlap
+    cancel_other), ends ``cancelled`` here and is returned so: the op then does nothing.
+    The row is locked, so a pause that commits meanwhile is seen, not overwritten.
     """
-    row = get_run(conn, ledger_id)
-    if row.status in (SUCCEEDED, MISSED, CANCELLED):
+    row = get_run(conn, ledger_id, lock=True)
+    if row.status == CANCELLING:
+        conn.execute(
+            graph_runs.update()
+            .where(graph_runs.c.id == ledger_id)
+            .values(status=CANCELLED, dagster_run_id=dagster_run_id, finished_at=now)
+        )
+        return get_run(conn, ledger_id)
+    if row.status in SETTLED:
         return row
     if row.status == FAILED and row.schedule_id is not None:
         # A failed slot being run again is no longer failed; its new outcome counts anew.
@@ -258,8 +267,10 @@ def record_outcome(
 
     Returns what the op reports as metadata, including whether this call changed anything.
     """
-    row = get_run(conn, ledger_id)
-    changed = row.status != SUCCEEDED and not (
+    row = get_run(conn, ledger_id, lock=True)
+    # A cancelled row stays cancelled even if the API finished the run meanwhile; its
+    # receipt is still written below, because the money was spent.
+    changed = row.status not in SETTLED and not (
         row.status == outcome.status and row.api_run_id == outcome.api_run_id
     )
     if changed:
@@ -327,20 +338,47 @@ def _move_counters(conn: sa.Connection, row: Any, outcome: Outcome, now: dt.date
         failed = 1
     if not (succeeded or failed):
         return
+    error = (
+        None if outcome.status == SUCCEEDED else f"{outcome.error_code}: {outcome.error_message}"
+    )
     conn.execute(
         schedules.update()
         .where(schedules.c.id == row.schedule_id)
         .values(
             runs_succeeded=schedules.c.runs_succeeded + succeeded,
             runs_failed=schedules.c.runs_failed + failed,
-            last_error=(
-                None
-                if outcome.status == SUCCEEDED
-                else f"{outcome.error_code}: {outcome.error_message}"
+            consecutive_failures=(
+                0 if outcome.status == SUCCEEDED else schedules.c.consecutive_failures + failed
             ),
+            last_error=error,
             updated_at=now,
         )
     )
+    if failed == 1:
+        _pause_after_failures(conn, row.schedule_id, error or "", now)
+
+
+def _pause_after_failures(
+    conn: sa.Connection, schedule_id: str, error: str, now: dt.datetime
+) -> None:
+    """Pause a schedule whose last N runs all failed, so it stops failing (and spending)."""
+    schedule = conn.execute(
+        sa.select(
+            schedules.c.enabled,
+            schedules.c.status,
+            schedules.c.consecutive_failures,
+            schedules.c.pause_after_failures,
+        ).where(schedules.c.id == schedule_id)
+    ).one_or_none()
+    if schedule is None or not schedule.enabled or schedule.status == "deleted":
+        return
+    limit = schedule.pause_after_failures
+    if not limit or schedule.consecutive_failures < limit:
+        return
+    note = (
+        f"paused after {schedule.consecutive_failures} consecutive failed runs; last error: {error}"
+    )[:2000]
+    pause_schedule(conn, schedule_id, now=now, note=note, by=FAILURE_PAUSER)
 
 
 def recent_runs(conn: sa.Connection, schedule_id: str, limit: int = 10) -> list[dict[str, Any]]:

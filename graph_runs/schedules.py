@@ -1,125 +1,83 @@
-"""User schedules: validation and the Python API behind the CLI.
+"""User schedules: the Python API behind the CLI.
 
-The same validation guards the CLI, the Python API and rows that another application wrote
-straight into the table (the sensor validates those before firing them).
+Create, upsert, update, pause, resume and delete, each in the caller's transaction and each
+audited. Conflicts and unknown schedules raise ``Conflict`` and ``NotFound``; bad input
+raises ``InvalidInput`` naming the field, and nothing is written.
 """
 
 import datetime as dt
-import functools
-import json
-from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
-import pydantic
 import sqlalchemy as sa
 
-from graph_runs.cron import CronError, CronSchedule, parse_timezone
-from graph_runs.errors import InvalidInput, NotFound
+from graph_runs.cron import format_utc
+from graph_runs.db import insert_ignoring_conflicts
+from graph_runs.errors import Conflict, InvalidInput, NotFound
 from graph_runs.grants import get_grant
 from graph_runs.ids import new_id
-from graph_runs.money import micros_to_usd, usd_to_micros
+from graph_runs.in_flight import cancel_in_flight
+from graph_runs.ledger_rows import schedule_run_row, slot_key
+from graph_runs.money import micros_to_usd
+from graph_runs.policies import Policies, format_duration
+from graph_runs.schedule_spec import (
+    TIMING_FIELDS,
+    ScheduleLimits,
+    ScheduleSpec,
+    cursor_of,
+    row_as_raw,
+    spec_from_row,
+    validate_spec,
+)
+from graph_runs.slot_plan import ScheduleState, paused_slots
 from graph_runs.tables import audit, graph_runs, schedules
 
-
-@dataclass(frozen=True)
-class ScheduleLimits:
-    """Operator-set bounds on what users may schedule."""
-
-    min_interval_seconds: int = 60
-    max_schedules_per_owner: int = 100
-    max_input_bytes: int = 64 * 1024
+# Who a schedule's automatic pause is attributed to.
+FAILURE_PAUSER = "graph-runs (consecutive failures)"
+# Slots that came due while paused are written on resume, up to this many; the rest are
+# counted in the audit log.
+MAX_PAUSED_SLOTS_RECORDED = 10_000
 
 
-class ScheduleSpec(pydantic.BaseModel):
-    """What a user asks for; validated before anything is written."""
+def next_due(
+    spec: ScheduleSpec, schedule_id: str, after: dt.datetime
+) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """The first slot strictly after ``after`` within the schedule's bounds, and its due time.
 
-    model_config = pydantic.ConfigDict(extra="forbid")
-
-    owner: str = pydantic.Field(min_length=1, max_length=200)
-    graph_id: str = pydantic.Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:\-]+$")
-    input: dict[str, Any] = pydantic.Field(default_factory=dict)
-    cron: str | None = None
-    timezone: str = "UTC"
-    run_at: dt.datetime | None = None
-    grant_id: str = pydantic.Field(min_length=1, max_length=40)
-    max_cost_usd: Decimal | None = pydantic.Field(default=None, ge=0, max_digits=14)
-    timeout_seconds: int | None = pydantic.Field(default=None, gt=0, le=7 * 24 * 3600)
-
-    @pydantic.field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        try:
-            parse_timezone(value)
-        except CronError as exc:
-            raise ValueError(str(exc)) from None
-        return value
-
-    @pydantic.field_validator("run_at")
-    @classmethod
-    def _aware(cls, value: dt.datetime | None) -> dt.datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
-
-    @pydantic.model_validator(mode="after")
-    def _one_timing(self) -> "ScheduleSpec":
-        if (self.cron is None) == (self.run_at is None):
-            raise ValueError("give either a cron expression or a one-time run_at, not both")
-        return self
-
-    def cron_schedule(self) -> CronSchedule | None:
-        """The parsed cron schedule, or None for a one-time schedule."""
-        return None if self.cron is None else CronSchedule(self.cron, self.timezone)
-
-
-def validate_spec(raw: dict[str, Any], limits: ScheduleLimits, now: dt.datetime) -> ScheduleSpec:
-    """Validate a schedule fully; raise InvalidInput naming the first bad field."""
-    try:
-        spec = ScheduleSpec.model_validate(raw)
-    except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "schedule"
-        if field == "cron" or (field == "schedule" and "cron" in first["msg"]):
-            field = "cron"
-        raise InvalidInput(field, first["msg"].removeprefix("Value error, ")) from None
-    if spec.cron is not None:
-        try:
-            CronSchedule(spec.cron, spec.timezone)  # raises on a bad expression or zone
-        except CronError as exc:
-            raise InvalidInput("cron", str(exc)) from None
-        # Fire instants are whole minutes, so no expression fires more often than every 60 s:
-        # only a stricter limit needs the (costly) scan of upcoming fires.
-        # Cached, because the sensor revalidates every due row on every tick and many rows
-        # share an expression.
-        shortest = (
-            _min_interval_seconds(spec.cron, spec.timezone, now)
-            if limits.min_interval_seconds > 60
-            else None
-        )
-        if shortest is not None and shortest < limits.min_interval_seconds:
-            raise InvalidInput(
-                "cron",
-                f"fires every {int(shortest)} s at times; "
-                f"the minimum interval is {limits.min_interval_seconds} s",
-            )
-    size = len(json.dumps(spec.input, separators=(",", ":")).encode())
-    if size > limits.max_input_bytes:
-        raise InvalidInput("input", f"is {size} bytes; the limit is {limits.max_input_bytes}")
-    return spec
-
-
-@functools.lru_cache(maxsize=8192)
-def _min_interval_seconds(expression: str, timezone: str, now: dt.datetime) -> float:
-    return CronSchedule(expression, timezone).min_interval(now).total_seconds()
-
-
-def first_slot(spec: ScheduleSpec, after: dt.datetime) -> dt.datetime | None:
-    """The first slot strictly after ``after`` (a one-time schedule's is its run_at)."""
+    A one-time schedule's slot is its run_at, even in the past: it then fires under the
+    catch-up policy. ``(None, None)`` means the schedule has no slot left.
+    """
+    policies = spec.policies()
     cron = spec.cron_schedule()
     if cron is None:
-        return spec.run_at
-    return cron.next_after(after)
+        assert spec.run_at is not None
+        return spec.run_at, policies.due_at(schedule_id, spec.run_at)
+    lower = after
+    if spec.start_at is not None and spec.start_at - dt.timedelta(microseconds=1) > lower:
+        lower = spec.start_at - dt.timedelta(microseconds=1)
+    slot = cron.next_after(lower)
+    if spec.end_at is not None and slot > spec.end_at:
+        return None, None
+    return slot, policies.due_at(schedule_id, slot)
+
+
+def _check_grant(conn: sa.Connection, spec: ScheduleSpec) -> None:
+    grant = get_grant(conn, spec.grant_id)
+    if grant is None:
+        raise InvalidInput("grant_id", f"grant {spec.grant_id} not found")
+    if grant.owner != spec.owner:
+        raise InvalidInput(
+            "grant_id", f"grant {grant.id} belongs to {grant.owner}, not {spec.owner}"
+        )
+
+
+def _by_external_id(conn: sa.Connection, owner: str, external_id: str) -> Any:
+    return conn.execute(
+        sa.select(schedules).where(
+            schedules.c.owner == owner,
+            schedules.c.external_id == external_id,
+            schedules.c.status != "deleted",
+        )
+    ).one_or_none()
 
 
 def create_schedule(
@@ -130,15 +88,19 @@ def create_schedule(
     now: dt.datetime,
     actor: str = "cli",
 ) -> dict[str, Any]:
-    """Validate and store a schedule; returns its view. Nothing is written on error."""
+    """Validate and store a schedule; returns its view. Nothing is written on error.
+
+    Raises Conflict when the owner already has a schedule with the same external id.
+    """
     spec = validate_spec(raw, limits, now)
-    grant = get_grant(conn, spec.grant_id)
-    if grant is None:
-        raise InvalidInput("grant_id", f"grant {spec.grant_id} not found")
-    if grant.owner != spec.owner:
-        raise InvalidInput(
-            "grant_id", f"grant {grant.id} belongs to {grant.owner}, not {spec.owner}"
-        )
+    _check_grant(conn, spec)
+    if spec.external_id is not None:
+        existing = _by_external_id(conn, spec.owner, spec.external_id)
+        if existing is not None:
+            raise Conflict(
+                f"{spec.owner} already has schedule {existing.id} with external id "
+                f"{spec.external_id!r}; use `schedules upsert` to update it"
+            )
     count = conn.execute(
         sa.select(sa.func.count())
         .select_from(schedules)
@@ -149,27 +111,32 @@ def create_schedule(
             "owner",
             f"{spec.owner} has {count} schedules; the limit is {limits.max_schedules_per_owner}",
         )
+    if spec.end_at is not None and spec.end_at <= now:
+        raise InvalidInput("end_at", f"{format_utc(spec.end_at)} is in the past")
     schedule_id = new_id("sch")
-    conn.execute(
-        schedules.insert().values(
-            id=schedule_id,
-            owner=spec.owner,
-            graph_id=spec.graph_id,
-            input=spec.input,
-            cron=spec.cron,
-            timezone=spec.timezone,
-            run_at=spec.run_at,
-            enabled=True,
-            status="active",
-            grant_id=spec.grant_id,
-            max_cost_micros=None if spec.max_cost_usd is None else usd_to_micros(spec.max_cost_usd),
-            timeout_seconds=spec.timeout_seconds,
-            # A one-time run_at in the past still fires, under the catch-up rules.
-            next_run_at=first_slot(spec, now),
-            created_at=now,
-            updated_at=now,
+    slot, due = next_due(spec, schedule_id, now)
+    if slot is None:
+        raise InvalidInput("end_at", "no slot of the cron expression falls before it")
+    try:
+        conn.execute(
+            schedules.insert().values(
+                id=schedule_id,
+                **spec.stored(),
+                enabled=True,
+                status="active",
+                next_run_at=due,
+                # Cron slots start after now; a one-time slot may lie in the past and still
+                # fire under the catch-up policy, so its cursor starts before it.
+                slot_cursor=now if spec.cron is not None else None,
+                created_at=now,
+                updated_at=now,
+            )
         )
-    )
+    except sa.exc.IntegrityError:
+        # Another writer created the same external id between our check and our insert.
+        raise Conflict(
+            f"{spec.owner} already has a schedule with external id {spec.external_id!r}"
+        ) from None
     audit(
         conn,
         at=now,
@@ -181,6 +148,111 @@ def create_schedule(
     return get_schedule(conn, schedule_id)
 
 
+def upsert_schedule(
+    conn: sa.Connection,
+    raw: dict[str, Any],
+    *,
+    limits: ScheduleLimits,
+    now: dt.datetime,
+    actor: str = "cli",
+) -> tuple[dict[str, Any], str]:
+    """Create the owner's schedule with this external id, or set it to ``raw`` in place.
+
+    ``raw`` is the whole desired spec: a field it leaves out returns to its default, so an
+    application can sync its state without reading ours first. Returns the view and
+    ``"created"``, ``"updated"`` or ``"unchanged"``. Pause state is not part of the spec and
+    is kept.
+    """
+    if not raw.get("external_id"):
+        raise InvalidInput("external_id", "is required to upsert")
+    if not raw.get("owner"):
+        raise InvalidInput("owner", "is required to upsert")
+    existing = _by_external_id(conn, raw["owner"], raw["external_id"])
+    if existing is None:
+        return create_schedule(conn, raw, limits=limits, now=now, actor=actor), "created"
+    view, changed = _apply_spec(conn, existing, raw, limits=limits, now=now, actor=actor)
+    return view, "updated" if changed else "unchanged"
+
+
+def update_schedule(
+    conn: sa.Connection,
+    schedule_id: str,
+    changes: dict[str, Any],
+    *,
+    limits: ScheduleLimits,
+    now: dt.datetime,
+    actor: str = "cli",
+) -> dict[str, Any]:
+    """Change some fields of a schedule; the others keep their values.
+
+    Changing when it fires (cron, time zone, run_at, jitter, start_at) recomputes the next
+    slot from now: slots between the old and the new timing are not fired.
+    """
+    row = _row(conn, schedule_id)
+    if "owner" in changes and changes["owner"] != row.owner:
+        raise InvalidInput("owner", "cannot change; create a schedule for the new owner")
+    raw = {**row_as_raw(row), **changes}
+    if "run_at" in changes and changes["run_at"] is not None and "cron" not in changes:
+        raw["cron"] = None
+    if "cron" in changes and changes["cron"] is not None and "run_at" not in changes:
+        raw["run_at"] = None
+    view, _changed = _apply_spec(conn, row, raw, limits=limits, now=now, actor=actor)
+    return view
+
+
+def _apply_spec(
+    conn: sa.Connection,
+    row: Any,
+    raw: dict[str, Any],
+    *,
+    limits: ScheduleLimits,
+    now: dt.datetime,
+    actor: str,
+) -> tuple[dict[str, Any], bool]:
+    spec = validate_spec(raw, limits, now)
+    _check_grant(conn, spec)
+    current = validate_spec(row_as_raw(row), ScheduleLimits(10**9, 10**9, 10**12), now)
+    if spec == current:
+        return view(row), False
+    if spec.external_id is not None and spec.external_id != row.external_id:
+        other = _by_external_id(conn, spec.owner, spec.external_id)
+        if other is not None:
+            raise Conflict(
+                f"{spec.owner} already has schedule {other.id} with external id "
+                f"{spec.external_id!r}"
+            )
+    values: dict[str, Any] = {**spec.stored(), "updated_at": now}
+    retimed = any(getattr(spec, f) != getattr(current, f) for f in TIMING_FIELDS)
+    rebounded = (spec.end_at, spec.max_runs) != (current.end_at, current.max_runs)
+    if retimed or (rebounded and row.status == "completed"):
+        if spec.end_at is not None and spec.end_at <= now:
+            raise InvalidInput("end_at", f"{format_utc(spec.end_at)} is in the past")
+        slot, due = next_due(spec, row.id, now)
+        exhausted = slot is None or (spec.max_runs is not None and row.runs_total >= spec.max_runs)
+        values.update(
+            next_run_at=None if exhausted else due,
+            slot_cursor=now if spec.cron is not None else None,
+            status="completed" if exhausted else "active",
+        )
+    audit(
+        conn,
+        at=now,
+        actor=actor,
+        action="schedule.update",
+        entity_type="schedule",
+        entity_id=row.id,
+        detail={
+            "changed": sorted(
+                name
+                for name in ScheduleSpec.model_fields
+                if getattr(spec, name) != getattr(current, name)
+            )
+        },
+    )
+    conn.execute(schedules.update().where(schedules.c.id == row.id).values(**values))
+    return get_schedule(conn, row.id), True
+
+
 def _row(conn: sa.Connection, schedule_id: str) -> Any:
     row = conn.execute(sa.select(schedules).where(schedules.c.id == schedule_id)).one_or_none()
     if row is None or row.status == "deleted":
@@ -188,41 +260,68 @@ def _row(conn: sa.Connection, schedule_id: str) -> Any:
     return row
 
 
+def _iso(value: dt.datetime | None) -> str | None:
+    return None if value is None else format_utc(value)
+
+
+def policies_view(row: Any) -> dict[str, Any]:
+    """The policies in force for a row, as describe and list show them."""
+    policies = Policies.from_row(row)
+    return {
+        "overlap": policies.overlap,
+        "catchup": policies.catchup,
+        "catchup_window": format_duration(int(policies.catchup_window.total_seconds())),
+        "jitter": format_duration(policies.jitter_seconds),
+        "start_at": _iso(policies.start_at),
+        "end_at": _iso(policies.end_at),
+        "max_runs": policies.max_runs,
+        "pause_after_failures": policies.pause_after_failures,
+    }
+
+
 def view(row: Any) -> dict[str, Any]:
     """A JSON-ready view of a schedules row."""
-
-    def iso(value: dt.datetime | None) -> str | None:
-        return None if value is None else value.isoformat().replace("+00:00", "Z")
-
     max_cost = micros_to_usd(row.max_cost_micros)
     return {
         "id": row.id,
+        "external_id": row.external_id,
         "owner": row.owner,
         "graph_id": row.graph_id,
         "input": row.input,
         "cron": row.cron,
         "timezone": row.timezone,
-        "run_at": iso(row.run_at),
+        "run_at": _iso(row.run_at),
         "enabled": bool(row.enabled),
         "status": row.status,
         "grant_id": row.grant_id,
         "max_cost_usd": None if max_cost is None else str(max_cost),
         "timeout_seconds": row.timeout_seconds,
-        "next_run_at": iso(row.next_run_at),
-        "last_run_at": iso(row.last_run_at),
+        "policies": policies_view(row),
+        "next_run_at": _iso(row.next_run_at),
+        "last_run_at": _iso(row.last_run_at),
         "runs_total": row.runs_total,
         "runs_succeeded": row.runs_succeeded,
         "runs_failed": row.runs_failed,
+        "consecutive_failures": row.consecutive_failures,
         "last_error": row.last_error,
         "pause_note": row.pause_note,
-        "paused_at": iso(row.paused_at),
-        "created_at": iso(row.created_at),
+        "paused_by": row.paused_by,
+        "paused_at": _iso(row.paused_at),
+        "created_at": _iso(row.created_at),
     }
 
 
 def get_schedule(conn: sa.Connection, schedule_id: str) -> dict[str, Any]:
     """The schedule's view; raises NotFound."""
     return view(_row(conn, schedule_id))
+
+
+def find_schedule(conn: sa.Connection, owner: str, external_id: str) -> dict[str, Any]:
+    """The owner's schedule with this external id; raises NotFound."""
+    row = _by_external_id(conn, owner, external_id)
+    if row is None:
+        raise NotFound(f"{owner} has no schedule with external id {external_id!r}")
+    return view(row)
 
 
 def list_schedules(conn: sa.Connection, owner: str | None = None) -> list[dict[str, Any]]:
@@ -238,24 +337,46 @@ def list_schedules(conn: sa.Connection, owner: str | None = None) -> list[dict[s
 
 
 def pause_schedule(
-    conn: sa.Connection, schedule_id: str, *, now: dt.datetime, note: str | None, actor: str = "cli"
+    conn: sa.Connection,
+    schedule_id: str,
+    *,
+    now: dt.datetime,
+    note: str | None,
+    by: str = "cli",
+    terminate: bool = False,
 ) -> dict[str, Any]:
-    """Stop a schedule from firing; pausing a paused schedule changes nothing."""
+    """Stop a schedule from firing and cancel its runs that have not started.
+
+    A running run finishes unless ``terminate``. Pausing a paused schedule changes nothing.
+    """
     row = _row(conn, schedule_id)
     if row.enabled:
         conn.execute(
             schedules.update()
             .where(schedules.c.id == schedule_id)
-            .values(enabled=False, pause_note=note, paused_at=now, updated_at=now)
+            .values(enabled=False, pause_note=note, paused_by=by, paused_at=now, updated_at=now)
+        )
+        cancelled = cancel_in_flight(
+            conn,
+            schedule_id,
+            now=now,
+            code="schedule_paused",
+            message=f"the schedule was paused by {by}" + (f": {note}" if note else ""),
+            terminate=terminate,
         )
         audit(
             conn,
             at=now,
-            actor=actor,
+            actor=by,
             action="schedule.pause",
             entity_type="schedule",
             entity_id=schedule_id,
-            detail={"note": note},
+            detail={
+                "note": note,
+                "terminate": terminate,
+                "cancelled": cancelled.never_started,
+                "cancelling": cancelled.cancelling,
+            },
         )
     return get_schedule(conn, schedule_id)
 
@@ -266,48 +387,97 @@ def resume_schedule(
     *,
     now: dt.datetime,
     limits: ScheduleLimits,
-    actor: str = "cli",
+    by: str = "cli",
 ) -> dict[str, Any]:
-    """Fire again from now on: slots that passed while paused are not fired.
+    """Fire again from now on. Resuming an active schedule changes nothing.
 
-    Resuming a schedule in ``error`` revalidates it first, so that a fixed row is served.
+    The slots that came due while paused are not fired: they go into the ledger as
+    ``skipped_paused``, so that every slot has a status. Resuming a schedule in ``error``
+    revalidates it first, so that a fixed row is served.
     """
     row = _row(conn, schedule_id)
     if row.enabled and row.status == "active":
         return view(row)
     spec = spec_from_row(row, limits, now)
-    next_run_at = first_slot(spec, now) if spec.cron is not None else row.next_run_at
+    skipped, more = _record_paused_slots(conn, row, spec, now) if not row.enabled else (0, False)
+    if row.status == "completed":
+        next_run_at, status = None, "completed"
+    else:
+        slot, due = next_due(spec, row.id, now)
+        if spec.cron is None and slot is not None and slot <= now:
+            # A one-time slot that passed while paused was recorded above; nothing is left.
+            slot = due = None
+        next_run_at, status = due, "active" if slot is not None else "completed"
     conn.execute(
         schedules.update()
         .where(schedules.c.id == schedule_id)
         .values(
             enabled=True,
-            status="active" if row.status == "error" else row.status,
+            status=status,
             last_error=None if row.status == "error" else row.last_error,
+            consecutive_failures=0,
             pause_note=None,
+            paused_by=None,
             paused_at=None,
             next_run_at=next_run_at,
+            slot_cursor=now if spec.cron is not None else row.slot_cursor,
             updated_at=now,
         )
     )
     audit(
         conn,
         at=now,
-        actor=actor,
+        actor=by,
         action="schedule.resume",
         entity_type="schedule",
         entity_id=schedule_id,
+        detail={"skipped_paused": skipped, "more_not_recorded": more},
     )
     return get_schedule(conn, schedule_id)
 
 
+def _record_paused_slots(
+    conn: sa.Connection, row: Any, spec: ScheduleSpec, now: dt.datetime
+) -> tuple[int, bool]:
+    if row.status != "active" and row.status != "error":
+        return 0, False
+    slots, more = paused_slots(
+        spec.cron_schedule(),
+        spec.run_at,
+        ScheduleState(row.id, spec.policies(), cursor=cursor_of(row, spec, now)),
+        now=now,
+        limit=MAX_PAUSED_SLOTS_RECORDED,
+    )
+    grant = get_grant(conn, row.grant_id)
+    rows = [
+        schedule_run_row(
+            row,
+            idempotency_key=slot_key(row.id, planned.slot),
+            scheduled_for=planned.slot,
+            status=planned.status,
+            now=now,
+            billing_account=None if grant is None else grant.billing_account,
+            reason=planned.reason,
+        )
+        for planned in slots
+    ]
+    return insert_ignoring_conflicts(conn, graph_runs, rows), more
+
+
 def delete_schedule(
-    conn: sa.Connection, schedule_id: str, *, now: dt.datetime, actor: str = "cli"
+    conn: sa.Connection,
+    schedule_id: str,
+    *,
+    now: dt.datetime,
+    by: str = "cli",
+    terminate: bool = False,
 ) -> bool:
     """Delete a schedule, keeping its ledger and receipts; returns False if it was not there.
 
-    The row stays, marked ``deleted``, so that the ledger keeps its schedule; the sensor
-    removes its partition on its next tick.
+    Deleting an unknown or deleted schedule succeeds and changes nothing. The row stays,
+    marked ``deleted``, so that the ledger keeps its schedule; the sensor removes its
+    partition on its next tick. Runs that have not started are cancelled; a running run
+    finishes unless ``terminate``.
     """
     result = conn.execute(
         schedules.update()
@@ -315,46 +485,25 @@ def delete_schedule(
         .values(status="deleted", enabled=False, deleted_at=now, updated_at=now, next_run_at=None)
     )
     if result.rowcount:
-        # Slots claimed but not yet handed to Dagster would otherwise wait for a partition
-        # that no longer exists; they end here, visibly.
-        conn.execute(
-            graph_runs.update()
-            .where(graph_runs.c.schedule_id == schedule_id, graph_runs.c.status == "pending")
-            .values(
-                status="cancelled",
-                error_code="schedule_deleted",
-                error_message="the schedule was deleted before this slot's run was created",
-                finished_at=now,
-            )
+        cancelled = cancel_in_flight(
+            conn,
+            schedule_id,
+            now=now,
+            code="schedule_deleted",
+            message=f"the schedule was deleted by {by} before this run started",
+            terminate=terminate,
         )
         audit(
             conn,
             at=now,
-            actor=actor,
+            actor=by,
             action="schedule.delete",
             entity_type="schedule",
             entity_id=schedule_id,
+            detail={
+                "terminate": terminate,
+                "cancelled": cancelled.never_started,
+                "cancelling": cancelled.cancelling,
+            },
         )
     return bool(result.rowcount)
-
-
-def spec_from_row(row: Any, limits: ScheduleLimits, now: dt.datetime) -> ScheduleSpec:
-    """Revalidate a stored row (perhaps written by another application); raises InvalidInput."""
-    if row.input is not None and not isinstance(row.input, dict):
-        raise InvalidInput("input", "must be a JSON object")
-    max_cost = micros_to_usd(row.max_cost_micros)
-    return validate_spec(
-        {
-            "owner": row.owner,
-            "graph_id": row.graph_id,
-            "input": row.input or {},
-            "cron": row.cron,
-            "timezone": row.timezone or "UTC",
-            "run_at": row.run_at,
-            "grant_id": row.grant_id,
-            "max_cost_usd": max_cost,
-            "timeout_seconds": row.timeout_seconds,
-        },
-        limits,
-        now,
-    )

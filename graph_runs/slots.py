@@ -2,8 +2,8 @@
 
 A tick has two steps, each its own transaction:
 
-1. ``claim_due_slots`` writes every due slot into the ledger (``pending`` if it fires,
-   ``missed`` if catch-up rules say it does not) and advances each schedule's
+1. ``claim_due_slots`` writes every due slot into the ledger with the status its
+   policies give it (``pending`` if it fires) and advances each schedule's
    ``next_run_at``, all in one transaction. The ledger's unique (schedule, slot) constraint
    makes a replayed claim harmless.
 2. The sensor asks for a Dagster run for every ``pending`` row, whether claimed this tick or
@@ -15,18 +15,20 @@ Nothing here imports Dagster, so the tick's logic is tested at exact instants wi
 
 import datetime as dt
 import logging
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 
-from graph_runs.cron import format_utc
 from graph_runs.db import insert_ignoring_conflicts
 from graph_runs.errors import InvalidInput
-from graph_runs.ids import new_id
-from graph_runs.ledger import MISSED, PENDING, QUEUED, slot_key
-from graph_runs.schedules import ScheduleLimits, ScheduleSpec, spec_from_row
+from graph_runs.in_flight import InFlight, cancel_in_flight, in_flight_counts
+from graph_runs.ledger_rows import schedule_run_row, slot_key
+from graph_runs.schedule_spec import ScheduleLimits, cursor_of, spec_from_row
+from graph_runs.slot_plan import ScheduleState, plan_slots
+from graph_runs.statuses import BUFFERED, MISSED, PENDING, QUEUED
 from graph_runs.tables import (
     ACTIVE_SCHEDULE,
     UTCDateTime,
@@ -38,10 +40,6 @@ from graph_runs.tables import (
 
 logger = logging.getLogger(__name__)
 
-# Until issue-level catch-up policies exist: after downtime, the most recent missed slot
-# within this window fires and every other missed slot is recorded as `missed`.
-DEFAULT_CATCHUP_WINDOW = dt.timedelta(hours=1)
-
 
 @dataclass(frozen=True)
 class TickLimits:
@@ -50,7 +48,9 @@ class TickLimits:
     max_schedules: int = 2_000
     max_slots_per_schedule: int = 500
     max_pending: int = 1_000
-    catchup_window: dt.timedelta = DEFAULT_CATCHUP_WINDOW
+    # How late a slot may be seen and still count as on time under catch-up ``none``: the
+    # sensor's interval plus a tolerance for a tick that starts late.
+    on_time_grace: dt.timedelta = dt.timedelta(seconds=30 + 15)
 
 
 @dataclass
@@ -58,11 +58,21 @@ class ClaimResult:
     """What one claim did, for the sensor's log and its skip reason."""
 
     schedules_seen: int = 0
-    fired: int = 0
-    missed: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
     completed: list[str] = field(default_factory=list)
     invalid: list[tuple[str, str]] = field(default_factory=list)
+    cancelled_for_overlap: int = 0
     more_due: bool = False
+
+    @property
+    def fired(self) -> int:
+        """Slots that fire now or once the running run ends."""
+        return self.statuses[PENDING] + self.statuses[BUFFERED]
+
+    @property
+    def missed(self) -> int:
+        """Slots recorded as missed."""
+        return self.statuses[MISSED]
 
 
 def claim_due_slots(
@@ -76,6 +86,7 @@ def claim_due_slots(
 
     Due means enabled, active, and ``next_run_at`` at or before ``now``, or missing (a row
     that another application inserted; its first slot is computed from ``created_at``).
+    Each slot's status comes from ``slot_plan.plan_slots``: catch-up, overlap, bounds.
     """
     result = ClaimResult()
     ids = _due_ids(conn, now, tick_limits.max_schedules)
@@ -88,6 +99,7 @@ def claim_due_slots(
         _mark_invalid(conn, schedule_id, problem, now)
         result.invalid.append((schedule_id, problem))
     accounts = _billing_accounts(conn, {row.grant_id for row in rows})
+    in_flight = in_flight_counts(conn, (row.id for row in rows))
     ledger_rows: list[dict[str, Any]] = []
     updates: list[dict[str, Any]] = []
     for row in rows:
@@ -98,20 +110,58 @@ def claim_due_slots(
             _mark_invalid(conn, row.id, str(exc), now)
             result.invalid.append((row.id, str(exc)))
             continue
-        plan = _plan_schedule(row, spec, now, tick_limits)
-        for slot, fires in plan.slots:
-            ledger_rows.append(_ledger_row(row, spec, slot, fires, now, accounts, tick_limits))
-        result.fired += plan.fired
-        result.missed += len(plan.slots) - plan.fired
+        going = in_flight.get(row.id, InFlight())
+        plan = plan_slots(
+            spec.cron_schedule(),
+            spec.run_at,
+            ScheduleState(
+                schedule_id=row.id,
+                policies=spec.policies(),
+                cursor=cursor_of(row, spec, now),
+                runs_so_far=row.runs_total,
+                in_flight=going.active,
+                buffered=going.buffered,
+            ),
+            now=now,
+            on_time_grace=tick_limits.on_time_grace,
+            max_slots=tick_limits.max_slots_per_schedule,
+        )
+        if plan.cancel_in_flight:
+            cancelled = cancel_in_flight(
+                conn,
+                row.id,
+                now=now,
+                code="cancelled_by_overlap",
+                message=(
+                    "a newer slot came due while this run was in flight (overlap cancel_other)"
+                ),
+                terminate=True,
+            )
+            result.cancelled_for_overlap += cancelled.never_started + cancelled.cancelling
+        for planned in plan.slots:
+            result.statuses[planned.status] += 1
+            ledger_rows.append(
+                schedule_run_row(
+                    row,
+                    idempotency_key=slot_key(row.id, planned.slot),
+                    scheduled_for=planned.slot,
+                    status=planned.status,
+                    now=now,
+                    billing_account=accounts.get(row.grant_id),
+                    reason=planned.reason,
+                )
+            )
         if plan.completed:
             result.completed.append(row.id)
+        fired = plan.fired
         updates.append(
             {
                 "b_id": row.id,
                 "b_next": plan.next_run_at,
+                "b_cursor": plan.cursor,
                 "b_status": "completed" if plan.completed else "active",
-                "b_fired": plan.fired,
-                "b_last": plan.last_fired,
+                "b_fired": len(fired),
+                "b_last": fired[-1].slot if fired else None,
                 "b_now": now,
             }
         )
@@ -122,6 +172,7 @@ def claim_due_slots(
             .where(schedules.c.id == sa.bindparam("b_id"))
             .values(
                 next_run_at=sa.bindparam("b_next"),
+                slot_cursor=sa.bindparam("b_cursor", type_=UTCDateTime),
                 status=sa.bindparam("b_status"),
                 runs_total=schedules.c.runs_total + sa.bindparam("b_fired"),
                 last_run_at=sa.func.coalesce(
@@ -187,89 +238,6 @@ def _billing_accounts(conn: sa.Connection, grant_ids: Iterable[str]) -> dict[str
         execution_grants.c.id.in_(ids)
     )
     return {row.id: row.billing_account for row in conn.execute(query)}
-
-
-@dataclass
-class _Plan:
-    slots: list[tuple[dt.datetime, bool]]
-    next_run_at: dt.datetime | None
-    fired: int
-    last_fired: dt.datetime | None
-    completed: bool
-
-
-def _plan_schedule(row: Any, spec: ScheduleSpec, now: dt.datetime, limits: TickLimits) -> _Plan:
-    """Which slots of one schedule are due, which of them fire, and the next ``next_run_at``."""
-    cron = spec.cron_schedule()
-    if cron is None:
-        assert spec.run_at is not None
-        if spec.run_at > now:
-            return _Plan([], spec.run_at, 0, None, completed=False)
-        fires = now - spec.run_at <= limits.catchup_window
-        return _Plan(
-            [(spec.run_at, fires)], None, int(fires), spec.run_at if fires else None, completed=True
-        )
-    # A stored next_run_at is a lower bound, not trusted to be a fire time: an application
-    # may have written any value, or none.
-    lower = row.next_run_at or row.created_at or now
-    slots = cron.fires_between(lower, now, limit=limits.max_slots_per_schedule + 1)
-    truncated = len(slots) > limits.max_slots_per_schedule
-    slots = slots[: limits.max_slots_per_schedule]
-    if not slots:
-        return _Plan([], cron.next_after(max(lower, now)), 0, None, completed=False)
-    latest = slots[-1]
-    # When truncated, a later slot exists, so none of these is the latest: all are missed.
-    latest_fires = not truncated and now - latest <= limits.catchup_window
-    planned = [(slot, latest_fires and slot == latest) for slot in slots]
-    return _Plan(
-        planned,
-        cron.next_after(latest),
-        int(latest_fires),
-        latest if latest_fires else None,
-        completed=False,
-    )
-
-
-def _ledger_row(
-    row: Any,
-    spec: ScheduleSpec,
-    slot: dt.datetime,
-    fires: bool,
-    now: dt.datetime,
-    accounts: dict[str, str],
-    limits: TickLimits,
-) -> dict[str, Any]:
-    values: dict[str, Any] = {
-        "id": new_id("run"),
-        "idempotency_key": slot_key(row.id, slot),
-        "schedule_id": row.id,
-        "scheduled_for": slot,
-        "graph_id": spec.graph_id,
-        "owner": spec.owner,
-        "grant_id": spec.grant_id,
-        "billing_account": accounts.get(spec.grant_id),
-        "input": spec.input,
-        "max_cost_micros": row.max_cost_micros,
-        "timeout_seconds": spec.timeout_seconds,
-        "trigger_kind": "scheduled",
-        "trigger_source": "graph_schedules_sensor",
-        "trigger_ref": row.id,
-        "requested_by": None,
-        "status": PENDING if fires else MISSED,
-        "created_at": now,
-        "error_code": None,
-        "error_message": None,
-        "finished_at": None,
-    }
-    if not fires:
-        late = int((now - slot).total_seconds())
-        values["error_code"] = "missed"
-        values["error_message"] = (
-            f"due at {format_utc(slot)}, seen {late} s late; only the latest slot within the "
-            f"{int(limits.catchup_window.total_seconds())} s catch-up window fires"
-        )
-        values["finished_at"] = now
-    return values
 
 
 def _mark_invalid(conn: sa.Connection, schedule_id: str, problem: str, now: dt.datetime) -> None:

@@ -42,6 +42,9 @@ class UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
 metadata = sa.MetaData()
 
 ACTIVE_SCHEDULE = sa.text("enabled AND status = 'active'")
+LIVE_EXTERNAL_ID = sa.text("external_id IS NOT NULL AND status <> 'deleted'")
+# Ledger rows whose run may still start or is going: what the overlap policy looks at.
+IN_FLIGHT_RUN = sa.text("status IN ('pending', 'buffered', 'queued', 'running', 'cancelling')")
 
 execution_grants = sa.Table(
     "execution_grants",
@@ -88,6 +91,21 @@ schedules = sa.Table(
         "updated_at", UTCDateTime, nullable=False, server_default=sa.func.current_timestamp()
     ),
     sa.Column("deleted_at", UTCDateTime),
+    # Added by 0002: policies, bounds and the app's own id (see graph_runs/policies.py).
+    sa.Column("external_id", sa.String(200)),
+    sa.Column("overlap", sa.String(20), nullable=False, server_default="skip"),
+    sa.Column("catchup", sa.String(20), nullable=False, server_default="latest"),
+    sa.Column("catchup_window_seconds", sa.Integer, nullable=False, server_default="3600"),
+    sa.Column("jitter_seconds", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("start_at", UTCDateTime),
+    sa.Column("end_at", UTCDateTime),
+    sa.Column("max_runs", sa.Integer),
+    sa.Column("pause_after_failures", sa.Integer, nullable=False, server_default="3"),
+    sa.Column("consecutive_failures", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("paused_by", sa.String(200)),
+    # Slots at or before this instant have been written to the ledger (or were skipped on
+    # purpose: paused, or before a cron change). NULL for rows another application wrote.
+    sa.Column("slot_cursor", UTCDateTime),
     # The sensor's due query reads this partial index only: O(due), not O(all schedules).
     sa.Index(
         "ix_schedules_due",
@@ -98,6 +116,15 @@ schedules = sa.Table(
     sa.Index("ix_schedules_owner", "owner"),
     # Lets the sensor find schedules created or deleted since its last tick (partitions).
     sa.Index("ix_schedules_updated_at", "updated_at"),
+    # An application's id for a schedule is unique per owner among schedules not deleted.
+    sa.Index(
+        "uq_schedules_owner_external_id",
+        "owner",
+        "external_id",
+        unique=True,
+        sqlite_where=LIVE_EXTERNAL_ID,
+        postgresql_where=LIVE_EXTERNAL_ID,
+    ),
 )
 
 graph_runs = sa.Table(
@@ -137,6 +164,13 @@ graph_runs = sa.Table(
         postgresql_where=sa.text("status = 'pending'"),
     ),
     sa.Index("ix_graph_runs_schedule_created", "schedule_id", "created_at"),
+    # The overlap check and the sensor's reconciliation with Dagster read only these rows.
+    sa.Index(
+        "ix_graph_runs_in_flight",
+        "schedule_id",
+        sqlite_where=IN_FLIGHT_RUN,
+        postgresql_where=IN_FLIGHT_RUN,
+    ),
 )
 
 charge_receipts = sa.Table(

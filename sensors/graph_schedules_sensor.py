@@ -2,6 +2,9 @@
 
 Each tick is a function of its cursor, its resources and the clock:
 
+0. reconcile: in-flight ledger rows whose Dagster run ended without an outcome are settled,
+   and runs of paused or deleted schedules (or superseded under overlap cancel_other) are
+   cancelled in Dagster; a buffered slot whose schedule has nothing running is released;
 1. claim: due slots go into the ledger and ``next_run_at`` advances, in one transaction;
 2. emit: every ``pending`` ledger row without a Dagster run gets a run request whose run
    key is the slot's idempotency key. Rows claimed by a tick that died before Dagster
@@ -21,7 +24,9 @@ import dagster as dg
 from graph_runs import ledger
 from graph_runs.cron import format_utc, parse_instant
 from graph_runs.db import SchemaError
+from graph_runs.in_flight import release_buffered
 from graph_runs.jobs import SCHEDULE_PARTITIONS_NAME, graph_run_job
+from graph_runs.reconcile import apply_run_statuses, mark_cancelled, runs_to_reconcile
 from graph_runs.slots import (
     TickLimits,
     claim_due_slots,
@@ -41,7 +46,15 @@ FULL_PARTITION_SYNC_EVERY = dt.timedelta(hours=1)
 # row committed late by a slow writer (or written with a skewed clock) is not missed.
 CHANGE_MARGIN = dt.timedelta(minutes=5)
 RUN_LOOKUP_CHUNK = 500
+MAX_RECONCILED = 2_000
 DEFAULT_TICK_LIMITS = TickLimits()
+# Dagster statuses of a run that has not started: cancelling it is a status change only.
+NOT_STARTED = frozenset({"QUEUED", "NOT_STARTED"})
+
+
+def tick_limits_for(interval_seconds: int) -> TickLimits:
+    """Tick limits whose on-time grace (catch-up ``none``) follows the sensor's interval."""
+    return TickLimits(on_time_grace=dt.timedelta(seconds=interval_seconds + 15))
 
 
 @dataclass(frozen=True)
@@ -93,6 +106,51 @@ def _existing_runs(instance: dg.DagsterInstance, ledger_ids: list[str]) -> dict[
     return found
 
 
+def _run_statuses(instance: dg.DagsterInstance, run_ids: list[str]) -> dict[str, str]:
+    """Dagster run statuses by run id, in batches; a deleted run is absent."""
+    statuses: dict[str, str] = {}
+    for start in range(0, len(run_ids), RUN_LOOKUP_CHUNK):
+        chunk = run_ids[start : start + RUN_LOOKUP_CHUNK]
+        for record in instance.get_run_records(dg.RunsFilter(run_ids=chunk)):
+            statuses[record.dagster_run.run_id] = record.dagster_run.status.value
+    return statuses
+
+
+def _cancel_run(instance: dg.DagsterInstance, run_id: str, status: str) -> None:
+    """Cancel a queued run, or terminate a started one, as the Dagster UI's button does."""
+    if status in NOT_STARTED:
+        run = instance.get_run_by_id(run_id)
+        if run is not None:
+            instance.report_run_canceled(run, message="graph-runs cancelled this run")
+        return
+    instance.run_coordinator.cancel_run(run_id)
+
+
+def _reconcile(
+    context: dg.SensorEvaluationContext, database: DatabaseResource, now: dt.datetime
+) -> tuple[int, int]:
+    """Step 0; returns how many rows were settled as failed and as cancelled."""
+    with database.engine().connect() as conn:
+        rows = runs_to_reconcile(conn, MAX_RECONCILED)
+    if not rows:
+        return 0, 0
+    statuses = _run_statuses(context.instance, sorted({row.dagster_run_id for row in rows}))
+    with database.transaction() as conn:
+        done = apply_run_statuses(conn, rows, statuses, now=now)
+    cancelled = done.cancelled
+    for ledger_id, run_id, status in done.to_cancel:
+        try:
+            _cancel_run(context.instance, run_id, status)
+        except Exception as exc:  # noqa: BLE001 - one run's failure must not stop the tick
+            context.log.warning(f"[ledger={ledger_id}] could not cancel run {run_id}: {exc}")
+            continue
+        context.log.info(f"[ledger={ledger_id}] cancelled Dagster run {run_id} (was {status})")
+        with database.transaction() as conn:
+            mark_cancelled(conn, ledger_id, run_id, now)
+        cancelled += 1
+    return done.failed, cancelled
+
+
 def _plan_partitions(
     instance: dg.DagsterInstance,
     wanted: set[str],
@@ -130,7 +188,9 @@ def graph_schedules_tick(
     except SchemaError as exc:
         return dg.SkipReason(f"not firing anything: {exc}")
 
+    settled_failed, cancelled = _reconcile(context, database, now)
     with database.transaction() as conn:
+        released = release_buffered(conn)
         claim = claim_due_slots(
             conn, now=now, schedule_limits=schedule_limits.limits(), tick_limits=tick_limits
         )
@@ -194,8 +254,10 @@ def graph_schedules_tick(
                 partitions_def_name=SCHEDULE_PARTITIONS_NAME, partition_keys=to_delete
             )
         )
+    statuses = ", ".join(f"{n} {status}" for status, n in sorted(claim.statuses.items()))
     summary = (
-        f"at {format_utc(now)}: {claim.fired} slot(s) fired, {claim.missed} missed, "
+        f"at {format_utc(now)}: slots {statuses or 'none due'}; {len(released)} buffered "
+        f"released; {settled_failed} run(s) settled failed and {cancelled} cancelled; "
         f"{len(claim.invalid)} invalid schedule(s), {len(found)} already had runs, "
         f"{len(run_requests)} run request(s), {held} held, "
         f"+{len(to_add)}/-{len(to_delete)} partition(s)"
@@ -207,18 +269,20 @@ def graph_schedules_tick(
             dynamic_partitions_requests=partition_requests,
             cursor=new_cursor.serialize(),
         )
-    if upcoming is None:
-        reason = f"no schedule is due at {format_utc(now)} and none is active"
+    if claim.statuses:
+        reason = f"no run to request at {format_utc(now)}: slots {statuses}"
     else:
-        reason = (
-            f"no schedule is due at {format_utc(now)}; next due: schedule {upcoming[0]} "
-            f"at {format_utc(upcoming[1])}"
-        )
+        reason = f"no schedule is due at {format_utc(now)}"
+    if upcoming is None:
+        reason += " and none is active"
+    else:
+        reason += f"; next due: schedule {upcoming[0]} at {format_utc(upcoming[1])}"
     return dg.SensorResult(skip_reason=reason, cursor=new_cursor.serialize())
 
 
 def make_graph_schedules_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
     """The sensor, with its interval from ``GRAPH_RUNS_SENSOR_INTERVAL_SECONDS``."""
+    tick_limits = tick_limits_for(minimum_interval_seconds)
 
     @dg.sensor(
         name="graph_schedules_sensor",
@@ -236,6 +300,6 @@ def make_graph_schedules_sensor(minimum_interval_seconds: int) -> dg.SensorDefin
         clock: ClockResource,
         schedule_limits: ScheduleLimitsResource,
     ) -> dg.SensorResult | dg.SkipReason:
-        return graph_schedules_tick(context, database, clock, schedule_limits)
+        return graph_schedules_tick(context, database, clock, schedule_limits, tick_limits)
 
     return graph_schedules_sensor

@@ -6,7 +6,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from graph_runs.grants import Grant, create_grant
-from graph_runs.schedules import ScheduleLimits, create_schedule
+from graph_runs.schedule_spec import ScheduleLimits
+from graph_runs.schedules import create_schedule
 
 
 def at(text: str) -> dt.datetime:

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from graph_runs.db import make_engine
-from graph_runs.schedules import ScheduleLimits
+from graph_runs.schedule_spec import ScheduleLimits
 from graph_runs.slots import claim_due_slots
 from graph_runs.tables import execution_grants, graph_runs, schedules
 from tests.helpers import at

@@ -127,7 +127,7 @@ def test_unmigrated_database_says_which_command_fixes_it(
         "error: the schedules database has no schema yet: run `graph-runs db upgrade`\n"
     )
     assert main(["db", "upgrade", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"from_revision": None, "to_revision": "0001"}
+    assert json.loads(capsys.readouterr().out) == {"from_revision": None, "to_revision": "0002"}
 
 
 def test_installed_script_exits_2(tmp_path: Path) -> None:

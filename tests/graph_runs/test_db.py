@@ -29,7 +29,7 @@ def test_migrations_build_exactly_the_tables_the_code_uses(engine: sa.Engine) ->
 
 def test_upgrade_is_safe_to_run_again(engine: sa.Engine) -> None:
     before, after = upgrade(engine)
-    assert before == after == "0001"
+    assert before == after == "0002"
     check_schema(engine)
 
 

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from graph_runs import ledger
 from graph_runs.errors import Conflict
 from graph_runs.execution_client import Outcome, Usage
-from graph_runs.schedules import ScheduleLimits
+from graph_runs.schedule_spec import ScheduleLimits
 from graph_runs.slots import claim_due_slots
 from graph_runs.tables import charge_receipts, schedules
 from tests.helpers import at, make_grant, make_schedule

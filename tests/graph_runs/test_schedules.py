@@ -9,8 +9,8 @@ import pytest
 import sqlalchemy as sa
 
 from graph_runs.errors import InvalidInput, NotFound
+from graph_runs.schedule_spec import ScheduleLimits
 from graph_runs.schedules import (
-    ScheduleLimits,
     create_schedule,
     delete_schedule,
     get_schedule,

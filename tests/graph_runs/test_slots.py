@@ -7,7 +7,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from graph_runs.schedules import ScheduleLimits, delete_schedule
+from graph_runs.schedule_spec import ScheduleLimits
+from graph_runs.schedules import delete_schedule
 from graph_runs.slots import ClaimResult, TickLimits, claim_due_slots, pending_runs
 from graph_runs.tables import graph_runs, schedules
 from tests.helpers import at, make_grant, make_schedule
@@ -37,10 +38,11 @@ def schedule_row(engine: sa.Engine, schedule_id: str) -> Any:
         return conn.execute(sa.select(schedules).where(schedules.c.id == schedule_id)).one()
 
 
-def setup_schedule(engine: sa.Engine, **fields: Any) -> dict[str, Any]:
+def setup_schedule(engine: sa.Engine, created: str | None = None, **fields: Any) -> dict[str, Any]:
+    when = CREATED if created is None else at(created)
     with engine.begin() as conn:
-        grant = make_grant(conn, CREATED)
-        return make_schedule(conn, CREATED, grant, **fields)
+        grant = make_grant(conn, when)
+        return make_schedule(conn, when, grant, **fields)
 
 
 def test_due_slot_is_claimed_once_and_next_run_at_advances(engine: sa.Engine) -> None:
@@ -93,18 +95,23 @@ def test_long_downtime_is_worked_through_in_bounded_ticks(engine: sa.Engine) -> 
 
 
 def test_fall_back_day_fires_a_fixed_time_once(engine: sa.Engine) -> None:
-    setup_schedule(engine, cron="30 1 * * *", timezone="America/New_York")
-    with engine.begin() as conn:
-        conn.execute(schedules.update().values(next_run_at=at("2026-11-01T05:30:00Z")))
+    view = setup_schedule(
+        engine, created="2026-10-31T12:00:00Z", cron="30 1 * * *", timezone="America/New_York"
+    )
+    assert schedule_row(engine, view["id"]).next_run_at == at("2026-11-01T05:30:00Z")
     claim(engine, "2026-11-01T05:30:05Z")
     claim(engine, "2026-11-01T06:30:05Z")
     assert ledger(engine) == [("2026-11-01T05:30:00Z", "pending")]
 
 
 def test_spring_forward_day_fires_a_missing_time_when_the_gap_ends(engine: sa.Engine) -> None:
-    view = setup_schedule(engine, cron="30 2 * * *", timezone="America/New_York")
-    with engine.begin() as conn:
-        conn.execute(schedules.update().values(next_run_at=at("2026-03-07T07:30:00Z")))
+    view = setup_schedule(
+        engine,
+        created="2026-03-06T12:00:00Z",
+        cron="30 2 * * *",
+        timezone="America/New_York",
+        overlap="allow_all",
+    )
     claim(engine, "2026-03-07T07:30:01Z")
     assert schedule_row(engine, view["id"]).next_run_at == at("2026-03-08T07:00:00Z")
     claim(engine, "2026-03-08T07:00:01Z")

@@ -1,0 +1,119 @@
+"""A schedule's runs that may still start or are going: counted, cancelled, released.
+
+The overlap policy looks at these rows, pausing and deleting cancel them, and a buffered
+slot is released when nothing else of its schedule is in flight. All queries read the
+partial index ``ix_graph_runs_in_flight``, so their cost follows the runs in flight, not
+the ledger's size.
+"""
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from graph_runs.statuses import BUFFERED, CANCELLED, CANCELLING, PENDING, QUEUED, RUNNING
+from graph_runs.tables import IN_FLIGHT_RUN, graph_runs
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """How many of a schedule's runs are going (or about to), and how many wait buffered."""
+
+    active: int = 0
+    buffered: int = 0
+
+
+def in_flight_counts(conn: sa.Connection, schedule_ids: Iterable[str]) -> dict[str, InFlight]:
+    """In-flight counts for many schedules in one query."""
+    ids = sorted(set(schedule_ids))
+    counts: dict[str, InFlight] = {}
+    for start in range(0, len(ids), 1000):
+        query = (
+            sa.select(graph_runs.c.schedule_id, graph_runs.c.status, sa.func.count())
+            .where(IN_FLIGHT_RUN, graph_runs.c.schedule_id.in_(ids[start : start + 1000]))
+            .group_by(graph_runs.c.schedule_id, graph_runs.c.status)
+        )
+        for schedule_id, status, count in conn.execute(query):
+            current = counts.get(schedule_id, InFlight())
+            if status == BUFFERED:
+                counts[schedule_id] = InFlight(current.active, current.buffered + count)
+            else:
+                counts[schedule_id] = InFlight(current.active + count, current.buffered)
+    return counts
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """What cancelling a schedule's runs did."""
+
+    never_started: int = 0  # pending or buffered: no Dagster run will do anything
+    cancelling: int = 0  # queued (or running, when terminating): the sensor stops their run
+
+
+def cancel_in_flight(
+    conn: sa.Connection,
+    schedule_id: str,
+    *,
+    now: dt.datetime,
+    code: str,
+    message: str,
+    terminate: bool,
+) -> Cancelled:
+    """Cancel a schedule's runs that have not started; with ``terminate``, running ones too.
+
+    Rows without a Dagster run end here. Rows with one become ``cancelling``: the op checks
+    its row when it starts and does nothing for such a row, and the sensor cancels the
+    queued Dagster run (or terminates the running one) on its next tick.
+    """
+    never_started = conn.execute(
+        graph_runs.update()
+        .where(
+            IN_FLIGHT_RUN,
+            graph_runs.c.schedule_id == schedule_id,
+            graph_runs.c.status.in_([PENDING, BUFFERED]),
+        )
+        .values(status=CANCELLED, error_code=code, error_message=message, finished_at=now)
+    ).rowcount
+    stopping = [QUEUED, RUNNING] if terminate else [QUEUED]
+    cancelling = conn.execute(
+        graph_runs.update()
+        .where(
+            IN_FLIGHT_RUN,
+            graph_runs.c.schedule_id == schedule_id,
+            graph_runs.c.status.in_(stopping),
+        )
+        .values(status=CANCELLING, error_code=code, error_message=message)
+    ).rowcount
+    return Cancelled(never_started=never_started, cancelling=cancelling)
+
+
+def release_buffered(conn: sa.Connection) -> list[str]:
+    """Turn each schedule's oldest buffered slot into a pending one once nothing else runs.
+
+    Returns the ledger ids released; the sensor emits their runs in the same tick.
+    """
+    buffered = list(
+        conn.execute(
+            sa.select(graph_runs.c.id, graph_runs.c.schedule_id)
+            .where(IN_FLIGHT_RUN, graph_runs.c.status == BUFFERED)
+            .order_by(graph_runs.c.scheduled_for)
+        )
+    )
+    if not buffered:
+        return []
+    counts = in_flight_counts(conn, (row.schedule_id for row in buffered))
+    released: list[str] = []
+    seen: set[str] = set()
+    for row in buffered:
+        if row.schedule_id in seen or counts.get(row.schedule_id, InFlight()).active:
+            continue
+        seen.add(row.schedule_id)
+        released.append(row.id)
+    if released:
+        conn.execute(
+            graph_runs.update()
+            .where(graph_runs.c.id.in_(released), graph_runs.c.status == BUFFERED)
+            .values(status=PENDING)
+        )
+    return released

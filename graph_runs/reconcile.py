@@ -1,0 +1,114 @@
+"""Keeping in-flight ledger rows true to their Dagster runs.
+
+The ops record every outcome they reach, but a Dagster run can end without reaching one:
+its process dies, it is terminated, or the launch itself fails. Such a row would stay
+``queued`` or ``running`` for ever, and under overlap ``skip`` block its schedule for ever.
+Each sensor tick hands the Dagster statuses of the in-flight rows to
+``apply_run_statuses``, which settles the rows whose run has ended and lists the runs that
+are to be cancelled.
+"""
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from graph_runs.execution_client import Outcome
+from graph_runs.ledger import get_run, record_outcome
+from graph_runs.statuses import CANCELLED, CANCELLING, FAILED, QUEUED, RUNNING
+from graph_runs.tables import IN_FLIGHT_RUN, graph_runs
+
+# Dagster run statuses, as DagsterRunStatus values.
+DAGSTER_ENDED = frozenset({"SUCCESS", "FAILURE", "CANCELED"})
+DAGSTER_STOPPING = "CANCELING"
+
+
+@dataclass
+class Reconciled:
+    """What one reconciliation did, and the Dagster runs the sensor is to cancel."""
+
+    failed: int = 0
+    cancelled: int = 0
+    # (ledger id, Dagster run id, Dagster status) of runs to cancel or terminate.
+    to_cancel: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+def runs_to_reconcile(conn: sa.Connection, limit: int) -> list[Any]:
+    """In-flight rows that have a Dagster run, oldest first."""
+    return list(
+        conn.execute(
+            sa.select(
+                graph_runs.c.id,
+                graph_runs.c.status,
+                graph_runs.c.dagster_run_id,
+                graph_runs.c.schedule_id,
+            )
+            .where(
+                IN_FLIGHT_RUN,
+                graph_runs.c.status.in_([QUEUED, RUNNING, CANCELLING]),
+                graph_runs.c.dagster_run_id.is_not(None),
+            )
+            .order_by(graph_runs.c.created_at)
+            .limit(limit)
+        )
+    )
+
+
+def apply_run_statuses(
+    conn: sa.Connection,
+    rows: list[Any],
+    dagster_status: dict[str, str],
+    *,
+    now: dt.datetime,
+) -> Reconciled:
+    """Settle rows whose Dagster run ended without recording an outcome.
+
+    ``dagster_status`` maps run ids to their Dagster status; a run it lacks no longer
+    exists. A row that changed since it was read (a re-execution took it over, say) is left
+    alone. A failure settled here counts as one, so pause-after-failures sees it too.
+    """
+    done = Reconciled()
+    for row in rows:
+        status = dagster_status.get(row.dagster_run_id)
+        if status is not None and status not in DAGSTER_ENDED:
+            if row.status == CANCELLING and status != DAGSTER_STOPPING:
+                done.to_cancel.append((row.id, row.dagster_run_id, status))
+            continue
+        current = get_run(conn, row.id, lock=True)
+        if (current.status, current.dagster_run_id) != (row.status, row.dagster_run_id):
+            continue
+        if row.status == CANCELLING or status == "CANCELED":
+            outcome = Outcome(
+                status=CANCELLED,
+                error_code=current.error_code or "dagster_run_canceled",
+                error_message=current.error_message or "the Dagster run was canceled",
+            )
+            done.cancelled += 1
+        else:
+            what = "no longer exists" if status is None else f"ended {status}"
+            outcome = Outcome(
+                status=FAILED,
+                error_code="dagster_run_lost" if status is None else "dagster_run_failed",
+                error_message=(
+                    f"Dagster run {row.dagster_run_id} {what} before recording an outcome"
+                ),
+            )
+            done.failed += 1
+        record_outcome(conn, row.id, outcome, dagster_run_id=row.dagster_run_id, now=now)
+    return done
+
+
+def mark_cancelled(
+    conn: sa.Connection, ledger_id: str, dagster_run_id: str, now: dt.datetime
+) -> None:
+    """Settle a ``cancelling`` row once its Dagster run was cancelled."""
+    conn.execute(
+        graph_runs.update()
+        .where(
+            graph_runs.c.id == ledger_id,
+            graph_runs.c.status == CANCELLING,
+            graph_runs.c.dagster_run_id == dagster_run_id,
+        )
+        .values(status=CANCELLED, finished_at=now)
+    )

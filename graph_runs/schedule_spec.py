@@ -1,0 +1,223 @@
+"""What a schedule is: its validated spec, read from the CLI, the Python API or a stored row.
+
+The same validation guards the CLI, the Python API and rows that another application wrote
+straight into the table (the sensor revalidates those before firing them).
+"""
+
+import datetime as dt
+import functools
+import json
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Literal
+
+import pydantic
+
+from graph_runs.cron import CronError, CronSchedule, parse_timezone
+from graph_runs.errors import InvalidInput
+from graph_runs.money import micros_to_usd, usd_to_micros
+from graph_runs.policies import (
+    DEFAULT_CATCHUP_WINDOW,
+    DEFAULT_PAUSE_AFTER_FAILURES,
+    MAX_DURATION,
+    Policies,
+)
+
+# Fields whose change moves the slots themselves, so next_run_at is recomputed from now.
+TIMING_FIELDS = ("cron", "timezone", "run_at", "jitter_seconds", "start_at")
+
+
+@dataclass(frozen=True)
+class ScheduleLimits:
+    """Operator-set bounds on what users may schedule."""
+
+    min_interval_seconds: int = 60
+    max_schedules_per_owner: int = 100
+    max_input_bytes: int = 64 * 1024
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+class ScheduleSpec(pydantic.BaseModel):
+    """What a user asks for; validated before anything is written."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    owner: str = pydantic.Field(min_length=1, max_length=200)
+    graph_id: str = pydantic.Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:\-]+$")
+    input: dict[str, Any] = pydantic.Field(default_factory=dict)
+    cron: str | None = None
+    timezone: str = "UTC"
+    run_at: dt.datetime | None = None
+    grant_id: str = pydantic.Field(min_length=1, max_length=40)
+    max_cost_usd: Decimal | None = pydantic.Field(default=None, ge=0, max_digits=14)
+    timeout_seconds: int | None = pydantic.Field(default=None, gt=0, le=7 * 24 * 3600)
+    external_id: str | None = pydantic.Field(default=None, min_length=1, max_length=200)
+    overlap: Literal["skip", "buffer_one", "allow_all", "cancel_other"] = "skip"
+    catchup: Literal["none", "latest", "all"] = "latest"
+    catchup_window_seconds: int = pydantic.Field(
+        default=int(DEFAULT_CATCHUP_WINDOW.total_seconds()),
+        ge=0,
+        le=int(MAX_DURATION.total_seconds()),
+    )
+    jitter_seconds: int = pydantic.Field(default=0, ge=0, le=int(MAX_DURATION.total_seconds()))
+    start_at: dt.datetime | None = None
+    end_at: dt.datetime | None = None
+    max_runs: int | None = pydantic.Field(default=None, ge=1)
+    pause_after_failures: int = pydantic.Field(default=DEFAULT_PAUSE_AFTER_FAILURES, ge=0)
+
+    @pydantic.field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            parse_timezone(value)
+        except CronError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @pydantic.field_validator("run_at", "start_at", "end_at")
+    @classmethod
+    def _utc(cls, value: dt.datetime | None) -> dt.datetime | None:
+        return _aware(value)
+
+    @pydantic.model_validator(mode="after")
+    def _one_timing(self) -> "ScheduleSpec":
+        if (self.cron is None) == (self.run_at is None):
+            raise ValueError("give either a cron expression or a one-time run_at, not both")
+        return self
+
+    def cron_schedule(self) -> CronSchedule | None:
+        """The parsed cron schedule, or None for a one-time schedule."""
+        return None if self.cron is None else CronSchedule(self.cron, self.timezone)
+
+    def policies(self) -> Policies:
+        """The policies this spec sets."""
+        return Policies(
+            overlap=self.overlap,
+            catchup=self.catchup,
+            catchup_window=dt.timedelta(seconds=self.catchup_window_seconds),
+            jitter_seconds=self.jitter_seconds,
+            start_at=self.start_at,
+            end_at=self.end_at,
+            max_runs=self.max_runs,
+            pause_after_failures=self.pause_after_failures,
+        )
+
+    def stored(self) -> dict[str, Any]:
+        """The spec as the schedules table stores it (money in micro-dollars)."""
+        values = self.model_dump(exclude={"max_cost_usd"})
+        values["max_cost_micros"] = (
+            None if self.max_cost_usd is None else usd_to_micros(self.max_cost_usd)
+        )
+        return values
+
+
+def validate_spec(raw: dict[str, Any], limits: ScheduleLimits, now: dt.datetime) -> ScheduleSpec:
+    """Validate a schedule fully; raise InvalidInput naming the first bad field."""
+    try:
+        spec = ScheduleSpec.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "schedule"
+        if field == "cron" or (field == "schedule" and "cron" in first["msg"]):
+            field = "cron"
+        raise InvalidInput(field, first["msg"].removeprefix("Value error, ")) from None
+    if spec.cron is not None:
+        try:
+            CronSchedule(spec.cron, spec.timezone)  # raises on a bad expression or zone
+        except CronError as exc:
+            raise InvalidInput("cron", str(exc)) from None
+        # Fire instants are whole minutes, so no expression fires more often than every 60 s:
+        # only a stricter limit, or a jitter of a minute or more, needs the (costly) scan of
+        # upcoming fires. Cached, because the sensor revalidates every due row on every tick
+        # and many rows share an expression.
+        shortest = (
+            _min_interval_seconds(spec.cron, spec.timezone, now)
+            if limits.min_interval_seconds > 60 or spec.jitter_seconds >= 60
+            else None
+        )
+        if shortest is not None and shortest < limits.min_interval_seconds:
+            raise InvalidInput(
+                "cron",
+                f"fires every {int(shortest)} s at times; "
+                f"the minimum interval is {limits.min_interval_seconds} s",
+            )
+        # A jitter shorter than every gap keeps due times in slot order, so a later slot
+        # never comes due before an earlier one.
+        if shortest is not None and spec.jitter_seconds >= shortest:
+            raise InvalidInput(
+                "jitter",
+                f"is {spec.jitter_seconds} s; it must be shorter than the shortest gap "
+                f"between fires ({int(shortest)} s)",
+            )
+    else:
+        for name in ("start_at", "end_at", "max_runs"):
+            if getattr(spec, name) is not None:
+                raise InvalidInput(name, "applies to cron schedules only; a run_at fires once")
+    if spec.start_at and spec.end_at and spec.end_at <= spec.start_at:
+        raise InvalidInput("end_at", "must be after start_at")
+    size = len(json.dumps(spec.input, separators=(",", ":")).encode())
+    if size > limits.max_input_bytes:
+        raise InvalidInput("input", f"is {size} bytes; the limit is {limits.max_input_bytes}")
+    return spec
+
+
+@functools.lru_cache(maxsize=8192)
+def _min_interval_seconds(expression: str, timezone: str, now: dt.datetime) -> float:
+    return CronSchedule(expression, timezone).min_interval(now).total_seconds()
+
+
+def row_as_raw(row: Any) -> dict[str, Any]:
+    """A stored row as the raw input ``validate_spec`` takes."""
+    if row.input is not None and not isinstance(row.input, dict):
+        raise InvalidInput("input", "must be a JSON object")
+    raw: dict[str, Any] = {
+        "owner": row.owner,
+        "graph_id": row.graph_id,
+        "input": row.input or {},
+        "cron": row.cron,
+        "timezone": row.timezone or "UTC",
+        "run_at": row.run_at,
+        "grant_id": row.grant_id,
+        "max_cost_usd": micros_to_usd(row.max_cost_micros),
+        "timeout_seconds": row.timeout_seconds,
+        "external_id": row.external_id,
+        "start_at": row.start_at,
+        "end_at": row.end_at,
+        "max_runs": row.max_runs,
+    }
+    # NULLs from another application's rows mean the default.
+    for name in (
+        "overlap",
+        "catchup",
+        "catchup_window_seconds",
+        "jitter_seconds",
+        "pause_after_failures",
+    ):
+        if getattr(row, name) is not None:
+            raw[name] = getattr(row, name)
+    return raw
+
+
+def spec_from_row(row: Any, limits: ScheduleLimits, now: dt.datetime) -> ScheduleSpec:
+    """Revalidate a stored row (perhaps written by another application); raises InvalidInput."""
+    return validate_spec(row_as_raw(row), limits, now)
+
+
+def cursor_of(row: Any, spec: ScheduleSpec, now: dt.datetime) -> dt.datetime:
+    """The instant after which a stored schedule's slots have no ledger row yet.
+
+    Rows written before ``slot_cursor`` existed, or by another application, have none: their
+    ``next_run_at`` (a due time, so less the jitter) or else their creation bounds it.
+    """
+    if row.slot_cursor is not None:
+        return row.slot_cursor
+    if spec.cron is None:
+        return dt.datetime.min.replace(tzinfo=dt.UTC)
+    if row.next_run_at is not None:
+        return row.next_run_at - dt.timedelta(seconds=spec.jitter_seconds, microseconds=1)
+    return row.created_at or now

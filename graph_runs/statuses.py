@@ -1,0 +1,24 @@
+"""The statuses of a ledger row, and which of them are still in flight.
+
+A row is ``pending`` when the sensor has claimed it, ``queued`` once a Dagster run exists,
+``running`` once the op has started, and then ends in one of the final statuses. ``failed``
+alone may change again, when a re-execution succeeds.
+"""
+
+PENDING = "pending"  # claimed; Dagster may not have a run for it yet
+BUFFERED = "buffered"  # waits for the schedule's running run to end (overlap buffer_one)
+QUEUED = "queued"  # a Dagster run exists and has not started the op yet
+RUNNING = "running"
+CANCELLING = "cancelling"  # asked to stop; the sensor cancels or terminates its Dagster run
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+MISSED = "missed"  # came due while nothing could fire it, beyond the catch-up policy
+SKIPPED_OVERLAP = "skipped_overlap"  # the previous run was still going (skip, buffer_one)
+SKIPPED_PAUSED = "skipped_paused"  # came due while the schedule was paused
+CANCELLED = "cancelled"  # never ran, or was stopped: paused, deleted, cancel_other
+
+IN_FLIGHT = frozenset({PENDING, BUFFERED, QUEUED, RUNNING, CANCELLING})
+FIRING = frozenset({PENDING, BUFFERED})
+# Final statuses that nothing changes: not a re-execution, not a late outcome.
+SETTLED = frozenset({SUCCEEDED, MISSED, SKIPPED_OVERLAP, SKIPPED_PAUSED, CANCELLED})
+NEVER_RAN = frozenset({MISSED, SKIPPED_OVERLAP, SKIPPED_PAUSED, CANCELLED})

@@ -1,0 +1,291 @@
+"""Runs of a schedule outside its timetable: trigger now, backfill, and Dagster partition runs.
+
+Each becomes a ledger row like a scheduled slot's, and the sensor asks Dagster for its run
+on its next tick, so every run goes through the same job, ops, grant check and receipt.
+
+- Trigger now (kind ``manual``) gets its own key, ``manual:{schedule}:{request}``; a caller
+  that passes the same request key twice gets one run.
+- Backfill (kind ``backfill``) keeps each slot's key ``sched:{schedule}:{slot}``: a slot that
+  already ran is not run again, and a slot that never ran (missed, skipped, cancelled before
+  its Dagster run existed) is run now.
+- A run of ``graph_run_job`` launched from the Dagster UI for a partition (a schedule) has no
+  ledger row yet; it is a trigger-now keyed by its root run, so a re-execution is the same.
+
+Neither counts towards ``max_runs``, as in Temporal's remaining actions.
+"""
+
+import datetime as dt
+from collections import Counter
+from typing import Any
+
+import sqlalchemy as sa
+
+from graph_runs.cron import format_utc
+from graph_runs.db import insert_ignoring_conflicts
+from graph_runs.errors import InvalidInput, NotFound
+from graph_runs.grants import get_grant
+from graph_runs.ids import new_id
+from graph_runs.in_flight import InFlight, cancel_in_flight, in_flight_counts
+from graph_runs.ledger import start_run
+from graph_runs.ledger_rows import manual_key, schedule_run_row, slot_key
+from graph_runs.policies import OVERLAP_POLICIES
+from graph_runs.schedule_spec import ScheduleLimits, spec_from_row
+from graph_runs.slot_plan import overlap_status
+from graph_runs.statuses import FIRING, NEVER_RAN, QUEUED
+from graph_runs.tables import audit, graph_runs, schedules
+
+# The overlap policy a trigger or backfill uses unless told otherwise: the user asked for
+# these runs, so they run.
+DEFAULT_MANUAL_OVERLAP = "allow_all"
+MAX_BACKFILL_SLOTS = 1_000
+
+
+def _schedule(conn: sa.Connection, schedule_id: str) -> Any:
+    row = conn.execute(sa.select(schedules).where(schedules.c.id == schedule_id)).one_or_none()
+    if row is None or row.status == "deleted":
+        raise NotFound(f"schedule {schedule_id} not found")
+    return row
+
+
+def _overlap(policy: str) -> str:
+    if policy not in OVERLAP_POLICIES:
+        raise InvalidInput("overlap", f"{policy!r} is not one of {', '.join(OVERLAP_POLICIES)}")
+    return policy
+
+
+def _billing_account(conn: sa.Connection, grant_id: str) -> str | None:
+    grant = get_grant(conn, grant_id)
+    return None if grant is None else grant.billing_account
+
+
+class _Overlap:
+    """Applies an overlap policy to a series of new runs of one schedule, oldest first."""
+
+    def __init__(self, conn: sa.Connection, schedule_id: str, policy: str, now: dt.datetime):
+        going = in_flight_counts(conn, [schedule_id]).get(schedule_id, InFlight())
+        self.conn, self.schedule_id, self.policy, self.now = conn, schedule_id, policy, now
+        self.busy, self.buffered = going.active > 0, going.buffered
+
+    def next_status(self) -> tuple[str, str | None]:
+        if self.policy == "cancel_other" and self.busy:
+            cancel_in_flight(
+                self.conn,
+                self.schedule_id,
+                now=self.now,
+                code="cancelled_by_overlap",
+                message="a newer run of the schedule was requested (overlap cancel_other)",
+                terminate=True,
+            )
+        status, reason = overlap_status(self.policy, self.busy, self.buffered)
+        if status in FIRING:
+            self.busy = True
+            self.buffered += status != "pending"
+        return status, reason
+
+
+def trigger_schedule(
+    conn: sa.Connection,
+    schedule_id: str,
+    *,
+    now: dt.datetime,
+    requested_by: str | None = None,
+    request_key: str | None = None,
+    overlap: str = DEFAULT_MANUAL_OVERLAP,
+    source: str = "cli",
+) -> dict[str, Any]:
+    """Run the schedule's graph once, now (kind ``manual``), paused or not.
+
+    The same ``request_key`` twice is one run: the second call returns the first row with
+    ``created`` false.
+    """
+    row = _schedule(conn, schedule_id)
+    key = manual_key(schedule_id, request_key or new_id("trg"))
+    existing = conn.execute(
+        sa.select(graph_runs).where(graph_runs.c.idempotency_key == key)
+    ).one_or_none()
+    if existing is None:
+        status, reason = _Overlap(conn, schedule_id, _overlap(overlap), now).next_status()
+        values = schedule_run_row(
+            row,
+            idempotency_key=key,
+            scheduled_for=None,
+            status=status,
+            now=now,
+            billing_account=_billing_account(conn, row.grant_id),
+            trigger_kind="manual",
+            trigger_source=source,
+            requested_by=requested_by,
+            reason=reason,
+        )
+        insert_ignoring_conflicts(conn, graph_runs, [values])
+        audit(
+            conn,
+            at=now,
+            actor=requested_by or source,
+            action="schedule.trigger",
+            entity_type="schedule",
+            entity_id=schedule_id,
+            detail={"idempotency_key": key, "status": status},
+        )
+    stored = conn.execute(sa.select(graph_runs).where(graph_runs.c.idempotency_key == key)).one()
+    return {
+        "schedule_id": schedule_id,
+        "ledger_id": stored.id,
+        "idempotency_key": key,
+        "status": stored.status,
+        "created": existing is None,
+    }
+
+
+def backfill_schedule(
+    conn: sa.Connection,
+    schedule_id: str,
+    *,
+    start: dt.datetime,
+    end: dt.datetime,
+    now: dt.datetime,
+    limits: ScheduleLimits,
+    overlap: str = DEFAULT_MANUAL_OVERLAP,
+    requested_by: str | None = None,
+    source: str = "cli",
+) -> dict[str, Any]:
+    """Run every slot of the schedule in ``[start, end]``, oldest first (kind ``backfill``).
+
+    Returns how many slots will run and how many already had a run, slot by slot.
+    """
+    policy = _overlap(overlap)
+    if end < start:
+        raise InvalidInput("to", "is before from")
+    if end > now:
+        raise InvalidInput("to", f"{format_utc(end)} is in the future; backfill fills the past")
+    row = _schedule(conn, schedule_id)
+    spec = spec_from_row(row, limits, now)
+    cron = spec.cron_schedule()
+    if cron is None:
+        assert spec.run_at is not None
+        slots = [spec.run_at] if start <= spec.run_at <= end else []
+    else:
+        slots = cron.fires_between(start, end, limit=MAX_BACKFILL_SLOTS + 1)
+    if len(slots) > MAX_BACKFILL_SLOTS:
+        raise InvalidInput(
+            "from",
+            f"the range holds more than {MAX_BACKFILL_SLOTS} slots; backfill it in parts",
+        )
+    existing = {
+        r.scheduled_for: r
+        for r in conn.execute(
+            sa.select(
+                graph_runs.c.id,
+                graph_runs.c.scheduled_for,
+                graph_runs.c.status,
+                graph_runs.c.dagster_run_id,
+                graph_runs.c.api_run_id,
+            ).where(
+                graph_runs.c.schedule_id == schedule_id,
+                graph_runs.c.scheduled_for >= start,
+                graph_runs.c.scheduled_for <= end,
+            )
+        )
+    }
+    account = _billing_account(conn, row.grant_id)
+    overlapper = _Overlap(conn, schedule_id, policy, now)
+    report: list[dict[str, Any]] = []
+    counts: Counter[str] = Counter()
+    for slot in slots:
+        found = existing.get(slot)
+        # A slot runs again only if it never ran: no Dagster run (whose run key Dagster would
+        # refuse to reuse) and no call to the API.
+        if found is not None and not (
+            found.status in NEVER_RAN and found.dagster_run_id is None and not found.api_run_id
+        ):
+            counts["already"] += 1
+            report.append({"slot": format_utc(slot), "status": found.status, "already": True})
+            continue
+        status, reason = overlapper.next_status()
+        counts["ran" if status in FIRING else status] += 1
+        fields = {
+            "status": status,
+            "trigger_kind": "backfill",
+            "trigger_source": source,
+            "requested_by": requested_by,
+        }
+        if found is None:
+            values = schedule_run_row(
+                row,
+                idempotency_key=slot_key(schedule_id, slot),
+                scheduled_for=slot,
+                status=status,
+                now=now,
+                billing_account=account,
+                trigger_kind="backfill",
+                trigger_source=source,
+                requested_by=requested_by,
+                reason=reason,
+            )
+            insert_ignoring_conflicts(conn, graph_runs, [values])
+        else:
+            final = status not in FIRING
+            conn.execute(
+                graph_runs.update()
+                .where(graph_runs.c.id == found.id, graph_runs.c.status == found.status)
+                .values(
+                    **fields,
+                    error_code=status if final else None,
+                    error_message=reason if final else None,
+                    finished_at=now if final else None,
+                )
+            )
+        report.append({"slot": format_utc(slot), "status": status, "already": False})
+    audit(
+        conn,
+        at=now,
+        actor=requested_by or source,
+        action="schedule.backfill",
+        entity_type="schedule",
+        entity_id=schedule_id,
+        detail={"from": format_utc(start), "to": format_utc(end), **counts},
+    )
+    return {
+        "schedule_id": schedule_id,
+        "from": format_utc(start),
+        "to": format_utc(end),
+        "slots": len(slots),
+        "ran": counts["ran"],
+        "already": counts["already"],
+        "skipped_overlap": counts["skipped_overlap"],
+        "overlap": policy,
+        "detail": report,
+    }
+
+
+def start_partition_run(
+    conn: sa.Connection,
+    schedule_id: str,
+    *,
+    dagster_run_id: str,
+    root_run_id: str,
+    requested_by: str | None,
+    now: dt.datetime,
+) -> Any:
+    """The ledger row of a run launched from Dagster for a schedule's partition, started.
+
+    A partition backfill in the Dagster UI launches one such run per selected schedule: each
+    is a trigger-now. Its key names the root run, so re-executing it reuses the row.
+    """
+    row = _schedule(conn, schedule_id)
+    key = manual_key(schedule_id, f"dagster:{root_run_id}")
+    values = schedule_run_row(
+        row,
+        idempotency_key=key,
+        scheduled_for=None,
+        status=QUEUED,
+        now=now,
+        billing_account=_billing_account(conn, row.grant_id),
+        trigger_kind="manual",
+        trigger_source="dagster",
+        requested_by=requested_by,
+    )
+    values["dagster_run_id"] = dagster_run_id
+    insert_ignoring_conflicts(conn, graph_runs, [values])
+    stored = conn.execute(sa.select(graph_runs).where(graph_runs.c.idempotency_key == key)).one()
+    return start_run(conn, stored.id, dagster_run_id=dagster_run_id, now=now)
