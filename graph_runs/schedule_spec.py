@@ -36,6 +36,11 @@ class ScheduleLimits:
     max_input_bytes: int = 64 * 1024
 
 
+UNLIMITED = ScheduleLimits(
+    min_interval_seconds=0, max_schedules_per_owner=2**31, max_input_bytes=2**40
+)
+
+
 def _aware(value: dt.datetime | None) -> dt.datetime | None:
     if value is None:
         return None

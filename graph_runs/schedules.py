@@ -21,6 +21,7 @@ from graph_runs.money import micros_to_usd
 from graph_runs.policies import Policies, format_duration
 from graph_runs.schedule_spec import (
     TIMING_FIELDS,
+    UNLIMITED,
     ScheduleLimits,
     ScheduleSpec,
     cursor_of,
@@ -211,7 +212,8 @@ def _apply_spec(
 ) -> tuple[dict[str, Any], bool]:
     spec = validate_spec(raw, limits, now)
     _check_grant(conn, spec)
-    current = validate_spec(row_as_raw(row), ScheduleLimits(10**9, 10**9, 10**12), now)
+    # The stored spec, read without limits: it is compared with, not accepted.
+    current = validate_spec(row_as_raw(row), UNLIMITED, now)
     if spec == current:
         return view(row), False
     if spec.external_id is not None and spec.external_id != row.external_id:

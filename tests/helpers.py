@@ -5,9 +5,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from graph_runs.cron import format_utc
 from graph_runs.grants import Grant, create_grant
 from graph_runs.schedule_spec import ScheduleLimits
 from graph_runs.schedules import create_schedule
+from graph_runs.slots import claim_due_slots
+from graph_runs.tables import graph_runs
 
 
 def at(text: str) -> dt.datetime:
@@ -41,3 +44,37 @@ def make_schedule(
     }
     raw.update(fields)
     return create_schedule(conn, raw, limits=ScheduleLimits(), now=now)
+
+
+def claim_at(conn: sa.Connection, now: dt.datetime) -> Any:
+    """One claim, as the sensor's tick makes it."""
+    return claim_due_slots(conn, now=now, schedule_limits=ScheduleLimits())
+
+
+def ledger_statuses(conn: sa.Connection, schedule_id: str) -> list[tuple[str | None, str]]:
+    """(slot, status) of a schedule's ledger rows, oldest slot first; trigger-now rows last."""
+    rows = conn.execute(
+        sa.select(graph_runs.c.scheduled_for, graph_runs.c.status)
+        .where(graph_runs.c.schedule_id == schedule_id)
+        .order_by(graph_runs.c.scheduled_for.is_(None), graph_runs.c.scheduled_for)
+    )
+    return [
+        (None if r.scheduled_for is None else format_utc(r.scheduled_for), r.status) for r in rows
+    ]
+
+
+def set_run_status(
+    conn: sa.Connection, schedule_id: str, slot: str, status: str, dagster_run_id: str | None = None
+) -> str:
+    """Move a slot's ledger row as the sensor or the ops would; returns its ledger id."""
+    row = conn.execute(
+        sa.select(graph_runs.c.id).where(
+            graph_runs.c.schedule_id == schedule_id, graph_runs.c.scheduled_for == at(slot)
+        )
+    ).one()
+    conn.execute(
+        graph_runs.update()
+        .where(graph_runs.c.id == row.id)
+        .values(status=status, dagster_run_id=dagster_run_id)
+    )
+    return str(row.id)
