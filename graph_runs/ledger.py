@@ -379,34 +379,3 @@ def _pause_after_failures(
         f"paused after {schedule.consecutive_failures} consecutive failed runs; last error: {error}"
     )[:2000]
     pause_schedule(conn, schedule_id, now=now, note=note, by=FAILURE_PAUSER)
-
-
-def recent_runs(conn: sa.Connection, schedule_id: str, limit: int = 10) -> list[dict[str, Any]]:
-    """The schedule's latest ledger rows with their cost, newest slot first."""
-    query = (
-        sa.select(graph_runs, charge_receipts.c.cost_micros)
-        .select_from(
-            graph_runs.outerjoin(charge_receipts, charge_receipts.c.graph_run_id == graph_runs.c.id)
-        )
-        .where(graph_runs.c.schedule_id == schedule_id)
-        .order_by(graph_runs.c.created_at.desc(), graph_runs.c.scheduled_for.desc())
-        .limit(limit)
-    )
-    out = []
-    for row in conn.execute(query):
-        cost = micros_to_usd(row.cost_micros)
-        out.append(
-            {
-                "ledger_id": row.id,
-                "scheduled_for": None
-                if row.scheduled_for is None
-                else format_utc(row.scheduled_for),
-                "status": row.status,
-                "trigger_kind": row.trigger_kind,
-                "dagster_run_id": row.dagster_run_id,
-                "api_run_id": row.api_run_id,
-                "error_code": row.error_code,
-                "cost_usd": None if cost is None else str(cost),
-            }
-        )
-    return out

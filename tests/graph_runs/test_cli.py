@@ -52,18 +52,101 @@ def test_create_describe_pause_resume_delete(cli) -> None:
     assert (created["max_cost_usd"], created["timeout_seconds"]) == ("0.25", 600)
     code, described, _ = cli("schedules", "describe", sid, "--json")
     assert code == 0 and len(described["next_fire_times"]) == 10
-    assert described["next_fire_times"][0] == described["next_run_at"]
-    assert described["recent_runs"] == []
-    code, paused, _ = cli("schedules", "pause", sid, "--note", "vacation", "--json")
-    assert (paused["enabled"], paused["pause_note"]) == (False, "vacation")
+    assert described["next_fire_times"][0]["fires_at"] == described["next_run_at"]
+    assert described["recent_actions"] == [] and described["running"] == []
+    assert described["policies"] == {
+        "overlap": "skip",
+        "catchup": "latest",
+        "catchup_window": "1h",
+        "jitter": "0s",
+        "start_at": None,
+        "end_at": None,
+        "max_runs": None,
+        "pause_after_failures": 3,
+    }
+    code, paused, _ = cli(
+        "schedules", "pause", sid, "--note", "vacation", "--by", "ana", "--json"
+    )  # fmt: skip
+    assert (paused["enabled"], paused["pause_note"], paused["paused_by"]) == (
+        False,
+        "vacation",
+        "ana",
+    )
+    code, again, _ = cli("schedules", "pause", sid, "--note", "other", "--json")
+    assert code == 0 and again == paused
+    code, described, _ = cli("schedules", "describe", sid, "--json")
+    assert described["pause"]["note"] == "vacation" and described["next_fire_times"] == []
     code, resumed, _ = cli("schedules", "resume", sid, "--json")
     assert resumed["enabled"] is True
     code, listed, _ = cli("schedules", "list", "--owner", "alice", "--json")
     assert [s["id"] for s in listed] == [sid]
     code, deleted, _ = cli("schedules", "delete", sid, "--json")
     assert deleted == {"id": sid, "deleted": True}
+    code, deleted, _ = cli("schedules", "delete", sid, "--json")
+    assert (code, deleted) == (0, {"id": sid, "deleted": False})
     code, _, err = cli("schedules", "describe", sid)
     assert (code, err) == (2, f"error: schedule {sid} not found\n")
+
+
+def test_policies_external_ids_upsert_trigger_and_backfill(cli) -> None:
+    grant_id = grant(cli)
+    create = [
+        "schedules", "create", "--owner", "alice", "--graph", "daily-digest",
+        "--cron", "0 9 * * *", "--grant", grant_id, "--external-id", "user-7",
+        "--overlap", "buffer_one", "--catchup", "all", "--catchup-window", "2d",
+        "--jitter", "90s", "--max-runs", "5", "--pause-after-failures", "0",
+        "--start-at", "2026-01-01T00:00:00Z", "--json",
+    ]  # fmt: skip
+    code, created, _ = cli(*create)
+    assert code == 0
+    assert created["policies"] == {
+        "overlap": "buffer_one",
+        "catchup": "all",
+        "catchup_window": "2d",
+        "jitter": "90s",
+        "start_at": "2026-01-01T00:00:00Z",
+        "end_at": None,
+        "max_runs": 5,
+        "pause_after_failures": 0,
+    }
+    code, _, err = cli(*create)
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: alice already has schedule {created['id']} with external id")
+    upsert = [
+        "schedules", "upsert", "--owner", "alice", "--external-id", "user-7",
+        "--graph", "daily-digest", "--cron", "0 10 * * *", "--grant", grant_id, "--json",
+    ]  # fmt: skip
+    code, upserted, _ = cli(*upsert)
+    assert (code, upserted["upsert"], upserted["id"]) == (0, "updated", created["id"])
+    assert upserted["policies"]["overlap"] == "skip"  # left out: back to the default
+    code, upserted, _ = cli(*upsert)
+    assert upserted["upsert"] == "unchanged"
+    code, triggered, _ = cli(
+        "schedules", "trigger", created["id"], "--requested-by", "ana", "--key", "r1", "--json"
+    )  # fmt: skip
+    assert (code, triggered["created"], triggered["status"]) == (0, True, "pending")
+    code, again, _ = cli("schedules", "trigger", created["id"], "--key", "r1", "--json")
+    assert (again["created"], again["ledger_id"]) == (False, triggered["ledger_id"])
+    backfill = [
+        "schedules", "backfill", created["id"],
+        "--from", "2026-01-01T00:00:00Z", "--to", "2026-01-03T23:00:00Z",
+    ]  # fmt: skip
+    code, text, _ = cli(*backfill)
+    assert text == (
+        "3 slot(s) from 2026-01-01T00:00:00Z to 2026-01-03T23:00:00Z: 3 will run, "
+        "0 already had a run, 0 skipped (overlap allow_all)\n"
+    )
+    code, report, _ = cli(*backfill, "--json")
+    assert (report["ran"], report["already"]) == (0, 3)
+    code, described, _ = cli("schedules", "describe", created["id"], "--json")
+    assert described["counts"]["runs"] == 4
+    assert described["counts"]["by_trigger_kind"] == {"backfill": 3, "manual": 1}
+    assert len(described["running"]) == 4 and len(described["recent_actions"]) == 4
+    code, _, err = cli("schedules", "backfill", created["id"], "--from", "x", "--to", "y")
+    assert (code, err) == (2, "error: from: 'x' is not an ISO 8601 time\n")
+    code, _, err = cli("schedules", "create", "--owner", "alice", "--graph", "g",
+                       "--grant", grant_id, "--cron", "* * * * *", "--jitter", "soon")  # fmt: skip
+    assert (code, err.split(";")[0]) == (2, "error: jitter: 'soon' is not a duration")
 
 
 @pytest.mark.parametrize(

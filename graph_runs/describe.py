@@ -1,0 +1,144 @@
+"""``schedules describe``: one schedule's state, the way Temporal's describe answers.
+
+Its recent actions, its next fire times with jitter applied, its counts by outcome, its runs
+in flight, its pause and the policies in force, read in a handful of queries.
+"""
+
+import datetime as dt
+from typing import Any
+
+import sqlalchemy as sa
+
+from graph_runs.cron import format_utc
+from graph_runs.errors import NotFound
+from graph_runs.money import micros_to_usd
+from graph_runs.schedule_spec import UNLIMITED, cursor_of, spec_from_row
+from graph_runs.schedules import view
+from graph_runs.statuses import IN_FLIGHT
+from graph_runs.tables import IN_FLIGHT_RUN, charge_receipts, graph_runs, schedules
+
+RECENT_ACTIONS = 10
+NEXT_FIRES = 10
+# Statuses that mean a run happened or is happening, for the "runs" count.
+RAN = ("succeeded", "failed", "running", "queued", "pending", "cancelling")
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return None if value is None else format_utc(value)
+
+
+def _action(row: Any) -> dict[str, Any]:
+    cost = micros_to_usd(row.cost_micros)
+    return {
+        "ledger_id": row.id,
+        "scheduled_for": _iso(row.scheduled_for),
+        "trigger_kind": row.trigger_kind,
+        "requested_by": row.requested_by,
+        "status": row.status,
+        "started_at": _iso(row.started_at),
+        "finished_at": _iso(row.finished_at),
+        "dagster_run_id": row.dagster_run_id,
+        "api_run_id": row.api_run_id,
+        "cost_usd": None if cost is None else str(cost),
+        "error_code": row.error_code,
+        "error_message": row.error_message,
+    }
+
+
+def next_fire_times(row: Any, now: dt.datetime, count: int = NEXT_FIRES) -> list[dict[str, str]]:
+    """The next slots and when each fires (jitter applied), within the schedule's bounds."""
+    if not row.enabled or row.status != "active":
+        return []
+    spec = spec_from_row(row, UNLIMITED, now)
+    policies = spec.policies()
+    remaining = None if spec.max_runs is None else max(spec.max_runs - row.runs_total, 0)
+    limit = count if remaining is None else min(count, remaining)
+    cron = spec.cron_schedule()
+    if cron is None:
+        assert spec.run_at is not None
+        slots = [spec.run_at] if limit else []
+    else:
+        lower = cursor_of(row, spec, now)
+        if spec.start_at is not None and spec.start_at - dt.timedelta(microseconds=1) > lower:
+            lower = spec.start_at - dt.timedelta(microseconds=1)
+        slots = []
+        for slot in cron.fires_after(lower):
+            if len(slots) >= limit or (spec.end_at is not None and slot > spec.end_at):
+                break
+            slots.append(slot)
+    return [
+        {"slot": format_utc(s), "fires_at": format_utc(policies.due_at(row.id, s))} for s in slots
+    ]
+
+
+def describe_schedule(conn: sa.Connection, schedule_id: str, *, now: dt.datetime) -> dict[str, Any]:
+    """Everything ``schedules describe --json`` prints; raises NotFound."""
+    row = conn.execute(sa.select(schedules).where(schedules.c.id == schedule_id)).one_or_none()
+    if row is None or row.status == "deleted":
+        raise NotFound(f"schedule {schedule_id} not found")
+    with_cost = sa.select(graph_runs, charge_receipts.c.cost_micros).select_from(
+        graph_runs.outerjoin(charge_receipts, charge_receipts.c.graph_run_id == graph_runs.c.id)
+    )
+    recent = conn.execute(
+        with_cost.where(graph_runs.c.schedule_id == schedule_id)
+        .order_by(
+            graph_runs.c.created_at.desc(),
+            graph_runs.c.scheduled_for.desc(),
+            graph_runs.c.id.desc(),
+        )
+        .limit(RECENT_ACTIONS)
+    )
+    in_flight = conn.execute(
+        with_cost.where(IN_FLIGHT_RUN, graph_runs.c.schedule_id == schedule_id).order_by(
+            graph_runs.c.created_at, graph_runs.c.scheduled_for
+        )
+    )
+    by_status: dict[str, int] = dict(
+        conn.execute(
+            sa.select(graph_runs.c.status, sa.func.count())
+            .where(graph_runs.c.schedule_id == schedule_id)
+            .group_by(graph_runs.c.status)
+        ).all()
+    )
+    by_kind: dict[str, int] = dict(
+        conn.execute(
+            sa.select(graph_runs.c.trigger_kind, sa.func.count())
+            .where(graph_runs.c.schedule_id == schedule_id, graph_runs.c.status.in_(RAN))
+            .group_by(graph_runs.c.trigger_kind)
+        ).all()
+    )
+    spent = conn.execute(
+        sa.select(sa.func.coalesce(sa.func.sum(charge_receipts.c.cost_micros), 0)).where(
+            charge_receipts.c.schedule_id == schedule_id
+        )
+    ).scalar_one()
+    data = view(row)
+    counts = {
+        "runs": sum(by_status.get(s, 0) for s in RAN),
+        "succeeded": by_status.get("succeeded", 0),
+        "failed": by_status.get("failed", 0),
+        "missed": by_status.get("missed", 0),
+        "skipped_overlap": by_status.get("skipped_overlap", 0),
+        "skipped_paused": by_status.get("skipped_paused", 0),
+        "cancelled": by_status.get("cancelled", 0),
+        "in_flight": sum(by_status.get(s, 0) for s in IN_FLIGHT),
+        "by_trigger_kind": by_kind,
+        "scheduled_runs": row.runs_total,
+        "remaining_scheduled_runs": (
+            None if row.max_runs is None else max(row.max_runs - row.runs_total, 0)
+        ),
+        "spent_usd": str(micros_to_usd(int(spent))),
+    }
+    return {
+        **data,
+        "pause": {
+            "paused": not row.enabled,
+            "note": row.pause_note,
+            "by": row.paused_by,
+            "at": _iso(row.paused_at),
+        },
+        "counts": counts,
+        "recent_actions": [_action(r) for r in recent],
+        "running": [_action(r) for r in in_flight],
+        "next_fire_times": next_fire_times(row, now),
+    }
