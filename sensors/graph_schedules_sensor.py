@@ -194,6 +194,11 @@ def graph_schedules_tick(
         claim = claim_due_slots(
             conn, now=now, schedule_limits=schedule_limits.limits(), tick_limits=tick_limits
         )
+    if claim.cancelled_for_overlap:
+        # Overlap cancel_other: stop the older runs now, before the new slot's run is asked
+        # for, rather than a tick later.
+        more_failed, more_cancelled = _reconcile(context, database, now)
+        settled_failed, cancelled = settled_failed + more_failed, cancelled + more_cancelled
     for schedule_id, problem in claim.invalid:
         context.log.error(f"[schedule={schedule_id}] marked error, not fired: {problem}")
 

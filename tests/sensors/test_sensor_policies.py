@@ -1,0 +1,175 @@
+"""sensors.graph_schedules_sensor with scheduling policies, against a real Dagster instance.
+
+Pausing cancels a queued Dagster run, a run that dies without an outcome is settled as
+failed, a buffered slot gets its run once the running one ends, cancel_other cancels the
+older run, and a run launched for a partition from the UI is a trigger-now. Real SQLite
+and PostgreSQL databases, the real local execution API, runs executed in-process.
+"""
+
+from collections.abc import Iterator
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from graph_runs.jobs import graph_run_job
+from graph_runs.schedules import pause_schedule
+from graph_runs.tables import charge_receipts, graph_runs
+from tests.conftest import RunningApi
+from tests.dagster_helpers import apply_partitions, launch, make_resources, tick
+from tests.helpers import at, ledger_statuses, make_grant, make_schedule
+
+CREATED = at("2026-11-22T10:00:30Z")
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+def new_schedule(engine: sa.Engine, **fields) -> dict:
+    with engine.begin() as conn:
+        grant = make_grant(conn, CREATED)
+        return make_schedule(conn, CREATED, grant, **fields)
+
+
+def statuses(engine: sa.Engine, schedule_id: str) -> list[tuple[str | None, str]]:
+    with engine.connect() as conn:
+        return ledger_statuses(conn, schedule_id)
+
+
+def create_run(instance: dg.DagsterInstance, request: dg.RunRequest) -> dg.DagsterRun:
+    """What the daemon does with a run request: a run that has not started yet."""
+    return instance.create_run_for_job(
+        job_def=graph_run_job,
+        tags={
+            **request.tags,
+            "dagster/partition": request.partition_key or "",
+            "dagster/run_key": request.run_key or "",
+        },
+    )
+
+
+def test_pausing_cancels_the_queued_dagster_run_and_a_late_start_does_nothing(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
+) -> None:
+    view = new_schedule(engine)
+    resources = make_resources(database_url, execution_api, "2026-11-22T10:01:02Z")
+    first = tick(instance, resources, None)
+    apply_partitions(instance, first)
+    (request,) = first.run_requests or []
+    queued = create_run(instance, request)
+    tick(instance, resources, first.cursor)  # finds the run: the row is queued
+    with engine.begin() as conn:
+        pause_schedule(conn, view["id"], now=at("2026-11-22T10:01:20Z"), note="stop", by="ana")
+    assert statuses(engine, view["id"]) == [("2026-11-22T10:01:00Z", "cancelling")]
+    tick(instance, make_resources(database_url, execution_api, "2026-11-22T10:01:32Z"), None)
+    run = instance.get_run_by_id(queued.run_id)
+    assert run is not None and run.status == dg.DagsterRunStatus.CANCELED
+    assert statuses(engine, view["id"]) == [("2026-11-22T10:01:00Z", "cancelled")]
+    # Had the daemon started it anyway, the op would not call the API.
+    late = launch(instance, resources, request)
+    assert late.success and execution_api.store.executions == 0
+    assert statuses(engine, view["id"]) == [("2026-11-22T10:01:00Z", "cancelled")]
+
+
+def test_a_run_that_dies_without_an_outcome_is_settled_failed_and_frees_the_schedule(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance
+) -> None:
+    view = new_schedule(engine)  # overlap skip: a stuck row would block every later slot
+    resources = make_resources(database_url, None, "2026-11-22T10:01:02Z")
+    first = tick(instance, resources, None)
+    apply_partitions(instance, first)
+    (request,) = first.run_requests or []
+    run = create_run(instance, request)
+    tick(instance, resources, first.cursor)
+    instance.report_run_failed(run)
+    later = tick(instance, make_resources(database_url, None, "2026-11-22T10:02:02Z"), None)
+    assert statuses(engine, view["id"]) == [
+        ("2026-11-22T10:01:00Z", "failed"),
+        ("2026-11-22T10:02:00Z", "pending"),
+    ]
+    assert [r.run_key for r in later.run_requests or []] == [
+        f"sched:{view['id']}:2026-11-22T10:02:00Z"
+    ]
+    with engine.connect() as conn:
+        code = conn.execute(
+            sa.select(graph_runs.c.error_code).where(graph_runs.c.dagster_run_id == run.run_id)
+        ).scalar_one()
+    assert code == "dagster_run_failed"
+
+
+def test_a_buffered_slot_runs_after_the_long_run_ends(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
+) -> None:
+    view = new_schedule(engine, overlap="buffer_one")
+    resources = make_resources(database_url, execution_api, "2026-11-22T10:01:02Z")
+    first = tick(instance, resources, None)
+    apply_partitions(instance, first)
+    (long_run,) = first.run_requests or []
+    create_run(instance, long_run)
+    second = tick(
+        instance, make_resources(database_url, execution_api, "2026-11-22T10:02:02Z"), None
+    )
+    third = tick(
+        instance, make_resources(database_url, execution_api, "2026-11-22T10:03:02Z"), None
+    )
+    assert not second.run_requests and not third.run_requests
+    assert [s for _, s in statuses(engine, view["id"])] == [
+        "queued",
+        "buffered",
+        "skipped_overlap",
+    ]
+    assert launch(instance, resources, long_run).success
+    fourth = tick(
+        instance, make_resources(database_url, execution_api, "2026-11-22T10:03:40Z"), None
+    )
+    assert [r.run_key for r in fourth.run_requests or []] == [
+        f"sched:{view['id']}:2026-11-22T10:02:00Z"
+    ]
+
+
+def test_cancel_other_cancels_the_older_run_and_starts_the_new_slot(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance
+) -> None:
+    view = new_schedule(engine, overlap="cancel_other")
+    resources = make_resources(database_url, None, "2026-11-22T10:01:02Z")
+    first = tick(instance, resources, None)
+    apply_partitions(instance, first)
+    (old,) = first.run_requests or []
+    old_run = create_run(instance, old)
+    tick(instance, resources, first.cursor)
+    second = tick(instance, make_resources(database_url, None, "2026-11-22T10:02:02Z"), None)
+    assert [r.run_key for r in second.run_requests or []] == [
+        f"sched:{view['id']}:2026-11-22T10:02:00Z"
+    ]
+    stored = instance.get_run_by_id(old_run.run_id)
+    assert stored is not None and stored.status == dg.DagsterRunStatus.CANCELED
+    assert statuses(engine, view["id"]) == [
+        ("2026-11-22T10:01:00Z", "cancelled"),
+        ("2026-11-22T10:02:00Z", "pending"),
+    ]
+
+
+def test_a_partition_run_from_the_ui_is_a_trigger_now_and_reexecution_reuses_it(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
+) -> None:
+    view = new_schedule(engine, cron="0 12 * * *")
+    resources = make_resources(database_url, execution_api, "2026-11-22T10:05:00Z")
+    instance.add_dynamic_partitions("graph_run_schedules", [view["id"]])
+    result = graph_run_job.execute_in_process(
+        instance=instance,
+        partition_key=view["id"],
+        tags={"dagster/user": "ana@acme"},
+        resources=resources,
+    )
+    assert result.success and execution_api.store.executions == 1
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(graph_runs)).one()
+        receipts = conn.execute(sa.select(sa.func.count()).select_from(charge_receipts)).scalar()
+    assert (row.trigger_kind, row.requested_by, row.status) == ("manual", "ana@acme", "succeeded")
+    assert row.idempotency_key == f"manual:{view['id']}:dagster:{result.run_id}"
+    assert receipts == 1
+    tags = instance.get_run_by_id(result.run_id).tags  # type: ignore[union-attr]
+    assert tags["graph_runs/ledger_id"] == row.id and tags["graph_runs/trigger_kind"] == "manual"
