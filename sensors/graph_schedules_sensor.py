@@ -226,9 +226,8 @@ def graph_schedules_tick(
     run_requests = []
     held = 0
     for row in to_emit:
-        label = (
-            f"[schedule={row.schedule_id} owner={row.owner} slot={format_utc(row.scheduled_for)}]"
-        )
+        slot = format_utc(row.scheduled_for) if row.scheduled_for else row.trigger_kind
+        label = f"[schedule={row.schedule_id} owner={row.owner} slot={slot}]"
         if row.schedule_id not in partitions:
             held += 1
             context.log.warning(f"{label} held until its partition exists (next tick)")

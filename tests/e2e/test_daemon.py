@@ -11,7 +11,11 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
+from graph_runs.schedule_spec import ScheduleLimits
+from graph_runs.schedules import pause_schedule
+from graph_runs.statuses import IN_FLIGHT
 from graph_runs.tables import charge_receipts, graph_runs, schedules
+from graph_runs.triggers import backfill_schedule, trigger_schedule
 from tests.conftest import RunningApi
 from tests.e2e.conftest import Stack, wait_for
 from tests.helpers import make_grant, make_schedule
@@ -51,3 +55,113 @@ def test_daemon_fires_a_due_schedule_once_and_everything_agrees(
         assert run.tags["dagster/partition"] == view["id"]
         assert run.tags["dagster/run_key"] == row.idempotency_key
         assert len(instance.get_runs()) == 1
+
+
+def test_daemon_catches_up_runs_triggers_and_backfills_once_and_pause_stops_fires(
+    stack: Stack, engine: sa.Engine, execution_api: RunningApi
+) -> None:
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    minute = now.replace(second=0)
+    ago = now - dt.timedelta(minutes=10)
+    with engine.begin() as conn:
+        grant = make_grant(conn, now - dt.timedelta(days=3))
+        # Down for ten minutes: catch-up `all` fires each missed slot up to its end.
+        downtime = make_schedule(
+            conn,
+            ago,
+            grant,
+            catchup="all",
+            overlap="allow_all",
+            end_at=minute - dt.timedelta(minutes=4, seconds=30),
+        )
+        # Paused, yet trigger and backfill run it, once per request and per slot.
+        daily = make_schedule(conn, now - dt.timedelta(days=3), grant, cron="0 0 * * *")
+        pause_schedule(conn, daily["id"], now=ago, note="manual only", by="ana")
+        report = backfill_schedule(
+            conn,
+            daily["id"],
+            start=now - dt.timedelta(days=2),
+            end=now,
+            now=now,
+            limits=ScheduleLimits(),
+        )
+        assert (report["ran"], report["already"]) == (2, 0)
+        trigger_schedule(conn, daily["id"], now=now, requested_by="ana", request_key="once")
+        trigger_schedule(conn, daily["id"], now=now, requested_by="ana", request_key="once")
+        # Two every-minute schedules: one is paused once it has run, the other shows that
+        # the sensor went on firing meanwhile.
+        paused = make_schedule(conn, ago, grant)
+        witness = make_schedule(conn, ago, grant)
+    stack.start("dagster-daemon", "run", "-w", "workspace.yaml")
+
+    def rows(schedule_id: str) -> list[sa.Row]:
+        with engine.connect() as conn:
+            return list(
+                conn.execute(
+                    sa.select(graph_runs)
+                    .where(graph_runs.c.schedule_id == schedule_id)
+                    .order_by(graph_runs.c.scheduled_for)
+                )
+            )
+
+    def settled(schedule_id: str, count: int) -> bool:
+        done = [r for r in rows(schedule_id) if r.status in ("succeeded", "failed")]
+        return len(done) >= count
+
+    wait_for(lambda: settled(downtime["id"], 5), stack, "the five caught-up slots")
+    wait_for(lambda: settled(daily["id"], 3), stack, "the backfill and the trigger")
+    wait_for(lambda: settled(paused["id"], 1), stack, "the every-minute schedule's first run")
+    with engine.begin() as conn:
+        pause_schedule(conn, paused["id"], now=now, note="stop", by="ana")
+    paused_at = dt.datetime.now(dt.UTC)
+    next_minute = paused_at.replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
+    wait_for(
+        lambda: any(
+            r.scheduled_for and r.scheduled_for >= next_minute for r in rows(witness["id"])
+        ),
+        stack,
+        "the witness schedule to fire after the pause",
+    )
+    caught_up = rows(downtime["id"])
+    assert [r.status for r in caught_up] == ["succeeded"] * 5
+    assert [r.scheduled_for for r in caught_up] == [
+        minute - dt.timedelta(minutes=m) for m in (9, 8, 7, 6, 5)
+    ]
+    assert {r.trigger_kind for r in rows(daily["id"])} == {"backfill", "manual"}
+    assert [r.status for r in rows(daily["id"])] == ["succeeded"] * 3
+    assert not [r for r in rows(paused["id"]) if r.scheduled_for >= next_minute]
+    with engine.begin() as conn:
+        again = backfill_schedule(
+            conn,
+            daily["id"],
+            start=now - dt.timedelta(days=2),
+            end=now,
+            now=now,
+            limits=ScheduleLimits(),
+        )
+        assert (again["ran"], again["already"]) == (0, 2)
+        (state,) = conn.execute(
+            sa.select(schedules.c.status).where(schedules.c.id == downtime["id"])
+        ).one()
+    assert state == "completed"
+    # Exactly once at the API: once nothing is in flight, one execution per ledger row that
+    # reached it, and no API run twice.
+    with engine.begin() as conn:
+        pause_schedule(conn, witness["id"], now=now, note="end of test")
+
+    def quiet() -> bool:
+        with engine.connect() as conn:
+            return not conn.execute(
+                sa.select(sa.func.count())
+                .select_from(graph_runs)
+                .where(graph_runs.c.status.in_(sorted(IN_FLIGHT)))
+            ).scalar_one()
+
+    wait_for(quiet, stack, "every run in flight to settle")
+    with engine.connect() as conn:
+        api_run_ids = list(
+            conn.execute(
+                sa.select(graph_runs.c.api_run_id).where(graph_runs.c.api_run_id.is_not(None))
+            ).scalars()
+        )
+    assert len(api_run_ids) == len(set(api_run_ids)) == execution_api.store.executions

@@ -13,8 +13,10 @@ import pytest
 import sqlalchemy as sa
 
 from graph_runs.jobs import graph_run_job
+from graph_runs.schedule_spec import ScheduleLimits
 from graph_runs.schedules import pause_schedule
 from graph_runs.tables import charge_receipts, graph_runs
+from graph_runs.triggers import backfill_schedule, trigger_schedule
 from tests.conftest import RunningApi
 from tests.dagster_helpers import apply_partitions, launch, make_resources, tick
 from tests.helpers import at, ledger_statuses, make_grant, make_schedule
@@ -173,3 +175,34 @@ def test_a_partition_run_from_the_ui_is_a_trigger_now_and_reexecution_reuses_it(
     assert receipts == 1
     tags = instance.get_run_by_id(result.run_id).tags  # type: ignore[union-attr]
     assert tags["graph_runs/ledger_id"] == row.id and tags["graph_runs/trigger_kind"] == "manual"
+
+
+def test_trigger_and_backfill_rows_get_runs_through_the_same_job_once(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
+) -> None:
+    view = new_schedule(engine, cron="0 0 * * *")
+    now = at("2026-11-22T10:05:00Z")
+    with engine.begin() as conn:
+        trigger_schedule(conn, view["id"], now=now, requested_by="ana", request_key="k")
+        backfill_schedule(
+            conn,
+            view["id"],
+            start=at("2026-11-20T00:00:00Z"),
+            end=at("2026-11-21T00:00:00Z"),
+            now=now,
+            limits=ScheduleLimits(),
+        )
+    resources = make_resources(database_url, execution_api, "2026-11-22T10:05:02Z")
+    result = tick(instance, resources, None)
+    apply_partitions(instance, result)
+    keys = sorted(r.run_key or "" for r in result.run_requests or [])
+    assert keys == [
+        f"manual:{view['id']}:k",
+        f"sched:{view['id']}:2026-11-20T00:00:00Z",
+        f"sched:{view['id']}:2026-11-21T00:00:00Z",
+    ]
+    for request in result.run_requests or []:
+        assert launch(instance, resources, request).success
+    assert execution_api.store.executions == 3
+    assert not tick(instance, resources, result.cursor).run_requests
+    assert [s for _, s in statuses(engine, view["id"])] == ["succeeded"] * 3
