@@ -75,3 +75,32 @@ def test_due_query_uses_the_partial_index(engine: sa.Engine) -> None:
             )
         )
     assert "ix_schedules_due" in plan
+
+
+def test_a_schedule_written_before_0002_keeps_firing_with_the_defaults(tmp_path) -> None:
+    from alembic import command
+
+    from graph_runs.db import alembic_config
+    from tests.helpers import claim_at, ledger_statuses
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    command.upgrade(alembic_config(engine), "0001")
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO execution_grants (id, owner, billing_account, scopes, connection_ids,"
+            " created_at) VALUES ('grt_1', 'alice', 'acme', '[\"graph:execute:*\"]', '[]',"
+            " '2026-11-22 09:00:00')"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO schedules (id, owner, graph_id, input, cron, grant_id, next_run_at,"
+            " created_at, updated_at) VALUES ('sch_old', 'alice', 'echo', '{}', '0 * * * *',"
+            " 'grt_1', '2026-11-22 10:00:00', '2026-11-22 09:00:00', '2026-11-22 09:00:00')"
+        )
+    assert upgrade(engine) == ("0001", "0002")
+    with engine.begin() as conn:
+        row = conn.execute(sa.select(schedules)).one()
+        assert (row.overlap, row.catchup, row.catchup_window_seconds) == ("skip", "latest", 3600)
+        assert (row.pause_after_failures, row.jitter_seconds, row.slot_cursor) == (3, 0, None)
+        claim_at(conn, at("2026-11-22T10:00:05Z"))
+        assert ledger_statuses(conn, "sch_old") == [("2026-11-22T10:00:00Z", "pending")]
+    engine.dispose()
