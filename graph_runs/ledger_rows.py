@@ -64,3 +64,24 @@ def schedule_run_row(
         "error_message": reason if final else None,
         "finished_at": now if final else None,
     }
+
+
+def slot_row(
+    schedule: Any,
+    slot: dt.datetime,
+    status: str,
+    *,
+    now: dt.datetime,
+    billing_account: str | None,
+    reason: str | None,
+) -> dict[str, Any]:
+    """The ledger row of one of ``schedule``'s scheduled slots, keyed ``sched:{id}:{slot}``."""
+    return schedule_run_row(
+        schedule,
+        idempotency_key=slot_key(schedule.id, slot),
+        scheduled_for=slot,
+        status=status,
+        now=now,
+        billing_account=billing_account,
+        reason=reason,
+    )

@@ -16,7 +16,7 @@ from graph_runs.errors import Conflict, InvalidInput, NotFound
 from graph_runs.grants import get_grant
 from graph_runs.ids import new_id
 from graph_runs.in_flight import cancel_in_flight
-from graph_runs.ledger_rows import schedule_run_row, slot_key
+from graph_runs.ledger_rows import slot_row
 from graph_runs.money import micros_to_usd
 from graph_runs.policies import Policies, format_duration
 from graph_runs.schedule_spec import (
@@ -452,11 +452,10 @@ def _record_paused_slots(
     )
     grant = get_grant(conn, row.grant_id)
     rows = [
-        schedule_run_row(
+        slot_row(
             row,
-            idempotency_key=slot_key(row.id, planned.slot),
-            scheduled_for=planned.slot,
-            status=planned.status,
+            planned.slot,
+            planned.status,
             now=now,
             billing_account=None if grant is None else grant.billing_account,
             reason=planned.reason,

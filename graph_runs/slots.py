@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from graph_runs.db import insert_ignoring_conflicts
 from graph_runs.errors import InvalidInput
 from graph_runs.in_flight import InFlight, cancel_in_flight, in_flight_counts
-from graph_runs.ledger_rows import schedule_run_row, slot_key
+from graph_runs.ledger_rows import slot_row
 from graph_runs.schedule_spec import ScheduleLimits, cursor_of, spec_from_row
 from graph_runs.slot_plan import ScheduleState, plan_slots
 from graph_runs.statuses import BUFFERED, MISSED, PENDING, QUEUED
@@ -141,11 +141,10 @@ def claim_due_slots(
         for planned in plan.slots:
             result.statuses[planned.status] += 1
             ledger_rows.append(
-                schedule_run_row(
+                slot_row(
                     row,
-                    idempotency_key=slot_key(row.id, planned.slot),
-                    scheduled_for=planned.slot,
-                    status=planned.status,
+                    planned.slot,
+                    planned.status,
                     now=now,
                     billing_account=accounts.get(row.grant_id),
                     reason=planned.reason,

@@ -58,6 +58,35 @@ def _billing_account(conn: sa.Connection, grant_id: str) -> str | None:
     return None if grant is None else grant.billing_account
 
 
+def _insert_manual(
+    conn: sa.Connection,
+    schedule: Any,
+    key: str,
+    status: str,
+    now: dt.datetime,
+    source: str,
+    requested_by: str | None,
+    *,
+    reason: str | None = None,
+    dagster_run_id: str | None = None,
+) -> None:
+    """Write a trigger-now row unless one with ``key`` exists."""
+    values = schedule_run_row(
+        schedule,
+        idempotency_key=key,
+        scheduled_for=None,
+        status=status,
+        now=now,
+        billing_account=_billing_account(conn, schedule.grant_id),
+        trigger_kind="manual",
+        trigger_source=source,
+        requested_by=requested_by,
+        reason=reason,
+    )
+    values["dagster_run_id"] = dagster_run_id
+    insert_ignoring_conflicts(conn, graph_runs, [values])
+
+
 class _Overlap:
     """Applies an overlap policy to a series of new runs of one schedule, oldest first."""
 
@@ -105,19 +134,7 @@ def trigger_schedule(
     ).one_or_none()
     if existing is None:
         status, reason = _Overlap(conn, schedule_id, _overlap(overlap), now).next_status()
-        values = schedule_run_row(
-            row,
-            idempotency_key=key,
-            scheduled_for=None,
-            status=status,
-            now=now,
-            billing_account=_billing_account(conn, row.grant_id),
-            trigger_kind="manual",
-            trigger_source=source,
-            requested_by=requested_by,
-            reason=reason,
-        )
-        insert_ignoring_conflicts(conn, graph_runs, [values])
+        _insert_manual(conn, row, key, status, now, source, requested_by, reason=reason)
         audit(
             conn,
             at=now,
@@ -274,18 +291,8 @@ def start_partition_run(
     """
     row = _schedule(conn, schedule_id)
     key = manual_key(schedule_id, f"dagster:{root_run_id}")
-    values = schedule_run_row(
-        row,
-        idempotency_key=key,
-        scheduled_for=None,
-        status=QUEUED,
-        now=now,
-        billing_account=_billing_account(conn, row.grant_id),
-        trigger_kind="manual",
-        trigger_source="dagster",
-        requested_by=requested_by,
+    _insert_manual(
+        conn, row, key, QUEUED, now, "dagster", requested_by, dagster_run_id=dagster_run_id
     )
-    values["dagster_run_id"] = dagster_run_id
-    insert_ignoring_conflicts(conn, graph_runs, [values])
     stored = conn.execute(sa.select(graph_runs).where(graph_runs.c.idempotency_key == key)).one()
     return start_run(conn, stored.id, dagster_run_id=dagster_run_id, now=now)
