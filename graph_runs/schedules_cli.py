@@ -35,7 +35,7 @@ def _schedule_line(s: dict[str, Any]) -> str:
     state = s["status"] if s["enabled"] else f"{s['status']} (paused)"
     return (
         f"{s['id']}  owner={s['owner']}  graph={s['graph_id']}  {timing}  {state}  "
-        f"next={s['next_run_at'] or '-'}  runs={s['runs_total']} ok={s['runs_succeeded']} "
+        f"next={s['next_run_at'] or '-'}  scheduled={s['runs_total']} ok={s['runs_succeeded']} "
         f"failed={s['runs_failed']}"
     )
 
@@ -322,7 +322,10 @@ def _describe_text(d: dict[str, Any]) -> str:
         lines.append(f"last error: {d['last_error']}")
     counts = d["counts"]
     lines.append(
-        "counts: " + ", ".join(f"{k}={v}" for k, v in counts.items() if not isinstance(v, dict))
+        "counts: "
+        + ", ".join(
+            f"{k}={v}" for k, v in counts.items() if v is not None and not isinstance(v, dict)
+        )
     )
     fires = [f"{f['fires_at']}" for f in d["next_fire_times"]]
     lines.append("next fire times: " + (", ".join(fires) or "none"))

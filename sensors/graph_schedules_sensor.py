@@ -123,7 +123,10 @@ def _cancel_run(instance: dg.DagsterInstance, run_id: str, status: str) -> None:
         if run is not None:
             instance.report_run_canceled(run, message="graph-runs cancelled this run")
         return
-    instance.run_coordinator.cancel_run(run_id)
+    if not instance.run_coordinator.cancel_run(run_id):
+        # The run launcher could not reach the run (it may be ending anyway); the row stays
+        # `cancelling` and is settled once Dagster reports the run finished.
+        raise RuntimeError("the run launcher did not accept the termination request")
 
 
 def _reconcile(

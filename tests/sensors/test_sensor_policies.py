@@ -206,3 +206,34 @@ def test_trigger_and_backfill_rows_get_runs_through_the_same_job_once(
     assert execution_api.store.executions == 3
     assert not tick(instance, resources, result.cursor).run_requests
     assert [s for _, s in statuses(engine, view["id"])] == ["succeeded"] * 3
+
+
+def test_pause_terminate_asks_dagster_to_stop_a_started_run_and_settles_when_it_ends(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance
+) -> None:
+    view = new_schedule(engine)
+    resources = make_resources(database_url, None, "2026-11-22T10:01:02Z")
+    first = tick(instance, resources, None)
+    apply_partitions(instance, first)
+    (request,) = first.run_requests or []
+    started = instance.create_run_for_job(
+        job_def=graph_run_job,
+        status=dg.DagsterRunStatus.STARTED,
+        tags={**request.tags, "dagster/partition": request.partition_key or ""},
+    )
+    tick(instance, resources, first.cursor)
+    with engine.begin() as conn:
+        # The op has started, as start_run records it.
+        conn.execute(graph_runs.update().values(status="running"))
+        pause_schedule(conn, view["id"], now=at("2026-11-22T10:01:20Z"), note=None, terminate=True)
+    assert statuses(engine, view["id"]) == [("2026-11-22T10:01:00Z", "cancelling")]
+    later = make_resources(database_url, None, "2026-11-22T10:01:32Z")
+    tick(instance, later, None)
+    run = instance.get_run_by_id(started.run_id)
+    # The test instance's launcher cannot reach a process; Dagster marks the run CANCELING
+    # and the row waits, still cancelling, for the run to end.
+    assert run is not None and run.status == dg.DagsterRunStatus.CANCELING
+    assert statuses(engine, view["id"]) == [("2026-11-22T10:01:00Z", "cancelling")]
+    instance.report_run_canceled(run)
+    tick(instance, later, None)
+    assert statuses(engine, view["id"]) == [("2026-11-22T10:01:00Z", "cancelled")]
