@@ -5,15 +5,17 @@ in flight, its pause and the policies in force, read in a handful of queries.
 """
 
 import datetime as dt
+import itertools
 from typing import Any
 
 import sqlalchemy as sa
 
 from graph_runs.cron import format_utc
-from graph_runs.errors import NotFound
+from graph_runs.errors import InvalidInput, NotFound
 from graph_runs.money import micros_to_usd
 from graph_runs.schedule_spec import UNLIMITED, cursor_of, spec_from_row
 from graph_runs.schedules import view
+from graph_runs.slot_plan import slots_after
 from graph_runs.statuses import IN_FLIGHT
 from graph_runs.tables import IN_FLIGHT_RUN, charge_receipts, graph_runs, schedules
 
@@ -49,7 +51,10 @@ def next_fire_times(row: Any, now: dt.datetime, count: int = NEXT_FIRES) -> list
     """The next slots and when each fires (jitter applied), within the schedule's bounds."""
     if not row.enabled or row.status != "active":
         return []
-    spec = spec_from_row(row, UNLIMITED, now)
+    try:
+        spec = spec_from_row(row, UNLIMITED, now)
+    except InvalidInput:
+        return []  # the sensor marks such a row `error` with the reason on its next tick
     policies = spec.policies()
     remaining = None if spec.max_runs is None else max(spec.max_runs - row.runs_total, 0)
     limit = count if remaining is None else min(count, remaining)
@@ -58,14 +63,9 @@ def next_fire_times(row: Any, now: dt.datetime, count: int = NEXT_FIRES) -> list
         assert spec.run_at is not None
         slots = [spec.run_at] if limit else []
     else:
-        lower = cursor_of(row, spec, now)
-        if spec.start_at is not None and spec.start_at - dt.timedelta(microseconds=1) > lower:
-            lower = spec.start_at - dt.timedelta(microseconds=1)
-        slots = []
-        for slot in cron.fires_after(lower):
-            if len(slots) >= limit or (spec.end_at is not None and slot > spec.end_at):
-                break
-            slots.append(slot)
+        cursor = cursor_of(row, spec, now)
+        assert cursor is not None
+        slots = list(itertools.islice(slots_after(cron, policies, cursor), limit))
     return [
         {"slot": format_utc(s), "fires_at": format_utc(policies.due_at(row.id, s))} for s in slots
     ]

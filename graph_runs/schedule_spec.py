@@ -213,7 +213,7 @@ def spec_from_row(row: Any, limits: ScheduleLimits, now: dt.datetime) -> Schedul
     return validate_spec(row_as_raw(row), limits, now)
 
 
-def cursor_of(row: Any, spec: ScheduleSpec, now: dt.datetime) -> dt.datetime:
+def cursor_of(row: Any, spec: ScheduleSpec, now: dt.datetime) -> dt.datetime | None:
     """The instant after which a stored schedule's slots have no ledger row yet.
 
     Rows written before ``slot_cursor`` existed, or by another application, have none: their
@@ -222,7 +222,7 @@ def cursor_of(row: Any, spec: ScheduleSpec, now: dt.datetime) -> dt.datetime:
     if row.slot_cursor is not None:
         return row.slot_cursor
     if spec.cron is None:
-        return dt.datetime.min.replace(tzinfo=dt.UTC)
+        return None
     if row.next_run_at is not None:
         return row.next_run_at - dt.timedelta(seconds=spec.jitter_seconds, microseconds=1)
     return row.created_at or now

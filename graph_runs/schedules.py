@@ -29,7 +29,7 @@ from graph_runs.schedule_spec import (
     spec_from_row,
     validate_spec,
 )
-from graph_runs.slot_plan import ScheduleState, paused_slots
+from graph_runs.slot_plan import ScheduleState, paused_slots, slots_after
 from graph_runs.tables import audit, graph_runs, schedules
 
 # Who a schedule's automatic pause is attributed to.
@@ -52,13 +52,8 @@ def next_due(
     if cron is None:
         assert spec.run_at is not None
         return spec.run_at, policies.due_at(schedule_id, spec.run_at)
-    lower = after
-    if spec.start_at is not None and spec.start_at - dt.timedelta(microseconds=1) > lower:
-        lower = spec.start_at - dt.timedelta(microseconds=1)
-    slot = cron.next_after(lower)
-    if spec.end_at is not None and slot > spec.end_at:
-        return None, None
-    return slot, policies.due_at(schedule_id, slot)
+    slot = next(slots_after(cron, policies, after), None)
+    return (None, None) if slot is None else (slot, policies.due_at(schedule_id, slot))
 
 
 def _check_grant(conn: sa.Connection, spec: ScheduleSpec) -> None:

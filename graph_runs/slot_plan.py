@@ -7,6 +7,7 @@ nothing is dropped silently.
 """
 
 import datetime as dt
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from graph_runs.cron import CronSchedule, format_utc
@@ -56,8 +57,9 @@ class ScheduleState:
 
     schedule_id: str
     policies: Policies
-    # Slots strictly after this instant have no ledger row yet.
-    cursor: dt.datetime
+    # Slots strictly after this instant have no ledger row yet; None for a one-time
+    # schedule whose slot has none yet.
+    cursor: dt.datetime | None
     runs_so_far: int = 0
     in_flight: int = 0
     buffered: int = 0
@@ -165,26 +167,35 @@ def _due_slots(
     policies = state.policies
     if cron is None:
         assert run_at is not None
-        if run_at <= state.cursor:
+        if state.cursor is not None and run_at <= state.cursor:
             return [], None, False, True
         due = policies.due_at(state.schedule_id, run_at)
         if due > now:
             return [], run_at, False, False
         return [(run_at, due)], None, False, True
-    lower = state.cursor
-    if policies.start_at is not None and policies.start_at - dt.timedelta(microseconds=1) > lower:
-        lower = policies.start_at - dt.timedelta(microseconds=1)
+    assert state.cursor is not None, "a cron schedule always has a cursor"
     out: list[tuple[dt.datetime, dt.datetime]] = []
-    for slot in cron.fires_after(lower):
-        if policies.end_at is not None and slot > policies.end_at:
-            return out, None, False, True
+    for slot in slots_after(cron, policies, state.cursor):
         due = policies.due_at(state.schedule_id, slot)
         if due > now:
             return out, slot, False, False
         if len(out) >= max_slots:
             return out, slot, True, False
         out.append((slot, due))
-    raise AssertionError("fires_after never ends")
+    return out, None, False, True  # past end_at
+
+
+def slots_after(
+    cron: CronSchedule, policies: Policies, cursor: dt.datetime
+) -> Iterator[dt.datetime]:
+    """The cron expression's slots strictly after ``cursor`` within start_at and end_at."""
+    lower = cursor
+    if policies.start_at is not None and policies.start_at - dt.timedelta(microseconds=1) > lower:
+        lower = policies.start_at - dt.timedelta(microseconds=1)
+    for slot in cron.fires_after(lower):
+        if policies.end_at is not None and slot > policies.end_at:
+            return
+        yield slot
 
 
 def _missed_reason(policies: Policies, late: dt.timedelta, due: dt.datetime) -> str:
