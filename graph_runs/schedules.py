@@ -207,8 +207,12 @@ def _apply_spec(
 ) -> tuple[dict[str, Any], bool]:
     spec = validate_spec(raw, limits, now)
     _check_grant(conn, spec)
-    # The stored spec, read without limits: it is compared with, not accepted.
-    current = validate_spec(row_as_raw(row), UNLIMITED, now)
+    # The stored spec, read without limits: it is compared with, not accepted. A stored row
+    # that is invalid (status `error`) is being fixed: everything counts as changed.
+    try:
+        current: ScheduleSpec | None = validate_spec(row_as_raw(row), UNLIMITED, now)
+    except InvalidInput:
+        current = None
     if spec == current:
         return view(row), False
     if spec.external_id is not None and spec.external_id != row.external_id:
@@ -219,8 +223,11 @@ def _apply_spec(
                 f"{spec.external_id!r}"
             )
     values: dict[str, Any] = {**spec.stored(), "updated_at": now}
-    retimed = any(getattr(spec, f) != getattr(current, f) for f in TIMING_FIELDS)
-    rebounded = (spec.end_at, spec.max_runs) != (current.end_at, current.max_runs)
+    retimed = current is None or any(getattr(spec, f) != getattr(current, f) for f in TIMING_FIELDS)
+    rebounded = current is None or (spec.end_at, spec.max_runs) != (
+        current.end_at,
+        current.max_runs,
+    )
     if retimed or (rebounded and row.status == "completed"):
         if spec.end_at is not None and spec.end_at <= now:
             raise InvalidInput("end_at", f"{format_utc(spec.end_at)} is in the past")
@@ -230,6 +237,7 @@ def _apply_spec(
             next_run_at=None if exhausted else due,
             slot_cursor=now if spec.cron is not None else None,
             status="completed" if exhausted else "active",
+            last_error=None if row.status == "error" else row.last_error,
         )
     audit(
         conn,
@@ -242,7 +250,7 @@ def _apply_spec(
             "changed": sorted(
                 name
                 for name in ScheduleSpec.model_fields
-                if getattr(spec, name) != getattr(current, name)
+                if current is None or getattr(spec, name) != getattr(current, name)
             )
         },
     )

@@ -318,3 +318,17 @@ def test_bad_policies_name_their_field_and_write_nothing(
             make_schedule(conn, NOW, grant, **fields)
         assert caught.value.field == field
         assert count(conn, schedules) == 0
+
+
+def test_updating_a_row_marked_error_fixes_and_reactivates_it(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        grant = make_grant(conn, NOW)
+        view = make_schedule(conn, NOW, grant, cron="0 * * * *")
+        conn.execute(
+            schedules.update().values(cron="0 25 * * *", status="error", last_error="cron: bad")
+        )
+        fixed = update_schedule(
+            conn, view["id"], {"cron": "0 9 * * *"}, limits=ScheduleLimits(), now=NOW
+        )
+    assert (fixed["status"], fixed["last_error"]) == ("active", None)
+    assert fixed["next_run_at"] == "2026-11-23T09:00:00Z"
