@@ -63,6 +63,17 @@ def test_daemon_catches_up_runs_triggers_and_backfills_once_and_pause_stops_fire
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     minute = now.replace(second=0)
     ago = now - dt.timedelta(minutes=10)
+
+    def backfill_two_days(conn: sa.Connection) -> dict:
+        return backfill_schedule(
+            conn,
+            daily["id"],
+            start=now - dt.timedelta(days=2),
+            end=now,
+            now=now,
+            limits=ScheduleLimits(),
+        )
+
     with engine.begin() as conn:
         grant = make_grant(conn, now - dt.timedelta(days=3))
         # Down for ten minutes: catch-up `all` fires each missed slot up to its end.
@@ -77,14 +88,7 @@ def test_daemon_catches_up_runs_triggers_and_backfills_once_and_pause_stops_fire
         # Paused, yet trigger and backfill run it, once per request and per slot.
         daily = make_schedule(conn, now - dt.timedelta(days=3), grant, cron="0 0 * * *")
         pause_schedule(conn, daily["id"], now=ago, note="manual only", by="ana")
-        report = backfill_schedule(
-            conn,
-            daily["id"],
-            start=now - dt.timedelta(days=2),
-            end=now,
-            now=now,
-            limits=ScheduleLimits(),
-        )
+        report = backfill_two_days(conn)
         assert (report["ran"], report["already"]) == (2, 0)
         trigger_schedule(conn, daily["id"], now=now, requested_by="ana", request_key="once")
         trigger_schedule(conn, daily["id"], now=now, requested_by="ana", request_key="once")
@@ -131,14 +135,7 @@ def test_daemon_catches_up_runs_triggers_and_backfills_once_and_pause_stops_fire
     assert [r.status for r in rows(daily["id"])] == ["succeeded"] * 3
     assert not [r for r in rows(paused["id"]) if r.scheduled_for >= next_minute]
     with engine.begin() as conn:
-        again = backfill_schedule(
-            conn,
-            daily["id"],
-            start=now - dt.timedelta(days=2),
-            end=now,
-            now=now,
-            limits=ScheduleLimits(),
-        )
+        again = backfill_two_days(conn)
         assert (again["ran"], again["already"]) == (0, 2)
         (state,) = conn.execute(
             sa.select(schedules.c.status).where(schedules.c.id == downtime["id"])
