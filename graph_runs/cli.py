@@ -13,6 +13,7 @@ from graph_runs import grants as grants_api
 from graph_runs.cli_support import emit, instant, json_option, now, settings, transaction
 from graph_runs.db import SchemaError, make_engine, upgrade
 from graph_runs.errors import GraphRunsError
+from graph_runs.revocation import revoke_and_pause
 from graph_runs.schedules_cli import schedules
 from graph_runs.settings import EXECUTION_API_TOKEN_VAR, SettingsError
 
@@ -106,10 +107,14 @@ def grants_list(owner: str | None, as_json: bool) -> None:
 @click.option("--by", default="cli", help="Who revokes it (audited).")
 @json_option
 def grants_revoke(grant_id: str, by: str, as_json: bool) -> None:
-    """Revoke a grant; runs under it then fail with grant_revoked."""
+    """Revoke a grant and pause the schedules that run under it; prints how many."""
     with transaction() as conn:
-        grant = grants_api.revoke_grant(conn, grant_id, now=now(), by=by)
-    emit(as_json, grant.as_dict(), _grant_line)
+        grant, paused = revoke_and_pause(conn, grant_id, now=now(), by=by)
+    emit(
+        as_json,
+        {**grant.as_dict(), "paused_schedules": paused},
+        lambda d: f"{_grant_line(d)}\npaused {d['paused_schedules']} schedule(s) under it",
+    )
 
 
 # -- schedules --------------------------------------------------------------------------

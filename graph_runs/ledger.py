@@ -18,6 +18,7 @@ from graph_runs.errors import Conflict, NotFound
 from graph_runs.execution_client import Outcome
 from graph_runs.ids import new_id
 from graph_runs.money import micros_to_usd, usd_to_micros
+from graph_runs.revocation import pause_schedules_of_grant
 from graph_runs.schedules import FAILURE_PAUSER, pause_schedule
 from graph_runs.statuses import (
     CANCELLED,
@@ -29,6 +30,9 @@ from graph_runs.statuses import (
     SUCCEEDED,
 )
 from graph_runs.tables import charge_receipts, graph_runs, schedules
+
+# A run failing with these codes means the schedule's grant can never succeed again.
+GRANT_GONE = frozenset({"grant_expired", "grant_revoked"})
 
 TAG_PREFIX = "graph_runs/"
 LEDGER_ID_TAG = f"{TAG_PREFIX}ledger_id"
@@ -354,7 +358,15 @@ def _move_counters(conn: sa.Connection, row: Any, outcome: Outcome, now: dt.date
             updated_at=now,
         )
     )
-    if failed == 1:
+    if failed == 1 and outcome.error_code in GRANT_GONE:
+        # Every later slot would fail the same way: pause now, naming the grant and why.
+        pause_schedules_of_grant(
+            conn,
+            row.grant_id,
+            now=now,
+            note=f"grant {row.grant_id}: {outcome.error_code}: {outcome.error_message}"[:2000],
+        )
+    elif failed == 1:
         _pause_after_failures(conn, row.schedule_id, error or "", now)
 
 

@@ -190,8 +190,15 @@ def test_preview_prints_fire_instants_under_the_dst_policy(cli) -> None:
 
 def test_grants_revoke_and_list(cli) -> None:
     grant_id = grant(cli)
+    code, created, _ = cli(
+        "schedules", "create", "--owner", "alice", "--graph", "daily-digest",
+        "--cron", "0 9 * * *", "--grant", grant_id, "--json",
+    )  # fmt: skip
     code, revoked, _ = cli("grants", "revoke", grant_id, "--by", "security", "--json")
     assert code == 0 and revoked["revoked_by"] == "security"
+    assert revoked["paused_schedules"] == 1
+    code, text, _ = cli("grants", "revoke", grant_id, "--by", "security")
+    assert text.endswith("paused 0 schedule(s) under it\n")
     code, listed, _ = cli("grants", "list", "--json")
     assert [g["id"] for g in listed] == [grant_id]
     code, _, err = cli("grants", "create", "--owner", "a", "--billing-account", "b", "--scope", "x")

@@ -14,7 +14,8 @@ import sqlalchemy as sa
 from graph_runs.grants import revoke_grant
 from graph_runs.jobs import graph_run_adhoc_job
 from graph_runs.money import micros_to_usd
-from graph_runs.tables import charge_receipts, graph_runs, schedules
+from graph_runs.schedules import get_schedule
+from graph_runs.tables import charge_receipts, execution_grants, graph_runs, schedules
 from tests.conftest import RunningApi
 from tests.dagster_helpers import apply_partitions, launch, make_resources, tick
 from tests.helpers import at, make_grant, make_schedule
@@ -89,10 +90,11 @@ def test_a_scheduled_slot_runs_records_and_bills(
 
 
 @pytest.mark.parametrize(
-    ("scopes", "revoke", "code"),
+    ("scopes", "change", "code"),
     [
-        (["graph:execute:other"], False, "scope_denied"),
-        (["graph:execute:echo"], True, "grant_revoked"),
+        (["graph:execute:other"], None, "scope_denied"),
+        (["graph:execute:echo"], "revoke", "grant_revoked"),
+        (["graph:execute:echo"], "expire", "grant_expired"),
     ],
 )
 def test_grant_failures_are_recorded_without_calling_the_api(
@@ -101,14 +103,18 @@ def test_grant_failures_are_recorded_without_calling_the_api(
     instance: dg.DagsterInstance,
     execution_api: RunningApi,
     scopes: list[str],
-    revoke: bool,
+    change: str | None,
     code: str,
 ) -> None:
     with engine.begin() as conn:
         grant = make_grant(conn, CREATED, scopes=scopes)
-        make_schedule(conn, CREATED, grant)
-        if revoke:
+        view = make_schedule(conn, CREATED, grant)
+        # Revoked behind revoke_and_pause's back (straight in the table, as another tool
+        # might), or expired: the first run that meets it pauses the schedule.
+        if change == "revoke":
             revoke_grant(conn, grant.id, now=CREATED, by="security")
+        if change == "expire":
+            conn.execute(execution_grants.update().values(expires_at=at("2026-11-22T10:00:45Z")))
     resources = make_resources(database_url, execution_api, NOW)
     result = tick(instance, resources, None)
     apply_partitions(instance, result)
@@ -119,6 +125,14 @@ def test_grant_failures_are_recorded_without_calling_the_api(
     assert execution_api.store.executions == 0 and count(engine, charge_receipts) == 0
     with engine.connect() as conn:
         assert conn.execute(sa.select(schedules.c.runs_failed)).scalar_one() == 1
+        state = get_schedule(conn, view["id"])
+    if change is None:
+        # Out of scope is a per-graph mistake, left to pause-after-failures.
+        assert state["enabled"]
+    else:
+        # A dead grant fails every slot the same way: the schedule pauses, saying why.
+        assert not state["enabled"] and state["paused_by"] == "graph-runs (grant)"
+        assert state["pause_note"].startswith(f"grant {grant.id}: {code}: grant {grant.id} ")
 
 
 def test_a_failed_graph_fails_the_run_and_still_bills(
