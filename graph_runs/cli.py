@@ -10,7 +10,16 @@ from typing import Any
 import click
 
 from graph_runs import grants as grants_api
-from graph_runs.cli_support import emit, instant, json_option, now, settings, transaction
+from graph_runs.budgets import PERIODS, list_budgets, set_budget
+from graph_runs.cli_support import (
+    decimal,
+    emit,
+    instant,
+    json_option,
+    now,
+    settings,
+    transaction,
+)
 from graph_runs.db import SchemaError, make_engine, upgrade
 from graph_runs.errors import GraphRunsError
 from graph_runs.revocation import revoke_and_pause
@@ -115,6 +124,51 @@ def grants_revoke(grant_id: str, by: str, as_json: bool) -> None:
         {**grant.as_dict(), "paused_schedules": paused},
         lambda d: f"{_grant_line(d)}\npaused {d['paused_schedules']} schedule(s) under it",
     )
+
+
+# -- budgets ----------------------------------------------------------------------------
+
+
+def _budget_line(b: dict[str, Any]) -> str:
+    state = "REACHED" if b["reached"] else "ok"
+    return (
+        f"{b['billing_account']}  {b['period']} from {b['period_start']}: spent "
+        f"{b['spent_usd']} of {b['limit_usd']} USD  {state}"
+    )
+
+
+@cli.group()
+def budgets() -> None:
+    """Spending limits per billing account."""
+
+
+@budgets.command("set")
+@click.option("--billing-account", required=True)
+@click.option("--period", type=click.Choice(PERIODS), default="month", show_default=True)
+@click.option("--limit-usd", required=True)
+@click.option("--by", default="cli", show_default=True, help="Who sets it (audited).")
+@json_option
+def budgets_set(billing_account: str, period: str, limit_usd: str, by: str, as_json: bool) -> None:
+    """Set an account's limit; at it, due slots are skipped_budget until the period ends."""
+    with transaction() as conn:
+        view = set_budget(
+            conn,
+            billing_account=billing_account,
+            period=period,
+            limit_usd=decimal("limit_usd", limit_usd),
+            now=now(),
+            by=by,
+        )
+    emit(as_json, view, _budget_line)
+
+
+@budgets.command("list")
+@json_option
+def budgets_list(as_json: bool) -> None:
+    """Every budget with its spend in the current period."""
+    with transaction() as conn:
+        rows = list_budgets(conn, now())
+    emit(as_json, rows, lambda d: "\n".join(_budget_line(b) for b in d) or "no budgets")
 
 
 # -- schedules --------------------------------------------------------------------------

@@ -120,6 +120,7 @@ def describe_schedule(conn: sa.Connection, schedule_id: str, *, now: dt.datetime
         "missed": by_status.get("missed", 0),
         "skipped_overlap": by_status.get("skipped_overlap", 0),
         "skipped_paused": by_status.get("skipped_paused", 0),
+        "skipped_budget": by_status.get("skipped_budget", 0),
         "cancelled": by_status.get("cancelled", 0),
         "in_flight": sum(by_status.get(s, 0) for s in IN_FLIGHT),
         "by_trigger_kind": by_kind,

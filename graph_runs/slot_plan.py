@@ -18,6 +18,7 @@ from graph_runs.statuses import (
     FIRING,
     MISSED,
     PENDING,
+    SKIPPED_BUDGET,
     SKIPPED_OVERLAP,
     SKIPPED_PAUSED,
 )
@@ -63,6 +64,8 @@ class ScheduleState:
     runs_so_far: int = 0
     in_flight: int = 0
     buffered: int = 0
+    # Why the schedule's billing account may not spend now (its budget is reached), if so.
+    budget_block: str | None = None
 
 
 def _lateness(now: dt.datetime, due: dt.datetime) -> int:
@@ -112,6 +115,9 @@ def plan_slots(
                     f"'latest' fires only the most recent missed slot ({latest})",
                 )
             )
+            continue
+        if state.budget_block is not None:
+            plan.slots.append(PlannedSlot(slot, due, SKIPPED_BUDGET, state.budget_block))
             continue
         status, reason = overlap_status(policies.overlap, busy, buffered)
         if policies.overlap == "cancel_other":

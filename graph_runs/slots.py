@@ -22,6 +22,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from graph_runs.budgets import exhausted_accounts
 from graph_runs.db import insert_ignoring_conflicts
 from graph_runs.errors import InvalidInput
 from graph_runs.in_flight import InFlight, cancel_in_flight, in_flight_counts
@@ -100,6 +101,7 @@ def claim_due_slots(
         result.invalid.append((schedule_id, problem))
     accounts = _billing_accounts(conn, {row.grant_id for row in rows})
     in_flight = in_flight_counts(conn, (row.id for row in rows))
+    over_budget = exhausted_accounts(conn, accounts.values(), now)
     ledger_rows: list[dict[str, Any]] = []
     updates: list[dict[str, Any]] = []
     for row in rows:
@@ -121,6 +123,7 @@ def claim_due_slots(
                 runs_so_far=row.runs_total,
                 in_flight=going.active,
                 buffered=going.buffered,
+                budget_block=over_budget.get(accounts.get(row.grant_id, "")),
             ),
             now=now,
             on_time_grace=tick_limits.on_time_grace,

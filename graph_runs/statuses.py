@@ -15,10 +15,11 @@ FAILED = "failed"
 MISSED = "missed"  # came due while nothing could fire it, beyond the catch-up policy
 SKIPPED_OVERLAP = "skipped_overlap"  # the previous run was still going (skip, buffer_one)
 SKIPPED_PAUSED = "skipped_paused"  # came due while the schedule was paused
+SKIPPED_BUDGET = "skipped_budget"  # came due while its billing account was at its budget
 CANCELLED = "cancelled"  # never ran, or was stopped: paused, deleted, cancel_other
 
 IN_FLIGHT = frozenset({PENDING, BUFFERED, QUEUED, RUNNING, CANCELLING})
 FIRING = frozenset({PENDING, BUFFERED})
 # Final statuses that nothing changes: not a re-execution, not a late outcome.
-SETTLED = frozenset({SUCCEEDED, MISSED, SKIPPED_OVERLAP, SKIPPED_PAUSED, CANCELLED})
-NEVER_RAN = frozenset({MISSED, SKIPPED_OVERLAP, SKIPPED_PAUSED, CANCELLED})
+NEVER_RAN = frozenset({MISSED, SKIPPED_OVERLAP, SKIPPED_PAUSED, SKIPPED_BUDGET, CANCELLED})
+SETTLED = NEVER_RAN | {SUCCEEDED}

@@ -196,6 +196,17 @@ charge_receipts = sa.Table(
     sa.Index("ix_charge_receipts_account_created", "billing_account", "created_at"),
 )
 
+# Added by 0003: a spending limit per billing account and period (only "month" for now).
+budgets = sa.Table(
+    "budgets",
+    metadata,
+    sa.Column("billing_account", sa.String(200), primary_key=True),
+    sa.Column("period", sa.String(20), primary_key=True),
+    sa.Column("limit_micros", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("updated_by", sa.String(200), nullable=False),
+)
+
 audit_log = sa.Table(
     "audit_log",
     metadata,

@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from graph_runs.cli import main
+from graph_runs.db import head_revision
 from graph_runs.tables import schedules
 
 
@@ -217,7 +218,10 @@ def test_unmigrated_database_says_which_command_fixes_it(
         "error: the schedules database has no schema yet: run `graph-runs db upgrade`\n"
     )
     assert main(["db", "upgrade", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"from_revision": None, "to_revision": "0002"}
+    assert json.loads(capsys.readouterr().out) == {
+        "from_revision": None,
+        "to_revision": head_revision(),
+    }
 
 
 def test_installed_script_exits_2(tmp_path: Path) -> None:
@@ -234,3 +238,15 @@ def test_installed_script_exits_2(tmp_path: Path) -> None:
         result.stderr
         == "error: cron: '* * *' is not a 5-field cron expression (minute hour day month weekday)\n"
     )
+
+
+def test_budgets_set_and_list(cli) -> None:
+    code, budget, _ = cli(
+        "budgets", "set", "--billing-account", "acme", "--limit-usd", "25", "--json"
+    )  # fmt: skip
+    assert code == 0
+    assert (budget["limit_usd"], budget["spent_usd"], budget["reached"]) == ("25", "0", False)
+    code, listed, _ = cli("budgets", "list", "--json")
+    assert [b["billing_account"] for b in listed] == ["acme"]
+    code, _, err = cli("budgets", "set", "--billing-account", "acme", "--limit-usd", "lots")
+    assert (code, err) == (2, "error: limit_usd: 'lots' is not a number\n")
