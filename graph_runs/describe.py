@@ -11,13 +11,13 @@ from typing import Any
 import sqlalchemy as sa
 
 from graph_runs.cron import format_utc
-from graph_runs.errors import InvalidInput, NotFound
+from graph_runs.errors import InvalidInput
 from graph_runs.money import micros_to_usd
 from graph_runs.schedule_spec import UNLIMITED, cursor_of, spec_from_row
-from graph_runs.schedules import view
+from graph_runs.schedules import schedule_row, view
 from graph_runs.slot_plan import slots_after
 from graph_runs.statuses import IN_FLIGHT
-from graph_runs.tables import IN_FLIGHT_RUN, charge_receipts, graph_runs, schedules
+from graph_runs.tables import IN_FLIGHT_RUN, charge_receipts, graph_runs
 
 RECENT_ACTIONS = 10
 NEXT_FIRES = 10
@@ -73,9 +73,7 @@ def next_fire_times(row: Any, now: dt.datetime, count: int = NEXT_FIRES) -> list
 
 def describe_schedule(conn: sa.Connection, schedule_id: str, *, now: dt.datetime) -> dict[str, Any]:
     """Everything ``schedules describe --json`` prints; raises NotFound."""
-    row = conn.execute(sa.select(schedules).where(schedules.c.id == schedule_id)).one_or_none()
-    if row is None or row.status == "deleted":
-        raise NotFound(f"schedule {schedule_id} not found")
+    row = schedule_row(conn, schedule_id)
     with_cost = sa.select(graph_runs, charge_receipts.c.cost_micros).select_from(
         graph_runs.outerjoin(charge_receipts, charge_receipts.c.graph_run_id == graph_runs.c.id)
     )

@@ -147,6 +147,12 @@ def get_grant(conn: sa.Connection, grant_id: str) -> Grant | None:
     return None if row is None else Grant.from_row(row)
 
 
+def billing_account_of(conn: sa.Connection, grant_id: str) -> str | None:
+    """The billing account a grant charges, or None if the grant is gone."""
+    grant = get_grant(conn, grant_id)
+    return None if grant is None else grant.billing_account
+
+
 def list_grants(conn: sa.Connection, owner: str | None = None) -> list[Grant]:
     """All grants, or an owner's, oldest first."""
     query = sa.select(execution_grants).order_by(execution_grants.c.created_at)

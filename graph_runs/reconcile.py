@@ -22,6 +22,8 @@ from graph_runs.tables import IN_FLIGHT_RUN, graph_runs
 # Dagster run statuses, as DagsterRunStatus values.
 DAGSTER_ENDED = frozenset({"SUCCESS", "FAILURE", "CANCELED"})
 DAGSTER_STOPPING = "CANCELING"
+# A run that has not started: cancelling it is a status change only.
+DAGSTER_NOT_STARTED = frozenset({"QUEUED", "NOT_STARTED"})
 
 
 @dataclass

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from graph_runs.cron import format_utc
 from graph_runs.db import insert_ignoring_conflicts
 from graph_runs.errors import Conflict, InvalidInput, NotFound
-from graph_runs.grants import get_grant
+from graph_runs.grants import billing_account_of, get_grant
 from graph_runs.ids import new_id
 from graph_runs.in_flight import cancel_in_flight
 from graph_runs.ledger_rows import slot_row
@@ -184,7 +184,7 @@ def update_schedule(
     Changing when it fires (cron, time zone, run_at, jitter, start_at) recomputes the next
     slot from now: slots between the old and the new timing are not fired.
     """
-    row = _row(conn, schedule_id)
+    row = schedule_row(conn, schedule_id)
     if "owner" in changes and changes["owner"] != row.owner:
         raise InvalidInput("owner", "cannot change; create a schedule for the new owner")
     raw = {**row_as_raw(row), **changes}
@@ -258,7 +258,8 @@ def _apply_spec(
     return get_schedule(conn, row.id), True
 
 
-def _row(conn: sa.Connection, schedule_id: str) -> Any:
+def schedule_row(conn: sa.Connection, schedule_id: str) -> Any:
+    """The schedules row, unless deleted; raises NotFound."""
     row = conn.execute(sa.select(schedules).where(schedules.c.id == schedule_id)).one_or_none()
     if row is None or row.status == "deleted":
         raise NotFound(f"schedule {schedule_id} not found")
@@ -318,7 +319,7 @@ def view(row: Any) -> dict[str, Any]:
 
 def get_schedule(conn: sa.Connection, schedule_id: str) -> dict[str, Any]:
     """The schedule's view; raises NotFound."""
-    return view(_row(conn, schedule_id))
+    return view(schedule_row(conn, schedule_id))
 
 
 def find_schedule(conn: sa.Connection, owner: str, external_id: str) -> dict[str, Any]:
@@ -354,7 +355,7 @@ def pause_schedule(
 
     A running run finishes unless ``terminate``. Pausing a paused schedule changes nothing.
     """
-    row = _row(conn, schedule_id)
+    row = schedule_row(conn, schedule_id)
     if row.enabled:
         conn.execute(
             schedules.update()
@@ -400,7 +401,7 @@ def resume_schedule(
     ``skipped_paused``, so that every slot has a status. Resuming a schedule in ``error``
     revalidates it first, so that a fixed row is served.
     """
-    row = _row(conn, schedule_id)
+    row = schedule_row(conn, schedule_id)
     if row.enabled and row.status == "active":
         return view(row)
     spec = spec_from_row(row, limits, now)
@@ -453,14 +454,14 @@ def _record_paused_slots(
         now=now,
         limit=MAX_PAUSED_SLOTS_RECORDED,
     )
-    grant = get_grant(conn, row.grant_id)
+    account = billing_account_of(conn, row.grant_id)
     rows = [
         slot_row(
             row,
             planned.slot,
             planned.status,
             now=now,
-            billing_account=None if grant is None else grant.billing_account,
+            billing_account=account,
             reason=planned.reason,
         )
         for planned in slots

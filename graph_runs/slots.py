@@ -41,6 +41,8 @@ from graph_runs.tables import (
 
 logger = logging.getLogger(__name__)
 
+ON_TIME_TOLERANCE = dt.timedelta(seconds=15)
+
 
 @dataclass(frozen=True)
 class TickLimits:
@@ -50,8 +52,8 @@ class TickLimits:
     max_slots_per_schedule: int = 500
     max_pending: int = 1_000
     # How late a slot may be seen and still count as on time under catch-up ``none``: the
-    # sensor's interval plus a tolerance for a tick that starts late.
-    on_time_grace: dt.timedelta = dt.timedelta(seconds=30 + 15)
+    # sensor's interval (30 s by default) plus a tolerance for a tick that starts late.
+    on_time_grace: dt.timedelta = dt.timedelta(seconds=30) + ON_TIME_TOLERANCE
 
 
 @dataclass

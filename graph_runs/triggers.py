@@ -22,17 +22,18 @@ import sqlalchemy as sa
 
 from graph_runs.cron import format_utc
 from graph_runs.db import insert_ignoring_conflicts
-from graph_runs.errors import InvalidInput, NotFound
-from graph_runs.grants import get_grant
+from graph_runs.errors import InvalidInput
+from graph_runs.grants import billing_account_of
 from graph_runs.ids import new_id
 from graph_runs.in_flight import InFlight, cancel_in_flight, in_flight_counts
 from graph_runs.ledger import start_run
 from graph_runs.ledger_rows import manual_key, schedule_run_row, slot_key
 from graph_runs.policies import OVERLAP_POLICIES
 from graph_runs.schedule_spec import ScheduleLimits, spec_from_row
+from graph_runs.schedules import schedule_row
 from graph_runs.slot_plan import overlap_status
-from graph_runs.statuses import FIRING, NEVER_RAN, QUEUED
-from graph_runs.tables import audit, graph_runs, schedules
+from graph_runs.statuses import BUFFERED, FIRING, NEVER_RAN, QUEUED
+from graph_runs.tables import audit, graph_runs
 
 # The overlap policy a trigger or backfill uses unless told otherwise: the user asked for
 # these runs, so they run.
@@ -40,22 +41,10 @@ DEFAULT_MANUAL_OVERLAP = "allow_all"
 MAX_BACKFILL_SLOTS = 1_000
 
 
-def _schedule(conn: sa.Connection, schedule_id: str) -> Any:
-    row = conn.execute(sa.select(schedules).where(schedules.c.id == schedule_id)).one_or_none()
-    if row is None or row.status == "deleted":
-        raise NotFound(f"schedule {schedule_id} not found")
-    return row
-
-
 def _overlap(policy: str) -> str:
     if policy not in OVERLAP_POLICIES:
         raise InvalidInput("overlap", f"{policy!r} is not one of {', '.join(OVERLAP_POLICIES)}")
     return policy
-
-
-def _billing_account(conn: sa.Connection, grant_id: str) -> str | None:
-    grant = get_grant(conn, grant_id)
-    return None if grant is None else grant.billing_account
 
 
 def _insert_manual(
@@ -77,7 +66,7 @@ def _insert_manual(
         scheduled_for=None,
         status=status,
         now=now,
-        billing_account=_billing_account(conn, schedule.grant_id),
+        billing_account=billing_account_of(conn, schedule.grant_id),
         trigger_kind="manual",
         trigger_source=source,
         requested_by=requested_by,
@@ -108,7 +97,7 @@ class _Overlap:
         status, reason = overlap_status(self.policy, self.busy, self.buffered)
         if status in FIRING:
             self.busy = True
-            self.buffered += status != "pending"
+            self.buffered += status == BUFFERED
         return status, reason
 
 
@@ -127,7 +116,7 @@ def trigger_schedule(
     The same ``request_key`` twice is one run: the second call returns the first row with
     ``created`` false.
     """
-    row = _schedule(conn, schedule_id)
+    row = schedule_row(conn, schedule_id)
     key = manual_key(schedule_id, request_key or new_id("trg"))
     existing = conn.execute(
         sa.select(graph_runs).where(graph_runs.c.idempotency_key == key)
@@ -175,7 +164,7 @@ def backfill_schedule(
         raise InvalidInput("to", "is before from")
     if end > now:
         raise InvalidInput("to", f"{format_utc(end)} is in the future; backfill fills the past")
-    row = _schedule(conn, schedule_id)
+    row = schedule_row(conn, schedule_id)
     spec = spec_from_row(row, limits, now)
     cron = spec.cron_schedule()
     if cron is None:
@@ -204,7 +193,7 @@ def backfill_schedule(
             )
         )
     }
-    account = _billing_account(conn, row.grant_id)
+    account = billing_account_of(conn, row.grant_id)
     overlapper = _Overlap(conn, schedule_id, policy, now)
     report: list[dict[str, Any]] = []
     counts: Counter[str] = Counter()
@@ -289,7 +278,7 @@ def start_partition_run(
     A partition backfill in the Dagster UI launches one such run per selected schedule: each
     is a trigger-now. Its key names the root run, so re-executing it reuses the row.
     """
-    row = _schedule(conn, schedule_id)
+    row = schedule_row(conn, schedule_id)
     key = manual_key(schedule_id, f"dagster:{root_run_id}")
     _insert_manual(
         conn, row, key, QUEUED, now, "dagster", requested_by, dagster_run_id=dagster_run_id

@@ -26,8 +26,14 @@ from graph_runs.cron import format_utc, parse_instant
 from graph_runs.db import SchemaError
 from graph_runs.in_flight import release_buffered
 from graph_runs.jobs import SCHEDULE_PARTITIONS_NAME, graph_run_job
-from graph_runs.reconcile import apply_run_statuses, mark_cancelled, runs_to_reconcile
+from graph_runs.reconcile import (
+    DAGSTER_NOT_STARTED,
+    apply_run_statuses,
+    mark_cancelled,
+    runs_to_reconcile,
+)
 from graph_runs.slots import (
+    ON_TIME_TOLERANCE,
     TickLimits,
     claim_due_slots,
     live_schedule_ids,
@@ -48,13 +54,11 @@ CHANGE_MARGIN = dt.timedelta(minutes=5)
 RUN_LOOKUP_CHUNK = 500
 MAX_RECONCILED = 2_000
 DEFAULT_TICK_LIMITS = TickLimits()
-# Dagster statuses of a run that has not started: cancelling it is a status change only.
-NOT_STARTED = frozenset({"QUEUED", "NOT_STARTED"})
 
 
 def tick_limits_for(interval_seconds: int) -> TickLimits:
     """Tick limits whose on-time grace (catch-up ``none``) follows the sensor's interval."""
-    return TickLimits(on_time_grace=dt.timedelta(seconds=interval_seconds + 15))
+    return TickLimits(on_time_grace=dt.timedelta(seconds=interval_seconds) + ON_TIME_TOLERANCE)
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,7 @@ def _run_statuses(instance: dg.DagsterInstance, run_ids: list[str]) -> dict[str,
 
 def _cancel_run(instance: dg.DagsterInstance, run_id: str, status: str) -> None:
     """Cancel a queued run, or terminate a started one, as the Dagster UI's button does."""
-    if status in NOT_STARTED:
+    if status in DAGSTER_NOT_STARTED:
         run = instance.get_run_by_id(run_id)
         if run is not None:
             instance.report_run_canceled(run, message="graph-runs cancelled this run")
