@@ -10,9 +10,9 @@ from typing import Any
 import click
 
 from graph_runs import grants as grants_api
-from graph_runs.budgets import PERIODS, list_budgets, set_budget
+from graph_runs.approvals_cli import approvals, webhooks
+from graph_runs.billing_cli import billing, budgets
 from graph_runs.cli_support import (
-    decimal,
     emit,
     instant,
     json_option,
@@ -126,50 +126,12 @@ def grants_revoke(grant_id: str, by: str, as_json: bool) -> None:
     )
 
 
-# -- budgets ----------------------------------------------------------------------------
+# -- budgets, billing, approvals, webhooks --------------------------------------------
 
-
-def _budget_line(b: dict[str, Any]) -> str:
-    state = "REACHED" if b["reached"] else "ok"
-    return (
-        f"{b['billing_account']}  {b['period']} from {b['period_start']}: spent "
-        f"{b['spent_usd']} of {b['limit_usd']} USD  {state}"
-    )
-
-
-@cli.group()
-def budgets() -> None:
-    """Spending limits per billing account."""
-
-
-@budgets.command("set")
-@click.option("--billing-account", required=True)
-@click.option("--period", type=click.Choice(PERIODS), default="month", show_default=True)
-@click.option("--limit-usd", required=True)
-@click.option("--by", default="cli", show_default=True, help="Who sets it (audited).")
-@json_option
-def budgets_set(billing_account: str, period: str, limit_usd: str, by: str, as_json: bool) -> None:
-    """Set an account's limit; at it, due slots are skipped_budget until the period ends."""
-    with transaction() as conn:
-        view = set_budget(
-            conn,
-            billing_account=billing_account,
-            period=period,
-            limit_usd=decimal("limit_usd", limit_usd),
-            now=now(),
-            by=by,
-        )
-    emit(as_json, view, _budget_line)
-
-
-@budgets.command("list")
-@json_option
-def budgets_list(as_json: bool) -> None:
-    """Every budget with its spend in the current period."""
-    with transaction() as conn:
-        rows = list_budgets(conn, now())
-    emit(as_json, rows, lambda d: "\n".join(_budget_line(b) for b in d) or "no budgets")
-
+cli.add_command(budgets)
+cli.add_command(billing)
+cli.add_command(approvals)
+cli.add_command(webhooks)
 
 # -- schedules --------------------------------------------------------------------------
 

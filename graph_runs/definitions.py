@@ -21,6 +21,7 @@ from resources import (
     GrantsResource,
     ScheduleLimitsResource,
 )
+from sensors.graph_run_approvals_sensor import make_graph_run_approvals_sensor
 from sensors.graph_schedules_sensor import make_graph_schedules_sensor
 
 
@@ -34,7 +35,10 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     limits = settings.schedule_limits
     return dg.Definitions(
         jobs=[graph_run_job, graph_run_adhoc_job],
-        sensors=[make_graph_schedules_sensor(settings.sensor_interval_seconds)],
+        sensors=[
+            make_graph_schedules_sensor(settings.sensor_interval_seconds),
+            make_graph_run_approvals_sensor(settings.sensor_interval_seconds),
+        ],
         resources={
             "database": database,
             "grants": GrantsResource(database=database),

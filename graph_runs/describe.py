@@ -44,6 +44,7 @@ def _action(row: Any) -> dict[str, Any]:
         "cost_usd": None if cost is None else str(cost),
         "error_code": row.error_code,
         "error_message": row.error_message,
+        "over_budget": bool(row.over_budget),
     }
 
 
@@ -105,6 +106,11 @@ def describe_schedule(conn: sa.Connection, schedule_id: str, *, now: dt.datetime
             .group_by(graph_runs.c.trigger_kind)
         ).all()
     )
+    over_budget = conn.execute(
+        sa.select(sa.func.count()).where(
+            graph_runs.c.schedule_id == schedule_id, graph_runs.c.over_budget
+        )
+    ).scalar_one()
     spent = conn.execute(
         sa.select(sa.func.coalesce(sa.func.sum(charge_receipts.c.cost_micros), 0)).where(
             charge_receipts.c.schedule_id == schedule_id
@@ -120,6 +126,10 @@ def describe_schedule(conn: sa.Connection, schedule_id: str, *, now: dt.datetime
         "skipped_paused": by_status.get("skipped_paused", 0),
         "skipped_budget": by_status.get("skipped_budget", 0),
         "cancelled": by_status.get("cancelled", 0),
+        "awaiting_approval": by_status.get("awaiting_approval", 0),
+        "rejected": by_status.get("rejected", 0),
+        "skipped_unapproved": by_status.get("skipped_unapproved", 0),
+        "over_budget": over_budget,
         "in_flight": sum(by_status.get(s, 0) for s in IN_FLIGHT),
         "by_trigger_kind": by_kind,
         "scheduled_runs": row.runs_total,

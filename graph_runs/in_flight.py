@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from graph_runs.approvals import cancel_awaiting
 from graph_runs.statuses import BUFFERED, CANCELLED, CANCELLING, PENDING, QUEUED, RUNNING
 from graph_runs.tables import IN_FLIGHT_RUN, graph_runs
 
@@ -47,7 +48,7 @@ def in_flight_counts(conn: sa.Connection, schedule_ids: Iterable[str]) -> dict[s
 class Cancelled:
     """What cancelling a schedule's runs did."""
 
-    never_started: int = 0  # pending or buffered: no Dagster run will do anything
+    never_started: int = 0  # pending, buffered or awaiting approval: no run will do anything
     cancelling: int = 0  # queued (or running, when terminating): the sensor stops their run
 
 
@@ -75,6 +76,7 @@ def cancel_in_flight(
         )
         .values(status=CANCELLED, error_code=code, error_message=message, finished_at=now)
     ).rowcount
+    never_started += cancel_awaiting(conn, schedule_id, now=now, code=code, message=message)
     stopping = [QUEUED, RUNNING] if terminate else [QUEUED]
     cancelling = conn.execute(
         graph_runs.update()

@@ -203,7 +203,13 @@ def record_outcome(
         "ledger_id": ticket.ledger_id,
         "idempotency_key": ticket.idempotency_key,
         "receipt_written": recorded["receipt_written"],
+        "over_budget": recorded["over_budget"],
     }
+    if recorded["over_budget"]:
+        context.log.warning(
+            f"{ticket.label} over budget: cost {metadata['cost_usd']} USD is above "
+            f"max_cost_usd {recorded['max_cost_usd']}"
+        )
     context.log.info(
         f"{ticket.label} recorded {recorded['status']}; cost {metadata['cost_usd']} USD, "
         f"{metadata['tokens']} tokens, receipt "

@@ -12,6 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from graph_runs.approvals import is_approved
 from graph_runs.cron import format_utc
 from graph_runs.db import insert_ignoring_conflicts
 from graph_runs.errors import Conflict, NotFound
@@ -21,6 +22,7 @@ from graph_runs.money import micros_to_usd, usd_to_micros
 from graph_runs.revocation import pause_schedules_of_grant
 from graph_runs.schedules import FAILURE_PAUSER, pause_schedule
 from graph_runs.statuses import (
+    AWAITING_APPROVAL,
     CANCELLED,
     CANCELLING,
     FAILED,
@@ -160,6 +162,10 @@ def start_run(conn: sa.Connection, ledger_id: str, *, dagster_run_id: str, now: 
         return get_run(conn, ledger_id)
     if row.status in SETTLED:
         return row
+    if row.status == AWAITING_APPROVAL and not is_approved(conn, ledger_id):
+        # Only the approvals sensor launches a gated slot, and only once it is approved; a
+        # run launched any other way (by hand, with the ledger tag) must not slip past.
+        raise Conflict(f"graph run {ledger_id} is waiting for approval; it was not approved")
     if row.status == FAILED and row.schedule_id is not None:
         # A failed slot being run again is no longer failed; its new outcome counts anew.
         conn.execute(
@@ -269,6 +275,10 @@ def record_outcome(
     (a failed run that succeeds on re-execution moves one count from failed to succeeded),
     and the receipt is unique per graph run and per API run.
 
+    A reported cost above the run's ``max_cost_micros`` flags the row ``over_budget``: the API
+    was asked to stop there, so going past it is worth a look (and is counted by describe and
+    the billing report).
+
     Returns what the op reports as metadata, including whether this call changed anything.
     """
     row = get_run(conn, ledger_id, lock=True)
@@ -276,6 +286,13 @@ def record_outcome(
     # receipt is still written below, because the money was spent.
     changed = row.status not in SETTLED and not (
         row.status == outcome.status and row.api_run_id == outcome.api_run_id
+    )
+    usage = outcome.usage
+    cost_micros = None if usage is None else usd_to_micros(usage.cost_usd)
+    over_budget = (
+        cost_micros is not None
+        and row.max_cost_micros is not None
+        and cost_micros > row.max_cost_micros
     )
     if changed:
         conn.execute(
@@ -289,12 +306,12 @@ def record_outcome(
                 error_code=outcome.error_code,
                 error_message=outcome.error_message,
                 finished_at=now,
+                over_budget=over_budget,
             )
         )
         if row.schedule_id is not None:
             _move_counters(conn, row, outcome, now)
     receipt_written = False
-    usage = outcome.usage
     if usage is not None and outcome.api_run_id is not None and row.billing_account is not None:
         receipt_written = (
             insert_ignoring_conflicts(
@@ -314,7 +331,7 @@ def record_outcome(
                         "prompt_tokens": usage.prompt_tokens,
                         "completion_tokens": usage.completion_tokens,
                         "total_tokens": usage.total_tokens,
-                        "cost_micros": usd_to_micros(usage.cost_usd),
+                        "cost_micros": cost_micros,
                         "created_at": now,
                     }
                 ],
@@ -330,6 +347,10 @@ def record_outcome(
         "receipt_written": receipt_written,
         "total_tokens": None if usage is None else usage.total_tokens,
         "cost_usd": None if usage is None else str(usage.cost_usd),
+        "over_budget": bool(final.over_budget),
+        "max_cost_usd": (
+            None if final.max_cost_micros is None else str(micros_to_usd(final.max_cost_micros))
+        ),
     }
 
 

@@ -18,6 +18,8 @@ DEFAULT_OVERLAP = "skip"
 DEFAULT_CATCHUP = "latest"
 DEFAULT_CATCHUP_WINDOW = dt.timedelta(hours=1)
 DEFAULT_PAUSE_AFTER_FAILURES = 3
+ON_APPROVAL_TIMEOUT = ("skip", "approve")
+DEFAULT_APPROVAL_TIMEOUT = dt.timedelta(hours=24)
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -17,6 +17,7 @@ from graph_runs.cron import CronError, CronSchedule, parse_timezone
 from graph_runs.errors import InvalidInput
 from graph_runs.money import micros_to_usd, usd_to_micros
 from graph_runs.policies import (
+    DEFAULT_APPROVAL_TIMEOUT,
     DEFAULT_CATCHUP_WINDOW,
     DEFAULT_PAUSE_AFTER_FAILURES,
     MAX_DURATION,
@@ -74,6 +75,13 @@ class ScheduleSpec(pydantic.BaseModel):
     end_at: dt.datetime | None = None
     max_runs: int | None = pydantic.Field(default=None, ge=1)
     pause_after_failures: int = pydantic.Field(default=DEFAULT_PAUSE_AFTER_FAILURES, ge=0)
+    requires_approval: bool = False
+    approval_timeout_seconds: int = pydantic.Field(
+        default=int(DEFAULT_APPROVAL_TIMEOUT.total_seconds()),
+        ge=60,
+        le=int(MAX_DURATION.total_seconds()),
+    )
+    on_approval_timeout: Literal["skip", "approve"] = "skip"
 
     @pydantic.field_validator("timezone")
     @classmethod
@@ -202,6 +210,9 @@ def row_as_raw(row: Any) -> dict[str, Any]:
         "catchup_window_seconds",
         "jitter_seconds",
         "pause_after_failures",
+        "requires_approval",
+        "approval_timeout_seconds",
+        "on_approval_timeout",
     ):
         if getattr(row, name) is not None:
             raw[name] = getattr(row, name)

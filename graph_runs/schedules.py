@@ -18,7 +18,7 @@ from graph_runs.ids import new_id
 from graph_runs.in_flight import cancel_in_flight
 from graph_runs.ledger_rows import slot_row
 from graph_runs.money import micros_to_usd
-from graph_runs.policies import Policies, format_duration
+from graph_runs.policies import DEFAULT_APPROVAL_TIMEOUT, Policies, format_duration
 from graph_runs.schedule_spec import (
     TIMING_FIELDS,
     UNLIMITED,
@@ -282,6 +282,11 @@ def policies_view(row: Any) -> dict[str, Any]:
         "end_at": _iso(policies.end_at),
         "max_runs": policies.max_runs,
         "pause_after_failures": policies.pause_after_failures,
+        "requires_approval": bool(row.requires_approval),
+        "approval_timeout": format_duration(
+            row.approval_timeout_seconds or int(DEFAULT_APPROVAL_TIMEOUT.total_seconds())
+        ),
+        "on_approval_timeout": row.on_approval_timeout or "skip",
     }
 
 

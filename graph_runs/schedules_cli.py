@@ -24,7 +24,12 @@ from graph_runs.cli_support import (
 from graph_runs.cron import CronError, CronSchedule, format_utc
 from graph_runs.describe import describe_schedule
 from graph_runs.errors import InvalidInput
-from graph_runs.policies import CATCHUP_POLICIES, OVERLAP_POLICIES, parse_duration
+from graph_runs.policies import (
+    CATCHUP_POLICIES,
+    ON_APPROVAL_TIMEOUT,
+    OVERLAP_POLICIES,
+    parse_duration,
+)
 from graph_runs.triggers import DEFAULT_MANUAL_OVERLAP
 
 MAX_PREVIEW = 10_000
@@ -82,6 +87,20 @@ def spec_options(func: F) -> F:
             type=int,
             help="Pause after this many failed runs in a row; 0 never  [default: 3]",
         ),
+        click.option(
+            "--requires-approval/--no-requires-approval",
+            default=None,
+            help="Each slot waits for a human's approval before it runs  [default: no]",
+        ),
+        click.option(
+            "--approval-timeout",
+            help="DURATION a slot waits for a decision  [default: 24h]",
+        ),
+        click.option(
+            "--on-timeout",
+            type=click.Choice(ON_APPROVAL_TIMEOUT),
+            help="What an undecided slot does once its approval times out  [default: skip]",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -101,6 +120,11 @@ def _spec_from_options(options: dict[str, Any]) -> dict[str, Any]:
             lambda v: int(parse_duration("catchup_window", v).total_seconds()),
         ),
         "jitter": ("jitter_seconds", lambda v: int(parse_duration("jitter", v).total_seconds())),
+        "approval_timeout": (
+            "approval_timeout_seconds",
+            lambda v: int(parse_duration("approval_timeout", v).total_seconds()),
+        ),
+        "on_timeout": ("on_approval_timeout", lambda v: v),
     }
     raw: dict[str, Any] = {}
     for name, value in options.items():

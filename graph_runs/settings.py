@@ -1,8 +1,9 @@
 """The one place that reads the process environment.
 
 Everything else takes its configuration as arguments, so tests never need to patch
-``os.environ`` or reload modules. Secrets are not read here: they reach Dagster resources
-through ``dg.EnvVar`` so that their values never show in the UI.
+``os.environ`` or reload modules. Secrets that Dagster needs are not read here: they reach
+its resources through ``dg.EnvVar`` so that their values never show in the UI. The webhook
+server is no part of Dagster; ``webhook_secret`` reads its secret here, and only it.
 """
 
 import os
@@ -20,6 +21,7 @@ HOME_VAR = "GRAPH_RUNS_HOME"
 MIN_INTERVAL_VAR = "GRAPH_RUNS_MIN_INTERVAL_SECONDS"
 MAX_SCHEDULES_PER_OWNER_VAR = "GRAPH_RUNS_MAX_SCHEDULES_PER_OWNER"
 MAX_INPUT_BYTES_VAR = "GRAPH_RUNS_MAX_INPUT_BYTES"
+WEBHOOK_SECRET_VAR = "GRAPH_RUNS_WEBHOOK_SECRET"
 
 DEFAULT_EXECUTION_API_URL = "http://127.0.0.1:8765"
 DEFAULT_SENSOR_INTERVAL_SECONDS = 30
@@ -91,3 +93,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             max_input_bytes=_whole_number(env, MAX_INPUT_BYTES_VAR, defaults.max_input_bytes, 2),
         ),
     )
+
+
+def webhook_secret(environ: Mapping[str, str] | None = None) -> str:
+    """The approvals webhook's shared HMAC secret; raises SettingsError when unset."""
+    env = os.environ if environ is None else environ
+    secret = env.get(WEBHOOK_SECRET_VAR, "")
+    if not secret:
+        raise SettingsError(f"{WEBHOOK_SECRET_VAR} must be set to the webhook's shared secret")
+    return secret

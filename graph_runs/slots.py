@@ -22,6 +22,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from graph_runs.approvals import open_approvals
 from graph_runs.budgets import exhausted_accounts
 from graph_runs.db import insert_ignoring_conflicts
 from graph_runs.errors import InvalidInput
@@ -29,7 +30,7 @@ from graph_runs.in_flight import InFlight, cancel_in_flight, in_flight_counts
 from graph_runs.ledger_rows import slot_row
 from graph_runs.schedule_spec import ScheduleLimits, cursor_of, spec_from_row
 from graph_runs.slot_plan import ScheduleState, plan_slots
-from graph_runs.statuses import BUFFERED, MISSED, PENDING, QUEUED
+from graph_runs.statuses import AWAITING_APPROVAL, BUFFERED, FIRING, MISSED, PENDING, QUEUED
 from graph_runs.tables import (
     ACTIVE_SCHEDULE,
     UTCDateTime,
@@ -69,8 +70,8 @@ class ClaimResult:
 
     @property
     def fired(self) -> int:
-        """Slots that fire now or once the running run ends."""
-        return self.statuses[PENDING] + self.statuses[BUFFERED]
+        """Slots that fire now, once the running run ends, or once a human approves them."""
+        return self.statuses[PENDING] + self.statuses[BUFFERED] + self.statuses[AWAITING_APPROVAL]
 
     @property
     def missed(self) -> int:
@@ -105,6 +106,7 @@ def claim_due_slots(
     in_flight = in_flight_counts(conn, (row.id for row in rows))
     over_budget = exhausted_accounts(conn, accounts.values(), now)
     ledger_rows: list[dict[str, Any]] = []
+    gated: list[tuple[dict[str, Any], Any]] = []
     updates: list[dict[str, Any]] = []
     for row in rows:
         result.schedules_seen += 1
@@ -144,17 +146,22 @@ def claim_due_slots(
             )
             result.cancelled_for_overlap += cancelled.never_started + cancelled.cancelling
         for planned in plan.slots:
-            result.statuses[planned.status] += 1
-            ledger_rows.append(
-                slot_row(
-                    row,
-                    planned.slot,
-                    planned.status,
-                    now=now,
-                    billing_account=accounts.get(row.grant_id),
-                    reason=planned.reason,
-                )
+            status = planned.status
+            if spec.requires_approval and status in FIRING:
+                # A gated slot holds no run until a human approves it (graph_runs/approvals).
+                status = AWAITING_APPROVAL
+            result.statuses[status] += 1
+            ledger_row = slot_row(
+                row,
+                planned.slot,
+                status,
+                now=now,
+                billing_account=accounts.get(row.grant_id),
+                reason=planned.reason,
             )
+            ledger_rows.append(ledger_row)
+            if status == AWAITING_APPROVAL:
+                gated.append((ledger_row, row))
         if plan.completed:
             result.completed.append(row.id)
         fired = plan.fired
@@ -170,6 +177,7 @@ def claim_due_slots(
             }
         )
     insert_ignoring_conflicts(conn, graph_runs, ledger_rows)
+    open_approvals(conn, gated, now)
     if updates:
         conn.execute(
             schedules.update()

@@ -106,6 +106,10 @@ schedules = sa.Table(
     # Slots at or before this instant have been written to the ledger (or were skipped on
     # purpose: paused, or before a cron change). NULL for rows another application wrote.
     sa.Column("slot_cursor", UTCDateTime),
+    # Added by 0004: the human approval gate (see graph_runs/approvals.py).
+    sa.Column("requires_approval", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("approval_timeout_seconds", sa.Integer, nullable=False, server_default="86400"),
+    sa.Column("on_approval_timeout", sa.String(20), nullable=False, server_default="skip"),
     # The sensor's due query reads this partial index only: O(due), not O(all schedules).
     sa.Index(
         "ix_schedules_due",
@@ -154,6 +158,8 @@ graph_runs = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("started_at", UTCDateTime),
     sa.Column("finished_at", UTCDateTime),
+    # Added by 0004: the reported cost was above the run's max_cost_usd.
+    sa.Column("over_budget", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.UniqueConstraint("idempotency_key", name="uq_graph_runs_idempotency_key"),
     sa.UniqueConstraint("schedule_id", "scheduled_for", name="uq_graph_runs_schedule_slot"),
     # Rows the sensor claimed but Dagster may not have made a run for yet: a handful at most.
@@ -205,6 +211,59 @@ budgets = sa.Table(
     sa.Column("limit_micros", sa.BigInteger, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("updated_by", sa.String(200), nullable=False),
+)
+
+PENDING_APPROVAL = sa.text("status = 'pending'")
+APPROVED_APPROVAL = sa.text("status = 'approved' AND launched_at IS NULL")
+
+# Added by 0004: one row per slot of a schedule that needs a human's approval before it runs.
+approvals = sa.Table(
+    "approvals",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("graph_run_id", sa.String(40), nullable=False),
+    sa.Column("schedule_id", sa.String(40), nullable=False),
+    sa.Column("scheduled_for", UTCDateTime, nullable=False),
+    sa.Column("graph_id", sa.String(200), nullable=False),
+    sa.Column("input", sa.JSON, nullable=False),
+    sa.Column("grant_id", sa.String(40), nullable=False),
+    sa.Column("owner", sa.String(200), nullable=False),
+    sa.Column("billing_account", sa.String(200)),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("on_timeout", sa.String(20), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("decided_by", sa.String(200)),
+    sa.Column("decided_at", UTCDateTime),
+    sa.Column("decision_note", sa.Text),
+    sa.Column("launched_at", UTCDateTime),
+    sa.Column("dagster_run_id", sa.String(64)),
+    sa.UniqueConstraint("graph_run_id", name="uq_approvals_graph_run"),
+    # The approvals sensor reads only these two partial indexes: its cost follows the
+    # approvals timing out or waiting to launch, not how many were ever decided.
+    sa.Index(
+        "ix_approvals_pending_expiry",
+        "expires_at",
+        sqlite_where=PENDING_APPROVAL,
+        postgresql_where=PENDING_APPROVAL,
+    ),
+    sa.Index(
+        "ix_approvals_to_launch",
+        "decided_at",
+        sqlite_where=APPROVED_APPROVAL,
+        postgresql_where=APPROVED_APPROVAL,
+    ),
+    sa.Index("ix_approvals_status_created", "status", "created_at"),
+)
+
+# Added by 0004: webhook delivery ids already acted on, so that a replay is refused.
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("id", sa.String(200), primary_key=True),
+    sa.Column("received_at", UTCDateTime, nullable=False),
+    sa.Column("approval_id", sa.String(40), nullable=False),
+    sa.Column("decision", sa.String(20), nullable=False),
 )
 
 audit_log = sa.Table(

@@ -43,6 +43,7 @@ from graph_runs.slots import (
     schedules_changed_since,
 )
 from resources import ClockResource, DatabaseResource, ScheduleLimitsResource
+from sensors.run_lookup import existing_runs, run_statuses
 
 # Dagster recommends at most 25k partition changes per evaluation; a single add of about
 # 30k keys fails on Postgres (65,535 bind parameters).
@@ -51,7 +52,6 @@ FULL_PARTITION_SYNC_EVERY = dt.timedelta(hours=1)
 # Schedules touched within this margin before the last tick are looked at again, so that a
 # row committed late by a slow writer (or written with a skewed clock) is not missed.
 CHANGE_MARGIN = dt.timedelta(minutes=5)
-RUN_LOOKUP_CHUNK = 500
 MAX_RECONCILED = 2_000
 DEFAULT_TICK_LIMITS = TickLimits()
 
@@ -97,29 +97,6 @@ class SensorCursor:
         )
 
 
-def _existing_runs(instance: dg.DagsterInstance, ledger_ids: list[str]) -> dict[str, str]:
-    """Dagster run ids by ledger id, looked up in batches by tag rather than one per row."""
-    found: dict[str, str] = {}
-    for start in range(0, len(ledger_ids), RUN_LOOKUP_CHUNK):
-        chunk = ledger_ids[start : start + RUN_LOOKUP_CHUNK]
-        records = instance.get_run_records(dg.RunsFilter(tags={ledger.LEDGER_ID_TAG: chunk}))
-        for record in records:
-            ledger_id = record.dagster_run.tags.get(ledger.LEDGER_ID_TAG)
-            if ledger_id:
-                found.setdefault(ledger_id, record.dagster_run.run_id)
-    return found
-
-
-def _run_statuses(instance: dg.DagsterInstance, run_ids: list[str]) -> dict[str, str]:
-    """Dagster run statuses by run id, in batches; a deleted run is absent."""
-    statuses: dict[str, str] = {}
-    for start in range(0, len(run_ids), RUN_LOOKUP_CHUNK):
-        chunk = run_ids[start : start + RUN_LOOKUP_CHUNK]
-        for record in instance.get_run_records(dg.RunsFilter(run_ids=chunk)):
-            statuses[record.dagster_run.run_id] = record.dagster_run.status.value
-    return statuses
-
-
 def _cancel_run(instance: dg.DagsterInstance, run_id: str, status: str) -> None:
     """Cancel a queued run, or terminate a started one, as the Dagster UI's button does."""
     if status in DAGSTER_NOT_STARTED:
@@ -141,7 +118,7 @@ def _reconcile(
         rows = runs_to_reconcile(conn, MAX_RECONCILED)
     if not rows:
         return 0, 0
-    statuses = _run_statuses(context.instance, sorted({row.dagster_run_id for row in rows}))
+    statuses = run_statuses(context.instance, sorted({row.dagster_run_id for row in rows}))
     with database.transaction() as conn:
         done = apply_run_statuses(conn, rows, statuses, now=now)
     cancelled = done.cancelled
@@ -219,7 +196,7 @@ def graph_schedules_tick(
         full = live_schedule_ids(conn) if full_sync_due else None
         upcoming = next_due(conn)
 
-    found = _existing_runs(context.instance, [row.id for row in pending])
+    found = existing_runs(context.instance, [row.id for row in pending])
     if found:
         with database.transaction() as conn:
             mark_queued(conn, found)

@@ -1,0 +1,34 @@
+"""Looking up Dagster runs in batches: by the ledger row they run, or by run id.
+
+Both sensors match ledger rows to Dagster runs; one query per row would make a tick's cost
+follow the rows it looks at times the storage's round trip.
+"""
+
+import dagster as dg
+
+from graph_runs import ledger
+
+RUN_LOOKUP_CHUNK = 500
+
+
+def existing_runs(instance: dg.DagsterInstance, ledger_ids: list[str]) -> dict[str, str]:
+    """Dagster run ids by ledger id, looked up in batches by tag rather than one per row."""
+    found: dict[str, str] = {}
+    for start in range(0, len(ledger_ids), RUN_LOOKUP_CHUNK):
+        chunk = ledger_ids[start : start + RUN_LOOKUP_CHUNK]
+        records = instance.get_run_records(dg.RunsFilter(tags={ledger.LEDGER_ID_TAG: chunk}))
+        for record in records:
+            ledger_id = record.dagster_run.tags.get(ledger.LEDGER_ID_TAG)
+            if ledger_id:
+                found.setdefault(ledger_id, record.dagster_run.run_id)
+    return found
+
+
+def run_statuses(instance: dg.DagsterInstance, run_ids: list[str]) -> dict[str, str]:
+    """Dagster run statuses by run id, in batches; a deleted run is absent."""
+    statuses: dict[str, str] = {}
+    for start in range(0, len(run_ids), RUN_LOOKUP_CHUNK):
+        chunk = run_ids[start : start + RUN_LOOKUP_CHUNK]
+        for record in instance.get_run_records(dg.RunsFilter(run_ids=chunk)):
+            statuses[record.dagster_run.run_id] = record.dagster_run.status.value
+    return statuses
