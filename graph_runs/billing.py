@@ -2,7 +2,7 @@
 
 Every figure is a SUM over the charge receipts, computed in the database in integer
 micro-dollars, so the report adds up to exactly what the receipts say; dollars are printed
-with all six decimals rather than rounded.
+exactly (up to six decimals), never rounded to the cent.
 """
 
 import datetime as dt

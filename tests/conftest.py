@@ -12,8 +12,10 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -107,24 +109,31 @@ class FakeClock:
         return self.now
 
 
-@pytest.fixture
-def execution_api() -> Iterator[RunningApi]:
-    """The local execution API on a free loopback port, serving real HTTP in a thread."""
-    store = ExecutionStore(clock=FakeClock())
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """Serve an ASGI app over real HTTP on a free loopback port, in a thread; yields its URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(API_TOKEN, store), log_level="warning", lifespan="off")
-    )
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started:  # readiness of a thread, not a wait on behaviour under test
-        assert thread.is_alive() and time.monotonic() < deadline, "execution API did not start"
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
         time.sleep(0.005)
-    yield RunningApi(f"http://127.0.0.1:{port}", API_TOKEN, store)
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+@pytest.fixture
+def execution_api() -> Iterator[RunningApi]:
+    """The local execution API on a free loopback port, serving real HTTP in a thread."""
+    store = ExecutionStore(clock=FakeClock())
+    with serving(create_app(API_TOKEN, store)) as url:
+        yield RunningApi(url, API_TOKEN, store)

@@ -64,6 +64,9 @@ def test_create_describe_pause_resume_delete(cli) -> None:
         "end_at": None,
         "max_runs": None,
         "pause_after_failures": 3,
+        "requires_approval": False,
+        "approval_timeout": "1d",
+        "on_approval_timeout": "skip",
     }
     code, paused, _ = cli(
         "schedules", "pause", sid, "--note", "vacation", "--by", "ana", "--json"
@@ -96,7 +99,8 @@ def test_policies_external_ids_upsert_trigger_and_backfill(cli) -> None:
         "--cron", "0 9 * * *", "--grant", grant_id, "--external-id", "user-7",
         "--overlap", "buffer_one", "--catchup", "all", "--catchup-window", "2d",
         "--jitter", "90s", "--max-runs", "5", "--pause-after-failures", "0",
-        "--start-at", "2026-01-01T00:00:00Z", "--json",
+        "--start-at", "2026-01-01T00:00:00Z", "--requires-approval",
+        "--approval-timeout", "90m", "--on-timeout", "approve", "--json",
     ]  # fmt: skip
     code, created, _ = cli(*create)
     assert code == 0
@@ -109,6 +113,9 @@ def test_policies_external_ids_upsert_trigger_and_backfill(cli) -> None:
         "end_at": None,
         "max_runs": 5,
         "pause_after_failures": 0,
+        "requires_approval": True,
+        "approval_timeout": "90m",
+        "on_approval_timeout": "approve",
     }
     code, _, err = cli(*create)
     assert code == 2 and err.count("\n") == 1

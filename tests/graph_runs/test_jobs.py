@@ -11,6 +11,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
+from graph_runs.describe import describe_schedule
 from graph_runs.grants import revoke_grant
 from graph_runs.jobs import graph_run_adhoc_job
 from graph_runs.money import micros_to_usd
@@ -87,6 +88,28 @@ def test_a_scheduled_slot_runs_records_and_bills(
     assert entries["api_run_id"].value == receipt.api_run_id
     assert entries["tokens"].value == receipt.total_tokens
     assert entries["cost_usd"].value == str(micros_to_usd(receipt.cost_micros))
+    assert entries["over_budget"].value is False and row.over_budget is False
+
+
+def test_a_run_that_costs_more_than_max_cost_is_flagged_over_budget(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
+) -> None:
+    # The demo API reports its cost and does not stop at the limit: exactly the case to flag.
+    run, _, _ = fire_one(engine, database_url, instance, execution_api, max_cost_usd="0.000001")
+    assert run.success
+    row = one(engine, graph_runs)
+    receipt = one(engine, charge_receipts)
+    assert receipt.cost_micros > 1 and row.over_budget is True
+    assert run.output_for_node("record_outcome")["over_budget"] is True
+    (output,) = [
+        e
+        for e in run.all_events
+        if e.event_type_value == "STEP_OUTPUT" and e.step_key == "record_outcome"
+    ]
+    assert output.event_specific_data.metadata["over_budget"].value is True  # type: ignore[union-attr]
+    with engine.connect() as conn:
+        counts = describe_schedule(conn, row.schedule_id, now=at("2026-11-22T10:02:00Z"))["counts"]
+    assert counts["over_budget"] == 1
 
 
 @pytest.mark.parametrize(
