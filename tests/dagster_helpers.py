@@ -12,6 +12,7 @@ from resources import (
     GrantsResource,
     ScheduleLimitsResource,
 )
+from sensors.graph_run_approvals_sensor import make_graph_run_approvals_sensor
 from sensors.graph_schedules_sensor import make_graph_schedules_sensor
 from tests.conftest import RunningApi
 
@@ -41,6 +42,17 @@ def tick(
     with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
         result = sensor(context)
     assert isinstance(result, dg.SensorResult), result
+    return result
+
+
+def approvals_tick(
+    instance: dg.DagsterInstance, resources: dict[str, Any]
+) -> dg.SensorResult | dg.SkipReason:
+    """One evaluation of graph_run_approvals_sensor."""
+    sensor = make_graph_run_approvals_sensor(30)
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+        result = sensor(context)
+    assert isinstance(result, dg.SensorResult | dg.SkipReason), result
     return result
 
 
