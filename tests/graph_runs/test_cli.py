@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -16,19 +15,6 @@ import sqlalchemy as sa
 from graph_runs.cli import main
 from graph_runs.db import head_revision
 from graph_runs.tables import schedules
-
-
-@pytest.fixture
-def cli(database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
-    monkeypatch.setenv("GRAPH_RUNS_DATABASE_URL", database_url)
-
-    def run(*args: str) -> tuple[int, Any, str]:
-        code = main(list(args))
-        out, err = capsys.readouterr()
-        data = json.loads(out) if "--json" in args and code == 0 else out
-        return code, data, err
-
-    return run
 
 
 def grant(cli) -> str:
