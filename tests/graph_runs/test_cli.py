@@ -231,15 +231,3 @@ def test_installed_script_exits_2(tmp_path: Path) -> None:
         result.stderr
         == "error: cron: '* * *' is not a 5-field cron expression (minute hour day month weekday)\n"
     )
-
-
-def test_budgets_set_and_list(cli) -> None:
-    code, budget, _ = cli(
-        "budgets", "set", "--billing-account", "acme", "--limit-usd", "25", "--json"
-    )  # fmt: skip
-    assert code == 0
-    assert (budget["limit_usd"], budget["spent_usd"], budget["reached"]) == ("25", "0", False)
-    code, listed, _ = cli("budgets", "list", "--json")
-    assert [b["billing_account"] for b in listed] == ["acme"]
-    code, _, err = cli("budgets", "set", "--billing-account", "acme", "--limit-usd", "lots")
-    assert (code, err) == (2, "error: limit_usd: 'lots' is not a number\n")
