@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import pytest
 import sqlalchemy as sa
 import uvicorn
@@ -90,6 +91,13 @@ def engine(database_url: str) -> Iterator[sa.Engine]:
     checked_out = eng.pool.checkedout()  # type: ignore[attr-defined]
     eng.dispose()
     assert checked_out == 0, f"{checked_out} database connection(s) leaked"
+
+
+@pytest.fixture
+def instance() -> Iterator[dg.DagsterInstance]:
+    """An ephemeral Dagster instance (its own temporary storage)."""
+    with dg.instance_for_test() as inst:
+        yield inst
 
 
 @dataclass

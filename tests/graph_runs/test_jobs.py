@@ -4,7 +4,6 @@ Jobs run in-process on instance_for_test against the real local execution API ov
 and a real schedules database.
 """
 
-from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
@@ -23,12 +22,6 @@ from tests.helpers import at, make_grant, make_schedule
 
 CREATED = at("2026-11-22T10:00:30Z")
 NOW = "2026-11-22T10:01:02Z"
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as inst:
-        yield inst
 
 
 def fire_one(
@@ -59,6 +52,16 @@ def count(engine: sa.Engine, table: sa.Table) -> int:
         return conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
 
 
+def outcome_metadata(run: dg.ExecuteInProcessResult) -> dict[str, Any]:
+    """The metadata of record_outcome's output, as the Dagster UI shows it."""
+    (output,) = [
+        e
+        for e in run.all_events
+        if e.event_type_value == "STEP_OUTPUT" and e.step_key == "record_outcome"
+    ]
+    return dict(output.event_specific_data.metadata)  # type: ignore[union-attr]
+
+
 def test_a_scheduled_slot_runs_records_and_bills(
     engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
 ) -> None:
@@ -79,12 +82,7 @@ def test_a_scheduled_slot_runs_records_and_bills(
     )
     metadata = run.output_for_node("record_outcome")
     assert metadata["status"] == "succeeded" and metadata["receipt_written"] is True
-    (materialization,) = [
-        e
-        for e in run.all_events
-        if e.event_type_value == "STEP_OUTPUT" and e.step_key == "record_outcome"
-    ]
-    entries = materialization.event_specific_data.metadata  # type: ignore[union-attr]
+    entries = outcome_metadata(run)
     assert entries["api_run_id"].value == receipt.api_run_id
     assert entries["tokens"].value == receipt.total_tokens
     assert entries["cost_usd"].value == str(micros_to_usd(receipt.cost_micros))
@@ -101,12 +99,7 @@ def test_a_run_that_costs_more_than_max_cost_is_flagged_over_budget(
     receipt = one(engine, charge_receipts)
     assert receipt.cost_micros > 1 and row.over_budget is True
     assert run.output_for_node("record_outcome")["over_budget"] is True
-    (output,) = [
-        e
-        for e in run.all_events
-        if e.event_type_value == "STEP_OUTPUT" and e.step_key == "record_outcome"
-    ]
-    assert output.event_specific_data.metadata["over_budget"].value is True  # type: ignore[union-attr]
+    assert outcome_metadata(run)["over_budget"].value is True
     with engine.connect() as conn:
         counts = describe_schedule(conn, row.schedule_id, now=at("2026-11-22T10:02:00Z"))["counts"]
     assert counts["over_budget"] == 1

@@ -5,8 +5,6 @@ database (SQLite file and PostgreSQL) and a fixed clock; the runs requested are 
 in-process against the real local execution API, as the daemon would launch them.
 """
 
-from collections.abc import Iterator
-
 import dagster as dg
 import pytest
 import sqlalchemy as sa
@@ -21,12 +19,6 @@ from tests.helpers import at, make_grant, make_schedule
 
 CREATED = at("2026-11-22T10:00:30Z")
 DUE = "2026-11-22T10:01:02Z"
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as inst:
-        yield inst
 
 
 def gated_slot(

@@ -5,10 +5,7 @@ database (SQLite file and PostgreSQL) and a fixed clock; the runs it requests ar
 in-process against the real local execution API.
 """
 
-from collections.abc import Iterator
-
 import dagster as dg
-import pytest
 import sqlalchemy as sa
 
 from graph_runs.jobs import SCHEDULE_PARTITIONS_NAME
@@ -19,12 +16,6 @@ from tests.dagster_helpers import apply_partitions, launch, make_resources, tick
 from tests.helpers import at, make_grant, make_schedule
 
 CREATED = at("2026-11-22T10:00:30Z")
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as inst:
-        yield inst
 
 
 def ledger_rows(engine: sa.Engine) -> list[sa.Row]:

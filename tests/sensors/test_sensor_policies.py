@@ -6,10 +6,7 @@ older run, and a run launched for a partition from the UI is a trigger-now. Real
 and PostgreSQL databases, the real local execution API, runs executed in-process.
 """
 
-from collections.abc import Iterator
-
 import dagster as dg
-import pytest
 import sqlalchemy as sa
 
 from graph_runs.jobs import graph_run_job
@@ -22,12 +19,6 @@ from tests.dagster_helpers import apply_partitions, launch, make_resources, tick
 from tests.helpers import at, ledger_statuses, make_grant, make_schedule
 
 CREATED = at("2026-11-22T10:00:30Z")
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as inst:
-        yield inst
 
 
 def new_schedule(engine: sa.Engine, **fields) -> dict:
