@@ -34,7 +34,7 @@ from graph_runs.statuses import (
 from graph_runs.tables import charge_receipts, graph_runs, schedules
 
 # A run failing with these codes means the schedule's grant can never succeed again.
-GRANT_GONE = frozenset({"grant_expired", "grant_revoked"})
+GRANT_GONE = frozenset({"grant_expired", "grant_revoked", "grant_missing"})
 
 TAG_PREFIX = "graph_runs/"
 LEDGER_ID_TAG = f"{TAG_PREFIX}ledger_id"

@@ -40,6 +40,10 @@ class ExecutionStore:
     runs: dict[str, _Run] = field(default_factory=dict)
     keys: dict[str, tuple[str, str]] = field(default_factory=dict)
     flaky_seen: dict[str, int] = field(default_factory=dict)
+    # The API's own grant re-check: grant id -> the error code it answers 403 with. The local
+    # server keeps no grants of its own, so a test (or a demo) says which ones it refuses.
+    refused_grants: dict[str, str] = field(default_factory=dict)
+    refusals: int = 0
     executions: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -89,6 +93,12 @@ def create_app(token: str, store: ExecutionStore | None = None) -> Starlette:
             return _error(422, "invalid_body", "the body needs `grant_id` and `trigger`")
         if graph_id not in graphs.GRAPHS:
             return _error(404, "graph_not_found", f"no graph {graph_id!r}")
+        with store.lock:
+            refused = store.refused_grants.get(body["grant_id"])
+            if refused is not None:
+                store.refusals += 1
+        if refused is not None:
+            return _error(403, refused, f"grant {body['grant_id']} refused: {refused}")
         digest = hashlib.sha256(
             json.dumps({"graph": graph_id, "body": body}, sort_keys=True).encode()
         ).hexdigest()

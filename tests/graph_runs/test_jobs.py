@@ -111,6 +111,7 @@ def test_a_run_that_costs_more_than_max_cost_is_flagged_over_budget(
         (["graph:execute:other"], None, "scope_denied"),
         (["graph:execute:echo"], "revoke", "grant_revoked"),
         (["graph:execute:echo"], "expire", "grant_expired"),
+        (["graph:execute:echo"], "delete", "grant_missing"),
     ],
 )
 def test_grant_failures_are_recorded_without_calling_the_api(
@@ -131,6 +132,8 @@ def test_grant_failures_are_recorded_without_calling_the_api(
             revoke_grant(conn, grant.id, now=CREATED, by="security")
         if change == "expire":
             conn.execute(execution_grants.update().values(expires_at=at("2026-11-22T10:00:45Z")))
+        if change == "delete":
+            conn.execute(execution_grants.delete())
     resources = make_resources(database_url, execution_api, NOW)
     result = tick(instance, resources, None)
     apply_partitions(instance, result)
@@ -149,6 +152,34 @@ def test_grant_failures_are_recorded_without_calling_the_api(
         # A dead grant fails every slot the same way: the schedule pauses, saying why.
         assert not state["enabled"] and state["paused_by"] == "graph-runs (grant)"
         assert state["pause_note"].startswith(f"grant {grant.id}: {code}: grant {grant.id} ")
+
+
+@pytest.mark.parametrize("code", ["grant_revoked", "scope_denied"])
+def test_a_403_from_the_apis_own_grant_check_is_recorded_and_not_retried(
+    engine: sa.Engine,
+    database_url: str,
+    instance: dg.DagsterInstance,
+    execution_api: RunningApi,
+    code: str,
+) -> None:
+    """Our grant says yes, the API's re-check says no (revoked on its side, say)."""
+    with engine.begin() as conn:
+        grant = make_grant(conn, CREATED)
+        view = make_schedule(conn, CREATED, grant)
+    execution_api.store.refused_grants[grant.id] = code
+    resources = make_resources(database_url, execution_api, NOW)
+    result = tick(instance, resources, None)
+    apply_partitions(instance, result)
+    run = launch(instance, resources, (result.run_requests or [])[0])
+    assert not run.success
+    row = one(engine, graph_runs)
+    assert (row.status, row.error_code, row.api_run_id) == ("failed", code, None)
+    assert (execution_api.store.refusals, execution_api.store.executions) == (1, 0)
+    assert count(engine, charge_receipts) == 0
+    with engine.connect() as conn:
+        state = get_schedule(conn, view["id"])
+    # Revoked pauses the grant's schedules, as our own check would; out of scope does not.
+    assert state["enabled"] is (code == "scope_denied")
 
 
 def test_a_failed_graph_fails_the_run_and_still_bills(
