@@ -17,11 +17,12 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
+from graph_runs.budgets import exhausted_accounts
 from graph_runs.cron import format_utc
 from graph_runs.db import insert_ignoring_conflicts
 from graph_runs.errors import Conflict, InvalidInput, NotFound
 from graph_runs.ids import new_id
-from graph_runs.statuses import AWAITING_APPROVAL, REJECTED, SKIPPED_UNAPPROVED
+from graph_runs.statuses import AWAITING_APPROVAL, REJECTED, SKIPPED_BUDGET, SKIPPED_UNAPPROVED
 from graph_runs.tables import (
     APPROVED_APPROVAL,
     PENDING_APPROVAL,
@@ -334,6 +335,34 @@ def mark_launched(
         .values(status="queued", dagster_run_id=sa.bindparam("b_run")),
         [{"b_ledger": ledger_id, "b_run": run} for ledger_id, run in launched.values()],
     )
+
+
+def skip_over_budget(
+    conn: sa.Connection, candidates: list[tuple[Any, Any]], now: dt.datetime
+) -> list[str]:
+    """Settle approved slots whose account reached its budget since they came due.
+
+    The budget is checked again at launch because a human may approve hours after the slot
+    came due, when the month's spend is no longer what it was. Such a slot is recorded
+    ``skipped_budget`` with the reason, never launched, and its approval keeps its decision.
+    Returns the approval ids so settled.
+    """
+    blocked = exhausted_accounts(
+        conn, {row.billing_account for _, row in candidates if row.billing_account}, now
+    )
+    skipped = []
+    for approval, row in candidates:
+        reason = blocked.get(row.billing_account or "")
+        if reason is None or row.status != AWAITING_APPROVAL:
+            continue
+        _settle_slots(conn, [row.id], SKIPPED_BUDGET, SKIPPED_BUDGET, reason, now)
+        conn.execute(
+            approvals.update()
+            .where(approvals.c.id == approval.id, APPROVED_APPROVAL)
+            .values(launched_at=now)
+        )
+        skipped.append(approval.id)
+    return skipped
 
 
 def close_unlaunchable(conn: sa.Connection, approval_ids: list[str], now: dt.datetime) -> None:

@@ -8,7 +8,8 @@ Each tick is a function of the approvals table, Dagster's runs and the clock (no
    whose run key is the approval id, so that however often it is asked for, and however
    many times it was decided, Dagster creates one run. The ledger row keeps the slot's
    usual idempotency key, so the execution API sees the same request as for any slot.
-   An approval whose run Dagster already has is marked launched instead.
+   An approval whose run Dagster already has is marked launched instead, and one whose
+   billing account reached its budget meanwhile is recorded ``skipped_budget``.
 
 Rejections need no tick: the decision itself settles the slot ``rejected``.
 """
@@ -62,9 +63,16 @@ def _launches(
     with database.transaction() as conn:
         approvals.mark_launched(conn, launched, now)
         approvals.close_unlaunchable(conn, closed, now)
+        over_budget = set(
+            approvals.skip_over_budget(
+                conn, [(a, row) for a, row in candidates if row.id not in found], now
+            )
+        )
+    for approval_id in sorted(over_budget):
+        context.log.warning(f"[approval={approval_id}] not launched: its account is at its budget")
     requests = []
     for approval, row in candidates:
-        if row.id in found or row.status != AWAITING_APPROVAL:
+        if row.id in found or row.status != AWAITING_APPROVAL or approval.id in over_budget:
             continue
         label = (
             f"[schedule={row.schedule_id} owner={row.owner} slot={format_utc(row.scheduled_for)} "

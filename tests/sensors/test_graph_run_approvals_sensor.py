@@ -5,11 +5,14 @@ database (SQLite file and PostgreSQL) and a fixed clock; the runs requested are 
 in-process against the real local execution API, as the daemon would launch them.
 """
 
+from decimal import Decimal
+
 import dagster as dg
 import pytest
 import sqlalchemy as sa
 
 from graph_runs import approvals
+from graph_runs.budgets import set_budget
 from graph_runs.schedules import pause_schedule
 from graph_runs.tables import charge_receipts, graph_runs
 from sensors.graph_run_approvals_sensor import APPROVAL_ID_TAG, APPROVED_BY_TAG
@@ -151,3 +154,26 @@ def test_slot_approved_then_paused_before_launch_never_runs(
     assert ledger_row(engine).status == "cancelled"
     with engine.connect() as conn:
         assert approvals.get_approval(conn, approval["id"])["status"] == "cancelled"
+
+
+def test_slot_approved_after_its_account_reached_the_budget_is_skipped_budget(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance
+) -> None:
+    approval = gated_slot(engine, database_url, instance)
+    with engine.begin() as conn:
+        set_budget(
+            conn, billing_account="alice-billing", period="month", limit_usd=Decimal(0),
+            now=at(DUE),
+        )  # fmt: skip
+    decide(engine, approval["id"], "approve")
+    result = approvals_tick(instance, make_resources(database_url, None, DUE))
+    assert isinstance(result, dg.SkipReason)
+    row = ledger_row(engine)
+    assert (row.status, row.dagster_run_id) == ("skipped_budget", None)
+    assert "has spent 0 USD of its 0 USD budget" in row.error_message
+    with engine.connect() as conn:
+        settled = approvals.get_approval(conn, approval["id"])
+    assert (settled["status"], settled["run_status"]) == ("approved", "skipped_budget")
+    assert isinstance(
+        approvals_tick(instance, make_resources(database_url, None, DUE)), dg.SkipReason
+    )
