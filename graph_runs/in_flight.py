@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from graph_runs.approvals import cancel_awaiting
+from graph_runs.approval_gate import cancel_awaiting
 from graph_runs.statuses import BUFFERED, CANCELLED, CANCELLING, PENDING, QUEUED, RUNNING
 from graph_runs.tables import IN_FLIGHT_RUN, graph_runs
 

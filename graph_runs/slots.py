@@ -22,7 +22,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from graph_runs.approvals import open_approvals
+from graph_runs.approval_gate import open_approvals
 from graph_runs.budgets import exhausted_accounts
 from graph_runs.db import insert_ignoring_conflicts
 from graph_runs.errors import InvalidInput

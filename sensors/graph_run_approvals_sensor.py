@@ -19,7 +19,7 @@ from typing import Any
 
 import dagster as dg
 
-from graph_runs import approvals, ledger
+from graph_runs import approval_gate, ledger
 from graph_runs.cron import format_utc
 from graph_runs.db import SchemaError
 from graph_runs.jobs import SCHEDULE_PARTITIONS_NAME, graph_run_job
@@ -47,7 +47,7 @@ def _launches(
 ) -> tuple[list[dg.RunRequest], int, int]:
     """Step 2: run requests, and how many approvals were found launched or closed."""
     with database.engine().connect() as conn:
-        candidates = approvals.to_launch(conn, MAX_LAUNCHES_PER_TICK)
+        candidates = approval_gate.to_launch(conn, MAX_LAUNCHES_PER_TICK)
     if not candidates:
         return [], 0, 0
     found = existing_runs(context.instance, [row.id for _, row in candidates])
@@ -61,10 +61,10 @@ def _launches(
         if row.id not in found and row.status != AWAITING_APPROVAL
     ]
     with database.transaction() as conn:
-        approvals.mark_launched(conn, launched, now)
-        approvals.close_unlaunchable(conn, closed, now)
+        approval_gate.mark_launched(conn, launched, now)
+        approval_gate.close_unlaunchable(conn, closed, now)
         over_budget = set(
-            approvals.skip_over_budget(
+            approval_gate.skip_over_budget(
                 conn, [(a, row) for a, row in candidates if row.id not in found], now
             )
         )
@@ -102,14 +102,14 @@ def graph_run_approvals_tick(
     except SchemaError as exc:
         return dg.SkipReason(f"not launching anything: {exc}")
     with database.transaction() as conn:
-        timed_out = approvals.settle_timeouts(conn, now, MAX_TIMEOUTS_PER_TICK)
+        timed_out = approval_gate.settle_timeouts(conn, now, MAX_TIMEOUTS_PER_TICK)
     for status, count in sorted(timed_out.items()):
         context.log.info(f"{count} approval(s) timed out and were {status} (on-timeout)")
     requests, launched, closed = _launches(context, database, now)
     if requests:
         return dg.SensorResult(run_requests=requests)
     with database.engine().connect() as conn:
-        pending, first = approvals.next_expiry(conn)
+        pending, first = approval_gate.next_expiry(conn)
     timeouts = ", ".join(f"{n} {status}" for status, n in sorted(timed_out.items()))
     reason = (
         f"no approved slot to launch at {format_utc(now)}"

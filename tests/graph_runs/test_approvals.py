@@ -3,44 +3,15 @@
 Runs on a real SQLite file and PostgreSQL; the clock is passed in, so timeouts are exact.
 """
 
-import datetime as dt
-
 import pytest
 import sqlalchemy as sa
 
 from graph_runs import approvals
 from graph_runs.errors import Conflict, InvalidInput, NotFound
 from graph_runs.ledger import start_run
-from graph_runs.schedules import delete_schedule, pause_schedule
-from graph_runs.tables import audit_log, graph_runs
-from tests.helpers import at, claim_at, ledger_statuses, make_grant, make_schedule
-
-CREATED = at("2026-11-22T10:00:30Z")
-DUE = at("2026-11-22T10:01:02Z")
-
-
-def gated(engine: sa.Engine, **fields) -> dict:
-    with engine.begin() as conn:
-        grant = make_grant(conn, CREATED)
-        view = make_schedule(conn, CREATED, grant, requires_approval=True, **fields)
-        claim_at(conn, DUE)
-    return view
-
-
-def only_approval(engine: sa.Engine) -> dict:
-    with engine.connect() as conn:
-        (approval,) = approvals.list_approvals(conn)
-    return approval
-
-
-def audit_actions(engine: sa.Engine, approval_id: str) -> list[tuple[str, str]]:
-    with engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(audit_log.c.action, audit_log.c.actor)
-            .where(audit_log.c.entity_id == approval_id)
-            .order_by(audit_log.c.id)
-        )
-        return [tuple(r) for r in rows]
+from graph_runs.tables import graph_runs
+from tests.approval_helpers import DUE, audit_actions, gated, only_approval
+from tests.helpers import at, ledger_statuses
 
 
 def test_due_gated_slot_waits_with_a_pending_approval_and_no_run(engine: sa.Engine) -> None:
@@ -55,20 +26,6 @@ def test_due_gated_slot_waits_with_a_pending_approval_and_no_run(engine: sa.Engi
     assert (approval["owner"], approval["billing_account"]) == ("alice", "alice-billing")
     assert approval["expires_at"] == "2026-11-23T10:01:02Z"  # 24 h after it was written
     assert (approval["on_timeout"], approval["run_status"]) == ("skip", "awaiting_approval")
-
-
-def test_replayed_claim_writes_no_second_approval(engine: sa.Engine) -> None:
-    view = gated(engine)
-    with engine.begin() as conn:
-        # Another tick that re-reads the schedule as it was before the first claim.
-        conn.execute(
-            sa.text("UPDATE schedules SET next_run_at = NULL, slot_cursor = NULL WHERE id = :id"),
-            {"id": view["id"]},
-        )
-        claim_at(conn, DUE)
-    with engine.connect() as conn:
-        assert len(approvals.list_approvals(conn)) == 1
-        assert len(ledger_statuses(conn, view["id"])) == 1
 
 
 def test_approve_records_who_when_why_and_audits(engine: sa.Engine) -> None:
@@ -134,50 +91,6 @@ def test_bad_decisions_name_the_field(engine: sa.Engine) -> None:
     assert only_approval(engine)["status"] == "pending"
 
 
-def test_timeout_skip_records_the_slot_skipped_unapproved(engine: sa.Engine) -> None:
-    view = gated(engine, approval_timeout_seconds=600)
-    approval = only_approval(engine)
-    with engine.begin() as conn:
-        early = approvals.settle_timeouts(conn, at("2026-11-22T10:11:01Z"), 100)
-        late = approvals.settle_timeouts(conn, at("2026-11-22T10:11:02Z"), 100)
-    assert (dict(early), dict(late)) == ({}, {"expired": 1})
-    done = only_approval(engine)
-    assert (done["status"], done["decided_by"]) == ("expired", approvals.TIMEOUT_DECIDER)
-    with engine.connect() as conn:
-        assert ledger_statuses(conn, view["id"]) == [("2026-11-22T10:01:00Z", "skipped_unapproved")]
-    assert audit_actions(engine, approval["id"]) == [
-        ("approval.timeout_skip", approvals.TIMEOUT_DECIDER)
-    ]
-    with pytest.raises(Conflict, match="already expired"), engine.begin() as conn:
-        approvals.approve(conn, approval["id"], by="late-bob", now=at("2026-11-22T10:12:00Z"))
-
-
-def test_timeout_approve_approves_in_the_timeouts_name(engine: sa.Engine) -> None:
-    gated(engine, approval_timeout_seconds=600, on_approval_timeout="approve")
-    with engine.begin() as conn:
-        approvals.settle_timeouts(conn, at("2026-11-22T10:20:00Z"), 100)
-        ((approval, row),) = approvals.to_launch(conn, 10)
-    assert (approval.status, approval.decided_by) == ("approved", approvals.TIMEOUT_DECIDER)
-    assert row.status == "awaiting_approval"
-
-
-@pytest.mark.parametrize("how", ["pause", "delete"])
-def test_pausing_or_deleting_cancels_waiting_slots_and_their_approvals(
-    engine: sa.Engine, how: str
-) -> None:
-    view = gated(engine)
-    approval = only_approval(engine)
-    with engine.begin() as conn:
-        if how == "pause":
-            pause_schedule(conn, view["id"], now=DUE, note="holiday", by="ana")
-        else:
-            delete_schedule(conn, view["id"], now=DUE)
-    cancelled = only_approval(engine)
-    assert (cancelled["status"], cancelled["run_status"]) == ("cancelled", "cancelled")
-    with pytest.raises(Conflict, match="already cancelled"), engine.begin() as conn:
-        approvals.approve(conn, approval["id"], by="bob", now=DUE)
-
-
 def test_an_unapproved_slot_cannot_be_started_by_hand(engine: sa.Engine) -> None:
     gated(engine)
     approval = only_approval(engine)
@@ -187,22 +100,6 @@ def test_an_unapproved_slot_cannot_be_started_by_hand(engine: sa.Engine) -> None
         approvals.approve(conn, approval["id"], by="bob", now=DUE)
         row = start_run(conn, approval["ledger_id"], dagster_run_id="r1", now=DUE)
     assert row.status == "running"
-
-
-def test_gated_buffered_slot_waits_for_approval_not_for_the_running_run(engine: sa.Engine) -> None:
-    """Overlap buffer_one must never release a gated slot straight to a run."""
-    with engine.begin() as conn:
-        grant = make_grant(conn, CREATED)
-        view = make_schedule(conn, CREATED, grant, requires_approval=True, overlap="buffer_one")
-        claim_at(conn, DUE)
-        conn.execute(graph_runs.update().values(status="running"))
-        claim_at(conn, DUE + dt.timedelta(minutes=1))
-    with engine.connect() as conn:
-        assert ledger_statuses(conn, view["id"]) == [
-            ("2026-11-22T10:01:00Z", "running"),
-            ("2026-11-22T10:02:00Z", "awaiting_approval"),
-        ]
-        assert [a["status"] for a in approvals.list_approvals(conn)] == ["pending", "pending"]
 
 
 def test_list_filters_and_bad_status(engine: sa.Engine) -> None:

@@ -23,8 +23,9 @@ from graph_runs.webhooks import (
     create_app,
     sign,
 )
+from tests.approval_helpers import gated, only_approval
 from tests.conftest import serving
-from tests.helpers import at, claim_at, make_grant, make_schedule
+from tests.helpers import at
 
 SECRET = "webhook-test-secret-0123456789"
 NOW = at("2026-11-22T10:03:00Z")
@@ -32,12 +33,8 @@ NOW = at("2026-11-22T10:03:00Z")
 
 @pytest.fixture
 def approval_id(engine: sa.Engine) -> str:
-    with engine.begin() as conn:
-        grant = make_grant(conn, at("2026-11-22T10:00:30Z"))
-        make_schedule(conn, at("2026-11-22T10:00:30Z"), grant, requires_approval=True)
-        claim_at(conn, at("2026-11-22T10:01:02Z"))
-        (approval,) = approvals.list_approvals(conn)
-    return str(approval["id"])
+    gated(engine)
+    return str(only_approval(engine)["id"])
 
 
 @pytest.fixture
