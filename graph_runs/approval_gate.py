@@ -12,6 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from graph_runs import statuses
 from graph_runs.approvals import (
     APPROVED,
     CANCELLED,
@@ -25,7 +26,7 @@ from graph_runs.approvals import (
 from graph_runs.budgets import exhausted_accounts
 from graph_runs.db import insert_ignoring_conflicts
 from graph_runs.ids import new_id
-from graph_runs.statuses import AWAITING_APPROVAL, SKIPPED_BUDGET, SKIPPED_UNAPPROVED
+from graph_runs.statuses import AWAITING_APPROVAL, QUEUED, SKIPPED_BUDGET, SKIPPED_UNAPPROVED
 from graph_runs.tables import APPROVED_APPROVAL, PENDING_APPROVAL, approvals, graph_runs
 
 
@@ -108,7 +109,7 @@ def settle_timeouts(conn: sa.Connection, now: dt.datetime, limit: int) -> Counte
                 status=status,
                 decided_by=TIMEOUT_DECIDER,
                 decided_at=now,
-                decision_note=sa.literal(f"no decision in time (on-timeout {on_timeout})"),
+                decision_note=f"no decision in time (on-timeout {on_timeout})",
             )
         )
         if on_timeout == "skip":
@@ -168,7 +169,7 @@ def mark_launched(
             graph_runs.c.id == sa.bindparam("b_ledger"),
             graph_runs.c.status == AWAITING_APPROVAL,
         )
-        .values(status="queued", dagster_run_id=sa.bindparam("b_run")),
+        .values(status=QUEUED, dagster_run_id=sa.bindparam("b_run")),
         [{"b_ledger": ledger_id, "b_run": run} for ledger_id, run in launched.values()],
     )
 
@@ -186,18 +187,25 @@ def skip_over_budget(
     blocked = exhausted_accounts(
         conn, {row.billing_account for _, row in candidates if row.billing_account}, now
     )
-    skipped = []
-    for approval, row in candidates:
-        reason = blocked.get(row.billing_account or "")
-        if reason is None or row.status != AWAITING_APPROVAL:
+    skipped: list[str] = []
+    # One pair of statements per blocked account (its reason), not one per slot.
+    for account, reason in blocked.items():
+        pairs = [
+            (approval.id, row.id)
+            for approval, row in candidates
+            if row.billing_account == account and row.status == AWAITING_APPROVAL
+        ]
+        if not pairs:
             continue
-        settle_slots(conn, [row.id], SKIPPED_BUDGET, SKIPPED_BUDGET, reason, now)
+        ledger_ids = [ledger_id for _, ledger_id in pairs]
+        settle_slots(conn, ledger_ids, SKIPPED_BUDGET, SKIPPED_BUDGET, reason, now)
+        ids = [approval_id for approval_id, _ in pairs]
         conn.execute(
             approvals.update()
-            .where(approvals.c.id == approval.id, APPROVED_APPROVAL)
+            .where(approvals.c.id.in_(ids), APPROVED_APPROVAL)
             .values(launched_at=now)
         )
-        skipped.append(approval.id)
+        skipped += ids
     return skipped
 
 
@@ -229,7 +237,7 @@ def cancel_awaiting(
     )
     if not waiting:
         return 0
-    settle_slots(conn, waiting, "cancelled", code, message, now)
+    settle_slots(conn, waiting, statuses.CANCELLED, code, message, now)
     conn.execute(
         approvals.update()
         .where(

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
-from graph_runs.cron import format_utc
+from graph_runs.cron import format_utc_or_none
 from graph_runs.errors import Conflict, InvalidInput, NotFound
 from graph_runs.statuses import AWAITING_APPROVAL, REJECTED
 from graph_runs.tables import (
@@ -40,35 +40,29 @@ MAX_NOTE = 2000
 MAX_LIST = 1000
 
 
-def _iso(value: dt.datetime | None) -> str | None:
-    return None if value is None else format_utc(value)
-
-
 def view(row: Any) -> dict[str, Any]:
-    """A JSON-ready approval, with its ledger row's status when the query joined it."""
-    data = {
+    """A JSON-ready approval, with its ledger row's status (``run_status``)."""
+    return {
         "id": row.id,
         "status": row.status,
         "schedule_id": row.schedule_id,
-        "scheduled_for": _iso(row.scheduled_for),
+        "scheduled_for": format_utc_or_none(row.scheduled_for),
         "graph_id": row.graph_id,
         "input": row.input,
         "owner": row.owner,
         "billing_account": row.billing_account,
         "grant_id": row.grant_id,
         "ledger_id": row.graph_run_id,
-        "created_at": _iso(row.created_at),
-        "expires_at": _iso(row.expires_at),
+        "created_at": format_utc_or_none(row.created_at),
+        "expires_at": format_utc_or_none(row.expires_at),
         "on_timeout": row.on_timeout,
         "decided_by": row.decided_by,
-        "decided_at": _iso(row.decided_at),
+        "decided_at": format_utc_or_none(row.decided_at),
         "note": row.decision_note,
         "dagster_run_id": row.dagster_run_id,
-        "launched_at": _iso(row.launched_at),
+        "launched_at": format_utc_or_none(row.launched_at),
+        "run_status": row.run_status,
     }
-    if "run_status" in row._fields:
-        data["run_status"] = row.run_status
-    return data
 
 
 def _with_run_status() -> sa.Select[Any]:
@@ -154,7 +148,9 @@ def decide(
     if not changed:
         current = conn.execute(sa.select(approvals).where(approvals.c.id == approval_id)).one()
         decided = (
-            f" by {current.decided_by} at {_iso(current.decided_at)}" if current.decided_by else ""
+            f" by {current.decided_by} at {format_utc_or_none(current.decided_at)}"
+            if current.decided_by
+            else ""
         )
         raise Conflict(
             f"approval {approval_id} is already {current.status}{decided}; nothing was changed"
@@ -225,7 +221,7 @@ def audit_decisions(
                     "note": note,
                     "source": source,
                     "schedule_id": row.schedule_id,
-                    "scheduled_for": _iso(row.scheduled_for),
+                    "scheduled_for": format_utc_or_none(row.scheduled_for),
                     "ledger_id": row.graph_run_id,
                 },
             }

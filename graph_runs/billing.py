@@ -25,8 +25,14 @@ def _day(conn: sa.Connection) -> sa.ColumnElement[Any]:
     return sa.func.strftime("%Y-%m-%d", created)  # SQLite stores naive UTC
 
 
-def _usd(micros: int | None) -> str:
-    return str(micros_to_usd(int(micros or 0)))
+def _figures(row: Any) -> dict[str, Any]:
+    """One line of the report from a row of the measures: the total, or one group."""
+    return {
+        "cost_usd": str(micros_to_usd(int(row.cost))),
+        "receipts": row.receipts,
+        "total_tokens": int(row.tokens),
+        "over_budget_runs": int(row.over_budget),
+    }
 
 
 def spend_report(
@@ -71,28 +77,14 @@ def spend_report(
             .group_by(key)
             .order_by(key)
         )
-        return [
-            {
-                name: row.key,
-                "cost_usd": _usd(row.cost),
-                "receipts": row.receipts,
-                "total_tokens": int(row.tokens),
-                "over_budget_runs": int(row.over_budget),
-            }
-            for row in conn.execute(query)
-        ]
+        return [{name: row.key, **_figures(row)} for row in conn.execute(query)]
 
     total = conn.execute(sa.select(*measures).select_from(joined).where(*in_range)).one()
     return {
         "billing_account": billing_account,
         "from": format_utc(start),
         "to": format_utc(end),
-        "total": {
-            "cost_usd": _usd(total.cost),
-            "receipts": total.receipts,
-            "total_tokens": int(total.tokens),
-            "over_budget_runs": int(total.over_budget),
-        },
+        "total": _figures(total),
         "by_day": grouped(_day(conn), "day"),
         "by_graph": grouped(charge_receipts.c.graph_id, "graph_id"),
         # schedule_id None: runs outside any schedule (GraphQL, launchpad).

@@ -66,11 +66,7 @@ def _report_text(report: dict[str, Any]) -> str:
         f"{total['cost_usd']} USD, {total['receipts']} receipt(s), "
         f"{total['total_tokens']} tokens, {total['over_budget_runs']} over budget"
     ]
-    for section, key in (
-        ("by_day", "day"),
-        ("by_graph", "graph_id"),
-        ("by_schedule", "schedule_id"),
-    ):
+    for section, key in REPORT_SECTIONS:
         lines.append(section.replace("_", " ") + ":")
         for group in report[section]:
             lines.append(

@@ -44,6 +44,11 @@ def format_utc(instant: dt.datetime) -> str:
     return instant.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def format_utc_or_none(instant: dt.datetime | None) -> str | None:
+    """``format_utc`` for a column that may be empty: views print NULL as null."""
+    return None if instant is None else format_utc(instant)
+
+
 def parse_instant(text: str) -> dt.datetime:
     """Parse an ISO 8601 instant; a value without an offset is taken as UTC."""
     try:

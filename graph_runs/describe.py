@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from graph_runs.cron import format_utc
+from graph_runs.cron import format_utc, format_utc_or_none
 from graph_runs.errors import InvalidInput
 from graph_runs.money import micros_to_usd
 from graph_runs.schedule_spec import UNLIMITED, cursor_of, spec_from_row
@@ -25,20 +25,16 @@ NEXT_FIRES = 10
 RAN = ("succeeded", "failed", "running", "queued", "pending", "cancelling")
 
 
-def _iso(value: dt.datetime | None) -> str | None:
-    return None if value is None else format_utc(value)
-
-
 def _action(row: Any) -> dict[str, Any]:
     cost = micros_to_usd(row.cost_micros)
     return {
         "ledger_id": row.id,
-        "scheduled_for": _iso(row.scheduled_for),
+        "scheduled_for": format_utc_or_none(row.scheduled_for),
         "trigger_kind": row.trigger_kind,
         "requested_by": row.requested_by,
         "status": row.status,
-        "started_at": _iso(row.started_at),
-        "finished_at": _iso(row.finished_at),
+        "started_at": format_utc_or_none(row.started_at),
+        "finished_at": format_utc_or_none(row.finished_at),
         "dagster_run_id": row.dagster_run_id,
         "api_run_id": row.api_run_id,
         "cost_usd": None if cost is None else str(cost),
@@ -144,7 +140,7 @@ def describe_schedule(conn: sa.Connection, schedule_id: str, *, now: dt.datetime
             "paused": not row.enabled,
             "note": row.pause_note,
             "by": row.paused_by,
-            "at": _iso(row.paused_at),
+            "at": format_utc_or_none(row.paused_at),
         },
         "counts": counts,
         "recent_actions": [_action(r) for r in recent],

@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from graph_runs.cron import format_utc
+from graph_runs.cron import format_utc, format_utc_or_none
 from graph_runs.db import insert_ignoring_conflicts
 from graph_runs.errors import Conflict, InvalidInput, NotFound
 from graph_runs.grants import billing_account_of, get_grant
@@ -266,10 +266,6 @@ def schedule_row(conn: sa.Connection, schedule_id: str) -> Any:
     return row
 
 
-def _iso(value: dt.datetime | None) -> str | None:
-    return None if value is None else format_utc(value)
-
-
 def policies_view(row: Any) -> dict[str, Any]:
     """The policies in force for a row, as describe and list show them."""
     policies = Policies.from_row(row)
@@ -278,8 +274,8 @@ def policies_view(row: Any) -> dict[str, Any]:
         "catchup": policies.catchup,
         "catchup_window": format_duration(int(policies.catchup_window.total_seconds())),
         "jitter": format_duration(policies.jitter_seconds),
-        "start_at": _iso(policies.start_at),
-        "end_at": _iso(policies.end_at),
+        "start_at": format_utc_or_none(policies.start_at),
+        "end_at": format_utc_or_none(policies.end_at),
         "max_runs": policies.max_runs,
         "pause_after_failures": policies.pause_after_failures,
         "requires_approval": bool(row.requires_approval),
@@ -301,15 +297,15 @@ def view(row: Any) -> dict[str, Any]:
         "input": row.input,
         "cron": row.cron,
         "timezone": row.timezone,
-        "run_at": _iso(row.run_at),
+        "run_at": format_utc_or_none(row.run_at),
         "enabled": bool(row.enabled),
         "status": row.status,
         "grant_id": row.grant_id,
         "max_cost_usd": None if max_cost is None else str(max_cost),
         "timeout_seconds": row.timeout_seconds,
         "policies": policies_view(row),
-        "next_run_at": _iso(row.next_run_at),
-        "last_run_at": _iso(row.last_run_at),
+        "next_run_at": format_utc_or_none(row.next_run_at),
+        "last_run_at": format_utc_or_none(row.last_run_at),
         "runs_total": row.runs_total,
         "runs_succeeded": row.runs_succeeded,
         "runs_failed": row.runs_failed,
@@ -317,8 +313,8 @@ def view(row: Any) -> dict[str, Any]:
         "last_error": row.last_error,
         "pause_note": row.pause_note,
         "paused_by": row.paused_by,
-        "paused_at": _iso(row.paused_at),
-        "created_at": _iso(row.created_at),
+        "paused_at": format_utc_or_none(row.paused_at),
+        "created_at": format_utc_or_none(row.created_at),
     }
 
 
