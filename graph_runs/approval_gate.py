@@ -12,7 +12,6 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from graph_runs import statuses
 from graph_runs.approvals import (
     APPROVED,
     CANCELLED,
@@ -24,10 +23,11 @@ from graph_runs.approvals import (
     settle_slots,
 )
 from graph_runs.budgets import exhausted_accounts
+from graph_runs.core import statuses
+from graph_runs.core.ids import new_id
+from graph_runs.core.statuses import AWAITING_APPROVAL, QUEUED, SKIPPED_BUDGET, SKIPPED_UNAPPROVED
 from graph_runs.db import insert_ignoring_conflicts
-from graph_runs.ids import new_id
-from graph_runs.statuses import AWAITING_APPROVAL, QUEUED, SKIPPED_BUDGET, SKIPPED_UNAPPROVED
-from graph_runs.tables import APPROVED_APPROVAL, PENDING_APPROVAL, approvals, graph_runs
+from graph_runs.tables import APPROVED_APPROVAL, PENDING_APPROVAL, approvals, run_ledger
 
 
 def open_approvals(
@@ -47,9 +47,9 @@ def open_approvals(
     stored = {
         row.idempotency_key: row.id
         for row in conn.execute(
-            sa.select(graph_runs.c.id, graph_runs.c.idempotency_key).where(
-                graph_runs.c.idempotency_key.in_(sorted(wanted)),
-                graph_runs.c.status == AWAITING_APPROVAL,
+            sa.select(run_ledger.c.id, run_ledger.c.idempotency_key).where(
+                run_ledger.c.idempotency_key.in_(sorted(wanted)),
+                run_ledger.c.status == AWAITING_APPROVAL,
             )
         )
     }
@@ -145,7 +145,7 @@ def to_launch(conn: sa.Connection, limit: int) -> list[tuple[Any, Any]]:
     ledger = {
         row.id: row
         for row in conn.execute(
-            sa.select(graph_runs).where(graph_runs.c.id.in_([r.graph_run_id for r in rows]))
+            sa.select(run_ledger).where(run_ledger.c.id.in_([r.graph_run_id for r in rows]))
         )
     }
     return [(row, ledger[row.graph_run_id]) for row in rows if row.graph_run_id in ledger]
@@ -164,10 +164,10 @@ def mark_launched(
         [{"b_id": k, "b_run": run, "b_now": now} for k, (_, run) in launched.items()],
     )
     conn.execute(
-        graph_runs.update()
+        run_ledger.update()
         .where(
-            graph_runs.c.id == sa.bindparam("b_ledger"),
-            graph_runs.c.status == AWAITING_APPROVAL,
+            run_ledger.c.id == sa.bindparam("b_ledger"),
+            run_ledger.c.status == AWAITING_APPROVAL,
         )
         .values(status=QUEUED, dagster_run_id=sa.bindparam("b_run")),
         [{"b_ledger": ledger_id, "b_run": run} for ledger_id, run in launched.values()],
@@ -229,9 +229,9 @@ def cancel_awaiting(
     """
     waiting = list(
         conn.execute(
-            sa.select(graph_runs.c.id).where(
-                graph_runs.c.schedule_id == schedule_id,
-                graph_runs.c.status == AWAITING_APPROVAL,
+            sa.select(run_ledger.c.id).where(
+                run_ledger.c.schedule_id == schedule_id,
+                run_ledger.c.status == AWAITING_APPROVAL,
             )
         ).scalars()
     )

@@ -15,14 +15,14 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
-from graph_runs.cron import format_utc_or_none
+from graph_runs.core.cron import format_utc_or_none
+from graph_runs.core.statuses import AWAITING_APPROVAL, REJECTED
 from graph_runs.errors import Conflict, InvalidInput, NotFound
-from graph_runs.statuses import AWAITING_APPROVAL, REJECTED
 from graph_runs.tables import (
     PENDING_APPROVAL,
     approvals,
     audit_log,
-    graph_runs,
+    run_ledger,
 )
 
 PENDING = "pending"
@@ -66,8 +66,8 @@ def view(row: Any) -> dict[str, Any]:
 
 
 def _with_run_status() -> sa.Select[Any]:
-    return sa.select(approvals, graph_runs.c.status.label("run_status")).select_from(
-        approvals.join(graph_runs, graph_runs.c.id == approvals.c.graph_run_id)
+    return sa.select(approvals, run_ledger.c.status.label("run_status")).select_from(
+        approvals.join(run_ledger, run_ledger.c.id == approvals.c.graph_run_id)
     )
 
 
@@ -194,8 +194,8 @@ def settle_slots(
 ) -> None:
     """Give still-waiting ledger rows their final status; a row settled meanwhile is kept."""
     conn.execute(
-        graph_runs.update()
-        .where(graph_runs.c.id.in_(ledger_ids), graph_runs.c.status == AWAITING_APPROVAL)
+        run_ledger.update()
+        .where(run_ledger.c.id.in_(ledger_ids), run_ledger.c.status == AWAITING_APPROVAL)
         .values(status=status, error_code=code, error_message=message, finished_at=now)
     )
 

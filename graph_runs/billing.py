@@ -11,10 +11,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from graph_runs.budgets import period_start
-from graph_runs.cron import format_utc
+from graph_runs.core.cron import format_utc
+from graph_runs.core.money import micros_to_usd
 from graph_runs.errors import InvalidInput
-from graph_runs.money import micros_to_usd
-from graph_runs.tables import charge_receipts, graph_runs
+from graph_runs.tables import charge_receipts, run_ledger
 
 
 def _day(conn: sa.Connection) -> sa.ColumnElement[Any]:
@@ -58,7 +58,7 @@ def spend_report(
         charge_receipts.c.created_at >= start,
         charge_receipts.c.created_at < end,
     )
-    over = sa.func.sum(sa.case((graph_runs.c.over_budget, 1), else_=0))
+    over = sa.func.sum(sa.case((run_ledger.c.over_budget, 1), else_=0))
     measures = (
         sa.func.count().label("receipts"),
         sa.func.coalesce(sa.func.sum(charge_receipts.c.cost_micros), 0).label("cost"),
@@ -66,7 +66,7 @@ def spend_report(
         sa.func.coalesce(over, 0).label("over_budget"),
     )
     joined = charge_receipts.outerjoin(
-        graph_runs, graph_runs.c.id == charge_receipts.c.graph_run_id
+        run_ledger, run_ledger.c.id == charge_receipts.c.graph_run_id
     )
 
     def grouped(key: sa.ColumnElement[Any], name: str) -> list[dict[str, Any]]:

@@ -12,10 +12,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from graph_runs.cron import format_utc
+from graph_runs.core.cron import format_utc
+from graph_runs.core.money import micros_to_usd, usd_to_micros
 from graph_runs.db import insert_ignoring_conflicts
 from graph_runs.errors import InvalidInput
-from graph_runs.money import micros_to_usd, usd_to_micros
 from graph_runs.tables import audit, budgets, charge_receipts
 
 PERIODS = ("month",)

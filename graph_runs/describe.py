@@ -10,14 +10,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from graph_runs.cron import format_utc, format_utc_or_none
+from graph_runs.core.cron import format_utc, format_utc_or_none
+from graph_runs.core.money import micros_to_usd
+from graph_runs.core.schedule_spec import UNLIMITED, cursor_of, spec_from_row
+from graph_runs.core.slot_plan import slots_after
+from graph_runs.core.statuses import IN_FLIGHT
 from graph_runs.errors import InvalidInput
-from graph_runs.money import micros_to_usd
-from graph_runs.schedule_spec import UNLIMITED, cursor_of, spec_from_row
 from graph_runs.schedules import schedule_row, view
-from graph_runs.slot_plan import slots_after
-from graph_runs.statuses import IN_FLIGHT
-from graph_runs.tables import IN_FLIGHT_RUN, charge_receipts, graph_runs
+from graph_runs.tables import IN_FLIGHT_RUN, charge_receipts, run_ledger
 
 RECENT_ACTIONS = 10
 NEXT_FIRES = 10
@@ -71,40 +71,40 @@ def next_fire_times(row: Any, now: dt.datetime, count: int = NEXT_FIRES) -> list
 def describe_schedule(conn: sa.Connection, schedule_id: str, *, now: dt.datetime) -> dict[str, Any]:
     """Everything ``schedules describe --json`` prints; raises NotFound."""
     row = schedule_row(conn, schedule_id)
-    with_cost = sa.select(graph_runs, charge_receipts.c.cost_micros).select_from(
-        graph_runs.outerjoin(charge_receipts, charge_receipts.c.graph_run_id == graph_runs.c.id)
+    with_cost = sa.select(run_ledger, charge_receipts.c.cost_micros).select_from(
+        run_ledger.outerjoin(charge_receipts, charge_receipts.c.graph_run_id == run_ledger.c.id)
     )
     recent = conn.execute(
-        with_cost.where(graph_runs.c.schedule_id == schedule_id)
+        with_cost.where(run_ledger.c.schedule_id == schedule_id)
         .order_by(
-            graph_runs.c.created_at.desc(),
-            graph_runs.c.scheduled_for.desc(),
-            graph_runs.c.id.desc(),
+            run_ledger.c.created_at.desc(),
+            run_ledger.c.scheduled_for.desc(),
+            run_ledger.c.id.desc(),
         )
         .limit(RECENT_ACTIONS)
     )
     in_flight = conn.execute(
-        with_cost.where(IN_FLIGHT_RUN, graph_runs.c.schedule_id == schedule_id).order_by(
-            graph_runs.c.created_at, graph_runs.c.scheduled_for
+        with_cost.where(IN_FLIGHT_RUN, run_ledger.c.schedule_id == schedule_id).order_by(
+            run_ledger.c.created_at, run_ledger.c.scheduled_for
         )
     )
     by_status: dict[str, int] = dict(
         conn.execute(
-            sa.select(graph_runs.c.status, sa.func.count())
-            .where(graph_runs.c.schedule_id == schedule_id)
-            .group_by(graph_runs.c.status)
+            sa.select(run_ledger.c.status, sa.func.count())
+            .where(run_ledger.c.schedule_id == schedule_id)
+            .group_by(run_ledger.c.status)
         ).all()
     )
     by_kind: dict[str, int] = dict(
         conn.execute(
-            sa.select(graph_runs.c.trigger_kind, sa.func.count())
-            .where(graph_runs.c.schedule_id == schedule_id, graph_runs.c.status.in_(RAN))
-            .group_by(graph_runs.c.trigger_kind)
+            sa.select(run_ledger.c.trigger_kind, sa.func.count())
+            .where(run_ledger.c.schedule_id == schedule_id, run_ledger.c.status.in_(RAN))
+            .group_by(run_ledger.c.trigger_kind)
         ).all()
     )
     over_budget = conn.execute(
         sa.select(sa.func.count()).where(
-            graph_runs.c.schedule_id == schedule_id, graph_runs.c.over_budget
+            run_ledger.c.schedule_id == schedule_id, run_ledger.c.over_budget
         )
     ).scalar_one()
     spent = conn.execute(

@@ -6,8 +6,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from graph_runs.core.ids import new_id
 from graph_runs.errors import InvalidInput, NotFound
-from graph_runs.ids import new_id
 from graph_runs.tables import audit, execution_grants
 
 SCOPE_PREFIX = "graph:execute:"

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from graph_runs.approval_gate import cancel_awaiting
-from graph_runs.statuses import BUFFERED, CANCELLED, CANCELLING, PENDING, QUEUED, RUNNING
-from graph_runs.tables import IN_FLIGHT_RUN, graph_runs
+from graph_runs.core.statuses import BUFFERED, CANCELLED, CANCELLING, PENDING, QUEUED, RUNNING
+from graph_runs.tables import IN_FLIGHT_RUN, run_ledger
 
 
 @dataclass(frozen=True)
@@ -31,9 +31,9 @@ def in_flight_counts(conn: sa.Connection, schedule_ids: Iterable[str]) -> dict[s
     counts: dict[str, InFlight] = {}
     for start in range(0, len(ids), 1000):
         query = (
-            sa.select(graph_runs.c.schedule_id, graph_runs.c.status, sa.func.count())
-            .where(IN_FLIGHT_RUN, graph_runs.c.schedule_id.in_(ids[start : start + 1000]))
-            .group_by(graph_runs.c.schedule_id, graph_runs.c.status)
+            sa.select(run_ledger.c.schedule_id, run_ledger.c.status, sa.func.count())
+            .where(IN_FLIGHT_RUN, run_ledger.c.schedule_id.in_(ids[start : start + 1000]))
+            .group_by(run_ledger.c.schedule_id, run_ledger.c.status)
         )
         for schedule_id, status, count in conn.execute(query):
             current = counts.get(schedule_id, InFlight())
@@ -68,22 +68,22 @@ def cancel_in_flight(
     queued Dagster run (or terminates the running one) on its next tick.
     """
     never_started = conn.execute(
-        graph_runs.update()
+        run_ledger.update()
         .where(
             IN_FLIGHT_RUN,
-            graph_runs.c.schedule_id == schedule_id,
-            graph_runs.c.status.in_([PENDING, BUFFERED]),
+            run_ledger.c.schedule_id == schedule_id,
+            run_ledger.c.status.in_([PENDING, BUFFERED]),
         )
         .values(status=CANCELLED, error_code=code, error_message=message, finished_at=now)
     ).rowcount
     never_started += cancel_awaiting(conn, schedule_id, now=now, code=code, message=message)
     stopping = [QUEUED, RUNNING] if terminate else [QUEUED]
     cancelling = conn.execute(
-        graph_runs.update()
+        run_ledger.update()
         .where(
             IN_FLIGHT_RUN,
-            graph_runs.c.schedule_id == schedule_id,
-            graph_runs.c.status.in_(stopping),
+            run_ledger.c.schedule_id == schedule_id,
+            run_ledger.c.status.in_(stopping),
         )
         .values(status=CANCELLING, error_code=code, error_message=message)
     ).rowcount
@@ -97,9 +97,9 @@ def release_buffered(conn: sa.Connection) -> list[str]:
     """
     buffered = list(
         conn.execute(
-            sa.select(graph_runs.c.id, graph_runs.c.schedule_id)
-            .where(IN_FLIGHT_RUN, graph_runs.c.status == BUFFERED)
-            .order_by(graph_runs.c.scheduled_for)
+            sa.select(run_ledger.c.id, run_ledger.c.schedule_id)
+            .where(IN_FLIGHT_RUN, run_ledger.c.status == BUFFERED)
+            .order_by(run_ledger.c.scheduled_for)
         )
     )
     if not buffered:
@@ -114,8 +114,8 @@ def release_buffered(conn: sa.Connection) -> list[str]:
         released.append(row.id)
     if released:
         conn.execute(
-            graph_runs.update()
-            .where(graph_runs.c.id.in_(released), graph_runs.c.status == BUFFERED)
+            run_ledger.update()
+            .where(run_ledger.c.id.in_(released), run_ledger.c.status == BUFFERED)
             .values(status=PENDING)
         )
     return released

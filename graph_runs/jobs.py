@@ -13,10 +13,10 @@ from typing import Any
 import dagster as dg
 
 from graph_runs import ledger
+from graph_runs.core.statuses import NEVER_RAN
 from graph_runs.errors import Conflict, NotFound
-from graph_runs.execution_client import ExecutionApiError, Outcome
 from graph_runs.grants import GrantDenied
-from graph_runs.statuses import NEVER_RAN
+from graph_runs.http.execution_client import ExecutionApiError, Outcome
 from graph_runs.triggers import start_partition_run
 from resources import ClockResource, DatabaseResource, ExecutionApiResource, GrantsResource
 

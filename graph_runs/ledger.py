@@ -13,15 +13,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from graph_runs.approvals import is_approved
-from graph_runs.cron import format_utc
-from graph_runs.db import insert_ignoring_conflicts
-from graph_runs.errors import Conflict, NotFound
-from graph_runs.execution_client import Outcome
-from graph_runs.ids import new_id
-from graph_runs.money import micros_to_usd, usd_to_micros
-from graph_runs.revocation import pause_schedules_of_grant
-from graph_runs.schedules import FAILURE_PAUSER, pause_schedule
-from graph_runs.statuses import (
+from graph_runs.core.cron import format_utc
+from graph_runs.core.ids import new_id
+from graph_runs.core.money import micros_to_usd, usd_to_micros
+from graph_runs.core.statuses import (
     AWAITING_APPROVAL,
     CANCELLED,
     CANCELLING,
@@ -31,7 +26,12 @@ from graph_runs.statuses import (
     SETTLED,
     SUCCEEDED,
 )
-from graph_runs.tables import charge_receipts, graph_runs, schedules
+from graph_runs.db import insert_ignoring_conflicts
+from graph_runs.errors import Conflict, NotFound
+from graph_runs.http.execution_client import Outcome
+from graph_runs.revocation import pause_schedules_of_grant
+from graph_runs.schedules import FAILURE_PAUSER, pause_schedule
+from graph_runs.tables import charge_receipts, run_ledger, schedules
 
 # A run failing with these codes means the schedule's grant can never succeed again.
 GRANT_GONE = frozenset({"grant_expired", "grant_revoked", "grant_missing"})
@@ -134,7 +134,7 @@ def request_body(row: Any, connection_ids: list[str]) -> dict[str, Any]:
 
 def get_run(conn: sa.Connection, ledger_id: str, *, lock: bool = False) -> Any:
     """The ledger row, or raise NotFound; ``lock`` holds it until the transaction ends."""
-    query = sa.select(graph_runs).where(graph_runs.c.id == ledger_id)
+    query = sa.select(run_ledger).where(run_ledger.c.id == ledger_id)
     if lock and conn.dialect.name == "postgresql":
         query = query.with_for_update()
     row = conn.execute(query).one_or_none()
@@ -155,8 +155,8 @@ def start_run(conn: sa.Connection, ledger_id: str, *, dagster_run_id: str, now: 
     row = get_run(conn, ledger_id, lock=True)
     if row.status == CANCELLING:
         conn.execute(
-            graph_runs.update()
-            .where(graph_runs.c.id == ledger_id)
+            run_ledger.update()
+            .where(run_ledger.c.id == ledger_id)
             .values(status=CANCELLED, dagster_run_id=dagster_run_id, finished_at=now)
         )
         return get_run(conn, ledger_id)
@@ -174,8 +174,8 @@ def start_run(conn: sa.Connection, ledger_id: str, *, dagster_run_id: str, now: 
             .values(runs_failed=schedules.c.runs_failed - 1, updated_at=now)
         )
     conn.execute(
-        graph_runs.update()
-        .where(graph_runs.c.id == ledger_id)
+        run_ledger.update()
+        .where(run_ledger.c.id == ledger_id)
         .values(
             status=RUNNING,
             dagster_run_id=dagster_run_id,
@@ -217,7 +217,7 @@ def start_adhoc_run(
     max_cost = None if request.max_cost_usd is None else usd_to_micros(request.max_cost_usd)
     insert_ignoring_conflicts(
         conn,
-        graph_runs,
+        run_ledger,
         [
             {
                 "id": new_id("run"),
@@ -241,7 +241,7 @@ def start_adhoc_run(
             }
         ],
     )
-    row = conn.execute(sa.select(graph_runs).where(graph_runs.c.idempotency_key == key)).one()
+    row = conn.execute(sa.select(run_ledger).where(run_ledger.c.idempotency_key == key)).one()
     mismatched = [
         name
         for name, stored, given in (
@@ -296,8 +296,8 @@ def record_outcome(
     )
     if changed:
         conn.execute(
-            graph_runs.update()
-            .where(graph_runs.c.id == ledger_id)
+            run_ledger.update()
+            .where(run_ledger.c.id == ledger_id)
             .values(
                 status=outcome.status,
                 dagster_run_id=dagster_run_id,

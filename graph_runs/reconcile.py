@@ -14,10 +14,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from graph_runs.execution_client import Outcome
+from graph_runs.core.statuses import CANCELLED, CANCELLING, FAILED, QUEUED, RUNNING
+from graph_runs.http.execution_client import Outcome
 from graph_runs.ledger import get_run, record_outcome
-from graph_runs.statuses import CANCELLED, CANCELLING, FAILED, QUEUED, RUNNING
-from graph_runs.tables import IN_FLIGHT_RUN, graph_runs
+from graph_runs.tables import IN_FLIGHT_RUN, run_ledger
 
 # Dagster run statuses, as DagsterRunStatus values.
 DAGSTER_ENDED = frozenset({"SUCCESS", "FAILURE", "CANCELED"})
@@ -41,17 +41,17 @@ def runs_to_reconcile(conn: sa.Connection, limit: int) -> list[Any]:
     return list(
         conn.execute(
             sa.select(
-                graph_runs.c.id,
-                graph_runs.c.status,
-                graph_runs.c.dagster_run_id,
-                graph_runs.c.schedule_id,
+                run_ledger.c.id,
+                run_ledger.c.status,
+                run_ledger.c.dagster_run_id,
+                run_ledger.c.schedule_id,
             )
             .where(
                 IN_FLIGHT_RUN,
-                graph_runs.c.status.in_([QUEUED, RUNNING, CANCELLING]),
-                graph_runs.c.dagster_run_id.is_not(None),
+                run_ledger.c.status.in_([QUEUED, RUNNING, CANCELLING]),
+                run_ledger.c.dagster_run_id.is_not(None),
             )
-            .order_by(graph_runs.c.created_at)
+            .order_by(run_ledger.c.created_at)
             .limit(limit)
         )
     )
@@ -106,11 +106,11 @@ def mark_cancelled(
 ) -> None:
     """Settle a ``cancelling`` row once its Dagster run was cancelled."""
     conn.execute(
-        graph_runs.update()
+        run_ledger.update()
         .where(
-            graph_runs.c.id == ledger_id,
-            graph_runs.c.status == CANCELLING,
-            graph_runs.c.dagster_run_id == dagster_run_id,
+            run_ledger.c.id == ledger_id,
+            run_ledger.c.status == CANCELLING,
+            run_ledger.c.dagster_run_id == dagster_run_id,
         )
         .values(status=CANCELLED, finished_at=now)
     )

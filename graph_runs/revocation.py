@@ -9,7 +9,7 @@ import datetime as dt
 
 import sqlalchemy as sa
 
-from graph_runs.cron import format_utc
+from graph_runs.core.cron import format_utc
 from graph_runs.grants import Grant, get_grant, revoke_grant
 from graph_runs.schedules import pause_schedule
 from graph_runs.tables import schedules

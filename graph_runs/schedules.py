@@ -10,16 +10,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from graph_runs.cron import format_utc, format_utc_or_none
-from graph_runs.db import insert_ignoring_conflicts
-from graph_runs.errors import Conflict, InvalidInput, NotFound
-from graph_runs.grants import billing_account_of, get_grant
-from graph_runs.ids import new_id
-from graph_runs.in_flight import cancel_in_flight
-from graph_runs.ledger_rows import slot_row
-from graph_runs.money import micros_to_usd
-from graph_runs.policies import DEFAULT_APPROVAL_TIMEOUT, Policies, format_duration
-from graph_runs.schedule_spec import (
+from graph_runs.core.cron import format_utc, format_utc_or_none
+from graph_runs.core.ids import new_id
+from graph_runs.core.ledger_rows import slot_row
+from graph_runs.core.money import micros_to_usd
+from graph_runs.core.policies import DEFAULT_APPROVAL_TIMEOUT, Policies, format_duration
+from graph_runs.core.schedule_spec import (
     TIMING_FIELDS,
     UNLIMITED,
     ScheduleLimits,
@@ -29,8 +25,12 @@ from graph_runs.schedule_spec import (
     spec_from_row,
     validate_spec,
 )
-from graph_runs.slot_plan import ScheduleState, paused_slots, slots_after
-from graph_runs.tables import audit, graph_runs, schedules
+from graph_runs.core.slot_plan import ScheduleState, paused_slots, slots_after
+from graph_runs.db import insert_ignoring_conflicts
+from graph_runs.errors import Conflict, InvalidInput, NotFound
+from graph_runs.grants import billing_account_of, get_grant
+from graph_runs.in_flight import cancel_in_flight
+from graph_runs.tables import audit, run_ledger, schedules
 
 # Who a schedule's automatic pause is attributed to.
 FAILURE_PAUSER = "graph-runs (consecutive failures)"
@@ -467,7 +467,7 @@ def _record_paused_slots(
         )
         for planned in slots
     ]
-    return insert_ignoring_conflicts(conn, graph_runs, rows), more
+    return insert_ignoring_conflicts(conn, run_ledger, rows), more
 
 
 def delete_schedule(

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from graph_runs.schedule_spec import ScheduleLimits
+from graph_runs.core.schedule_spec import ScheduleLimits
 
 DATABASE_URL_VAR = "GRAPH_RUNS_DATABASE_URL"
 EXECUTION_API_URL_VAR = "GRAPH_RUNS_EXECUTION_API_URL"

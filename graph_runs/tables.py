@@ -91,7 +91,7 @@ schedules = sa.Table(
         "updated_at", UTCDateTime, nullable=False, server_default=sa.func.current_timestamp()
     ),
     sa.Column("deleted_at", UTCDateTime),
-    # Added by 0002: policies, bounds and the app's own id (see graph_runs/policies.py).
+    # Added by 0002: policies, bounds and the app's own id (see graph_runs/core/policies.py).
     sa.Column("external_id", sa.String(200)),
     sa.Column("overlap", sa.String(20), nullable=False, server_default="skip"),
     sa.Column("catchup", sa.String(20), nullable=False, server_default="latest"),
@@ -131,7 +131,7 @@ schedules = sa.Table(
     ),
 )
 
-graph_runs = sa.Table(
+run_ledger = sa.Table(
     "graph_runs",
     metadata,
     sa.Column("id", sa.String(40), primary_key=True),

@@ -20,20 +20,20 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from graph_runs.cron import format_utc
+from graph_runs.core.cron import format_utc
+from graph_runs.core.ids import new_id
+from graph_runs.core.ledger_rows import manual_key, schedule_run_row, slot_key
+from graph_runs.core.policies import OVERLAP_POLICIES
+from graph_runs.core.schedule_spec import ScheduleLimits, spec_from_row
+from graph_runs.core.slot_plan import overlap_status
+from graph_runs.core.statuses import BUFFERED, FIRING, NEVER_RAN, QUEUED
 from graph_runs.db import insert_ignoring_conflicts
 from graph_runs.errors import InvalidInput
 from graph_runs.grants import billing_account_of
-from graph_runs.ids import new_id
 from graph_runs.in_flight import InFlight, cancel_in_flight, in_flight_counts
 from graph_runs.ledger import start_run
-from graph_runs.ledger_rows import manual_key, schedule_run_row, slot_key
-from graph_runs.policies import OVERLAP_POLICIES
-from graph_runs.schedule_spec import ScheduleLimits, spec_from_row
 from graph_runs.schedules import schedule_row
-from graph_runs.slot_plan import overlap_status
-from graph_runs.statuses import BUFFERED, FIRING, NEVER_RAN, QUEUED
-from graph_runs.tables import audit, graph_runs
+from graph_runs.tables import audit, run_ledger
 
 # The overlap policy a trigger or backfill uses unless told otherwise: the user asked for
 # these runs, so they run.
@@ -73,7 +73,7 @@ def _insert_manual(
         reason=reason,
     )
     values["dagster_run_id"] = dagster_run_id
-    insert_ignoring_conflicts(conn, graph_runs, [values])
+    insert_ignoring_conflicts(conn, run_ledger, [values])
 
 
 class _Overlap:
@@ -119,7 +119,7 @@ def trigger_schedule(
     row = schedule_row(conn, schedule_id)
     key = manual_key(schedule_id, request_key or new_id("trg"))
     existing = conn.execute(
-        sa.select(graph_runs).where(graph_runs.c.idempotency_key == key)
+        sa.select(run_ledger).where(run_ledger.c.idempotency_key == key)
     ).one_or_none()
     if existing is None:
         status, reason = _Overlap(conn, schedule_id, _overlap(overlap), now).next_status()
@@ -133,7 +133,7 @@ def trigger_schedule(
             entity_id=schedule_id,
             detail={"idempotency_key": key, "status": status},
         )
-    stored = conn.execute(sa.select(graph_runs).where(graph_runs.c.idempotency_key == key)).one()
+    stored = conn.execute(sa.select(run_ledger).where(run_ledger.c.idempotency_key == key)).one()
     return {
         "schedule_id": schedule_id,
         "ledger_id": stored.id,
@@ -181,15 +181,15 @@ def backfill_schedule(
         r.scheduled_for: r
         for r in conn.execute(
             sa.select(
-                graph_runs.c.id,
-                graph_runs.c.scheduled_for,
-                graph_runs.c.status,
-                graph_runs.c.dagster_run_id,
-                graph_runs.c.api_run_id,
+                run_ledger.c.id,
+                run_ledger.c.scheduled_for,
+                run_ledger.c.status,
+                run_ledger.c.dagster_run_id,
+                run_ledger.c.api_run_id,
             ).where(
-                graph_runs.c.schedule_id == schedule_id,
-                graph_runs.c.scheduled_for >= start,
-                graph_runs.c.scheduled_for <= end,
+                run_ledger.c.schedule_id == schedule_id,
+                run_ledger.c.scheduled_for >= start,
+                run_ledger.c.scheduled_for <= end,
             )
         )
     }
@@ -228,12 +228,12 @@ def backfill_schedule(
                 requested_by=requested_by,
                 reason=reason,
             )
-            insert_ignoring_conflicts(conn, graph_runs, [values])
+            insert_ignoring_conflicts(conn, run_ledger, [values])
         else:
             final = status not in FIRING
             conn.execute(
-                graph_runs.update()
-                .where(graph_runs.c.id == found.id, graph_runs.c.status == found.status)
+                run_ledger.update()
+                .where(run_ledger.c.id == found.id, run_ledger.c.status == found.status)
                 .values(
                     **fields,
                     error_code=status if final else None,
@@ -283,5 +283,5 @@ def start_partition_run(
     _insert_manual(
         conn, row, key, QUEUED, now, "dagster", requested_by, dagster_run_id=dagster_run_id
     )
-    stored = conn.execute(sa.select(graph_runs).where(graph_runs.c.idempotency_key == key)).one()
+    stored = conn.execute(sa.select(run_ledger).where(run_ledger.c.idempotency_key == key)).one()
     return start_run(conn, stored.id, dagster_run_id=dagster_run_id, now=now)

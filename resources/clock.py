@@ -4,7 +4,7 @@ import datetime as dt
 
 import dagster as dg
 
-from graph_runs.cron import parse_instant
+from graph_runs.core.cron import parse_instant
 
 
 class ClockResource(dg.ConfigurableResource):

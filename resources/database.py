@@ -7,8 +7,8 @@ from contextlib import contextmanager
 import dagster as dg
 import sqlalchemy as sa
 
+from graph_runs.core.schedule_spec import ScheduleLimits
 from graph_runs.db import check_schema, make_engine
-from graph_runs.schedule_spec import ScheduleLimits
 
 _engines: dict[str, sa.Engine] = {}
 _engines_lock = threading.Lock()

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from graph_runs.execution_client import ExecutionApiClient, RetryPolicy
+from graph_runs.http.execution_client import ExecutionApiClient, RetryPolicy
 
 
 class ExecutionApiResource(dg.ConfigurableResource):

@@ -20,10 +20,10 @@ from typing import Any
 import dagster as dg
 
 from graph_runs import approval_gate, ledger
-from graph_runs.cron import format_utc
+from graph_runs.core.cron import format_utc
+from graph_runs.core.statuses import AWAITING_APPROVAL
 from graph_runs.db import SchemaError
 from graph_runs.jobs import SCHEDULE_PARTITIONS_NAME, graph_run_job
-from graph_runs.statuses import AWAITING_APPROVAL
 from resources import ClockResource, DatabaseResource
 from sensors.run_lookup import existing_runs
 

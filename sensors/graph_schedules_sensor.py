@@ -22,7 +22,7 @@ from typing import Any
 import dagster as dg
 
 from graph_runs import ledger
-from graph_runs.cron import format_utc, parse_instant
+from graph_runs.core.cron import format_utc, parse_instant
 from graph_runs.db import SchemaError
 from graph_runs.in_flight import release_buffered
 from graph_runs.jobs import SCHEDULE_PARTITIONS_NAME, graph_run_job

@@ -24,7 +24,7 @@ import uvicorn
 
 from graph_runs import tables
 from graph_runs.db import make_engine, upgrade
-from graph_runs.execution_api.server import ExecutionStore, create_app
+from graph_runs.http.execution_api.server import ExecutionStore, create_app
 
 POSTGRES_VAR = "GRAPH_RUNS_TEST_POSTGRES_URL"
 API_TOKEN = "test-token-not-secret"

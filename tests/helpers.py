@@ -5,12 +5,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from graph_runs.cron import format_utc
+from graph_runs.core.cron import format_utc
+from graph_runs.core.schedule_spec import ScheduleLimits
 from graph_runs.grants import Grant, create_grant
-from graph_runs.schedule_spec import ScheduleLimits
 from graph_runs.schedules import create_schedule
 from graph_runs.slots import claim_due_slots
-from graph_runs.tables import graph_runs
+from graph_runs.tables import run_ledger
 
 
 def at(text: str) -> dt.datetime:
@@ -54,9 +54,9 @@ def claim_at(conn: sa.Connection, now: dt.datetime) -> Any:
 def ledger_statuses(conn: sa.Connection, schedule_id: str) -> list[tuple[str | None, str]]:
     """(slot, status) of a schedule's ledger rows, oldest slot first; trigger-now rows last."""
     rows = conn.execute(
-        sa.select(graph_runs.c.scheduled_for, graph_runs.c.status)
-        .where(graph_runs.c.schedule_id == schedule_id)
-        .order_by(graph_runs.c.scheduled_for.is_(None), graph_runs.c.scheduled_for)
+        sa.select(run_ledger.c.scheduled_for, run_ledger.c.status)
+        .where(run_ledger.c.schedule_id == schedule_id)
+        .order_by(run_ledger.c.scheduled_for.is_(None), run_ledger.c.scheduled_for)
     )
     return [
         (None if r.scheduled_for is None else format_utc(r.scheduled_for), r.status) for r in rows
@@ -68,13 +68,13 @@ def set_run_status(
 ) -> str:
     """Move a slot's ledger row as the sensor or the ops would; returns its ledger id."""
     row = conn.execute(
-        sa.select(graph_runs.c.id).where(
-            graph_runs.c.schedule_id == schedule_id, graph_runs.c.scheduled_for == at(slot)
+        sa.select(run_ledger.c.id).where(
+            run_ledger.c.schedule_id == schedule_id, run_ledger.c.scheduled_for == at(slot)
         )
     ).one()
     conn.execute(
-        graph_runs.update()
-        .where(graph_runs.c.id == row.id)
+        run_ledger.update()
+        .where(run_ledger.c.id == row.id)
         .values(status=status, dagster_run_id=dagster_run_id)
     )
     return str(row.id)

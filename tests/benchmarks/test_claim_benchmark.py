@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from graph_runs.core.schedule_spec import ScheduleLimits
 from graph_runs.db import make_engine
-from graph_runs.schedule_spec import ScheduleLimits
 from graph_runs.slots import claim_due_slots
-from graph_runs.tables import execution_grants, graph_runs, schedules
+from graph_runs.tables import execution_grants, run_ledger, schedules
 from tests.helpers import at
 
 NOW = at("2026-11-22T10:01:05Z")
@@ -50,7 +50,7 @@ def test_claim_100_due(benchmark, tmp_path: Path, sqlite_template: Path, idle: i
 
     def reset() -> None:
         with engine.begin() as conn:
-            conn.execute(graph_runs.delete())
+            conn.execute(run_ledger.delete())
             conn.execute(
                 schedules.update()
                 .where(schedules.c.cron == "* * * * *")
@@ -67,5 +67,5 @@ def test_claim_100_due(benchmark, tmp_path: Path, sqlite_template: Path, idle: i
     # Every round did the whole claim, not a no-op on rows an earlier round claimed.
     assert fired == [100] * 15
     with engine.connect() as conn:
-        assert conn.execute(sa.select(sa.func.count()).select_from(graph_runs)).scalar() == 100
+        assert conn.execute(sa.select(sa.func.count()).select_from(run_ledger)).scalar() == 100
     engine.dispose()

@@ -11,10 +11,10 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from graph_runs.schedule_spec import ScheduleLimits
+from graph_runs.core.schedule_spec import ScheduleLimits
+from graph_runs.core.statuses import IN_FLIGHT
 from graph_runs.schedules import pause_schedule
-from graph_runs.statuses import IN_FLIGHT
-from graph_runs.tables import charge_receipts, graph_runs, schedules
+from graph_runs.tables import charge_receipts, run_ledger, schedules
 from graph_runs.triggers import backfill_schedule, trigger_schedule
 from tests.conftest import RunningApi
 from tests.e2e.conftest import Stack, wait_for
@@ -34,12 +34,12 @@ def test_daemon_fires_a_due_schedule_once_and_everything_agrees(
 
     def finished() -> bool:
         with engine.connect() as conn:
-            status = conn.execute(sa.select(graph_runs.c.status)).scalar_one_or_none()
+            status = conn.execute(sa.select(run_ledger.c.status)).scalar_one_or_none()
         return status in ("succeeded", "failed")
 
     wait_for(finished, stack, "the scheduled run to finish")
     with engine.connect() as conn:
-        row = conn.execute(sa.select(graph_runs)).one()
+        row = conn.execute(sa.select(run_ledger)).one()
         receipt = conn.execute(sa.select(charge_receipts)).one()
         schedule = conn.execute(sa.select(schedules)).one()
     assert row.status == "succeeded", row.error_message
@@ -102,9 +102,9 @@ def test_daemon_catches_up_runs_triggers_and_backfills_once_and_pause_stops_fire
         with engine.connect() as conn:
             return list(
                 conn.execute(
-                    sa.select(graph_runs)
-                    .where(graph_runs.c.schedule_id == schedule_id)
-                    .order_by(graph_runs.c.scheduled_for)
+                    sa.select(run_ledger)
+                    .where(run_ledger.c.schedule_id == schedule_id)
+                    .order_by(run_ledger.c.scheduled_for)
                 )
             )
 
@@ -150,15 +150,15 @@ def test_daemon_catches_up_runs_triggers_and_backfills_once_and_pause_stops_fire
         with engine.connect() as conn:
             return not conn.execute(
                 sa.select(sa.func.count())
-                .select_from(graph_runs)
-                .where(graph_runs.c.status.in_(sorted(IN_FLIGHT)))
+                .select_from(run_ledger)
+                .where(run_ledger.c.status.in_(sorted(IN_FLIGHT)))
             ).scalar_one()
 
     wait_for(quiet, stack, "every run in flight to settle")
     with engine.connect() as conn:
         api_run_ids = list(
             conn.execute(
-                sa.select(graph_runs.c.api_run_id).where(graph_runs.c.api_run_id.is_not(None))
+                sa.select(run_ledger.c.api_run_id).where(run_ledger.c.api_run_id.is_not(None))
             ).scalars()
         )
     assert len(api_run_ids) == len(set(api_run_ids)) == execution_api.store.executions

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from graph_runs import approvals
-from graph_runs.tables import charge_receipts, graph_runs
+from graph_runs.tables import charge_receipts, run_ledger
 from sensors.graph_run_approvals_sensor import APPROVAL_ID_TAG, APPROVED_BY_TAG
 from tests.conftest import RunningApi
 from tests.e2e.conftest import Stack, wait_for
@@ -41,7 +41,7 @@ def test_daemon_runs_a_slot_only_after_it_is_approved(
     (approval,) = pending()
     assert approval["schedule_id"] == view["id"]
     with engine.connect() as conn:
-        assert conn.execute(sa.select(graph_runs.c.status)).scalar_one() == "awaiting_approval"
+        assert conn.execute(sa.select(run_ledger.c.status)).scalar_one() == "awaiting_approval"
     assert execution_api.store.executions == 0
     with engine.begin() as conn:
         approvals.approve(
@@ -50,12 +50,12 @@ def test_daemon_runs_a_slot_only_after_it_is_approved(
 
     def finished() -> bool:
         with engine.connect() as conn:
-            status = conn.execute(sa.select(graph_runs.c.status)).scalar_one()
+            status = conn.execute(sa.select(run_ledger.c.status)).scalar_one()
         return status in ("succeeded", "failed")
 
     wait_for(finished, stack, "the approved run to finish")
     with engine.connect() as conn:
-        row = conn.execute(sa.select(graph_runs)).one()
+        row = conn.execute(sa.select(run_ledger)).one()
         receipt = conn.execute(sa.select(charge_receipts)).one()
     assert row.status == "succeeded", row.error_message
     assert (receipt.graph_run_id, receipt.api_run_id) == (row.id, row.api_run_id)

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from dagster_graphql import DagsterGraphQLClient
 
-from graph_runs.tables import charge_receipts, graph_runs
+from graph_runs.tables import charge_receipts, run_ledger
 from tests.conftest import RunningApi
 from tests.e2e.conftest import Stack, wait_for
 from tests.helpers import at, make_grant
@@ -76,7 +76,7 @@ def test_same_request_twice_executes_once(
     assert statuses == [dg.DagsterRunStatus.SUCCESS] * 2
     assert execution_api.store.executions == 1
     with engine.connect() as conn:
-        row = conn.execute(sa.select(graph_runs)).one()
+        row = conn.execute(sa.select(run_ledger)).one()
         receipt = conn.execute(sa.select(charge_receipts)).one()
     assert (row.idempotency_key, row.status, row.trigger_kind) == (
         "api:order-1234",

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from graph_runs import approval_gate, approvals
 from graph_runs.errors import Conflict
 from graph_runs.schedules import delete_schedule, pause_schedule
-from graph_runs.tables import graph_runs
+from graph_runs.tables import run_ledger
 from tests.approval_helpers import DUE, audit_actions, gated, only_approval
 from tests.helpers import at, claim_at, ledger_statuses
 
@@ -78,7 +78,7 @@ def test_gated_buffered_slot_waits_for_approval_not_for_the_running_run(engine: 
     """Overlap buffer_one must never release a gated slot straight to a run."""
     view = gated(engine, overlap="buffer_one")
     with engine.begin() as conn:
-        conn.execute(graph_runs.update().values(status="running"))
+        conn.execute(run_ledger.update().values(status="running"))
         claim_at(conn, DUE + dt.timedelta(minutes=1))
     with engine.connect() as conn:
         assert ledger_statuses(conn, view["id"]) == [

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from graph_runs import approvals
 from graph_runs.errors import Conflict, InvalidInput, NotFound
 from graph_runs.ledger import start_run
-from graph_runs.tables import graph_runs
+from graph_runs.tables import run_ledger
 from tests.approval_helpers import DUE, audit_actions, gated, only_approval
 from tests.helpers import at, ledger_statuses
 
@@ -47,7 +47,7 @@ def test_reject_settles_the_slot_rejected_at_once(engine: sa.Engine) -> None:
         done = approvals.reject(conn, approval["id"], by="bob", note="wrong topic", now=DUE)
     assert (done["status"], done["run_status"]) == ("rejected", "rejected")
     with engine.connect() as conn:
-        row = conn.execute(sa.select(graph_runs).where(graph_runs.c.id == done["ledger_id"])).one()
+        row = conn.execute(sa.select(run_ledger).where(run_ledger.c.id == done["ledger_id"])).one()
     assert (row.error_code, row.error_message) == ("rejected", "rejected by bob: wrong topic")
     assert row.dagster_run_id is None and row.api_run_id is None
     assert audit_actions(engine, approval["id"]) == [("approval.reject", "bob")]

@@ -11,10 +11,10 @@ import pytest
 import sqlalchemy as sa
 
 from graph_runs.billing import spend_report
+from graph_runs.core.money import micros_to_usd
 from graph_runs.errors import InvalidInput
-from graph_runs.execution_client import Outcome, Usage
+from graph_runs.http.execution_client import Outcome, Usage
 from graph_runs.ledger import AdhocRequest, record_outcome, start_adhoc_run
-from graph_runs.money import micros_to_usd
 from graph_runs.tables import charge_receipts
 from tests.helpers import at, claim_at, make_grant, make_schedule, set_run_status
 

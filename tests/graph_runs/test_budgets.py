@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from graph_runs.budgets import list_budgets, set_budget
 from graph_runs.errors import InvalidInput
-from graph_runs.execution_client import Outcome, Usage
+from graph_runs.http.execution_client import Outcome, Usage
 from graph_runs.ledger import record_outcome
 from tests.helpers import at, claim_at, ledger_statuses, make_grant, make_schedule, set_run_status
 

@@ -8,8 +8,8 @@ import datetime as dt
 
 import sqlalchemy as sa
 
+from graph_runs.core.policies import jitter_offset
 from graph_runs.describe import describe_schedule
-from graph_runs.policies import jitter_offset
 from graph_runs.schedules import pause_schedule
 from tests.helpers import at, claim_at, make_grant, make_schedule, set_run_status
 

@@ -10,12 +10,12 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
+from graph_runs.core.money import micros_to_usd
 from graph_runs.describe import describe_schedule
 from graph_runs.grants import revoke_grant
 from graph_runs.jobs import graph_run_adhoc_job
-from graph_runs.money import micros_to_usd
 from graph_runs.schedules import get_schedule
-from graph_runs.tables import charge_receipts, execution_grants, graph_runs, schedules
+from graph_runs.tables import charge_receipts, execution_grants, run_ledger, schedules
 from tests.conftest import RunningApi
 from tests.dagster_helpers import apply_partitions, launch, make_resources, tick
 from tests.helpers import at, make_grant, make_schedule
@@ -67,7 +67,7 @@ def test_a_scheduled_slot_runs_records_and_bills(
 ) -> None:
     run, view, _ = fire_one(engine, database_url, instance, execution_api, max_cost_usd="0.5")
     assert run.success
-    row = one(engine, graph_runs)
+    row = one(engine, run_ledger)
     receipt = one(engine, charge_receipts)
     assert (row.status, row.dagster_run_id, row.api_run_id) == (
         "succeeded",
@@ -95,7 +95,7 @@ def test_a_run_that_costs_more_than_max_cost_is_flagged_over_budget(
     # The demo API reports its cost and does not stop at the limit: exactly the case to flag.
     run, _, _ = fire_one(engine, database_url, instance, execution_api, max_cost_usd="0.000001")
     assert run.success
-    row = one(engine, graph_runs)
+    row = one(engine, run_ledger)
     receipt = one(engine, charge_receipts)
     assert receipt.cost_micros > 1 and row.over_budget is True
     assert run.output_for_node("record_outcome")["over_budget"] is True
@@ -139,7 +139,7 @@ def test_grant_failures_are_recorded_without_calling_the_api(
     apply_partitions(instance, result)
     run = launch(instance, resources, (result.run_requests or [])[0])
     assert not run.success
-    row = one(engine, graph_runs)
+    row = one(engine, run_ledger)
     assert (row.status, row.error_code) == ("failed", code)
     assert execution_api.store.executions == 0 and count(engine, charge_receipts) == 0
     with engine.connect() as conn:
@@ -172,7 +172,7 @@ def test_a_403_from_the_apis_own_grant_check_is_recorded_and_not_retried(
     apply_partitions(instance, result)
     run = launch(instance, resources, (result.run_requests or [])[0])
     assert not run.success
-    row = one(engine, graph_runs)
+    row = one(engine, run_ledger)
     assert (row.status, row.error_code, row.api_run_id) == ("failed", code, None)
     assert (execution_api.store.refusals, execution_api.store.executions) == (1, 0)
     assert count(engine, charge_receipts) == 0
@@ -187,7 +187,7 @@ def test_a_failed_graph_fails_the_run_and_still_bills(
 ) -> None:
     run, _, _ = fire_one(engine, database_url, instance, execution_api, graph_id="fail")
     assert not run.success
-    row = one(engine, graph_runs)
+    row = one(engine, run_ledger)
     assert (row.status, row.error_code) == ("failed", "graph_failed")
     assert count(engine, charge_receipts) == 1
 
@@ -213,10 +213,10 @@ def test_api_outage_fails_the_run_and_a_later_re_execution_succeeds_once(
     )
     # Three attempts, three 503s: the run fails, recorded as api_unavailable.
     assert not run.success
-    assert one(engine, graph_runs).error_code == "api_unavailable"
+    assert one(engine, run_ledger).error_code == "api_unavailable"
     again = launch(instance, make_resources(database_url, execution_api, NOW), request)
     assert again.success
-    row = one(engine, graph_runs)
+    row = one(engine, run_ledger)
     assert (row.status, row.dagster_run_id) == ("succeeded", again.run_id)
     with engine.connect() as conn:
         counts = conn.execute(sa.select(schedules.c.runs_succeeded, schedules.c.runs_failed)).one()
@@ -251,7 +251,7 @@ def test_adhoc_runs_with_one_key_execute_once(
     ]
     assert all(r.success for r in runs)
     assert execution_api.store.executions == 1 and count(engine, charge_receipts) == 1
-    row = one(engine, graph_runs)
+    row = one(engine, run_ledger)
     assert (row.idempotency_key, row.trigger_kind, row.requested_by) == (
         "api:req-42",
         "api",

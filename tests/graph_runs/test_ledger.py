@@ -10,9 +10,9 @@ import pytest
 import sqlalchemy as sa
 
 from graph_runs import ledger
+from graph_runs.core.schedule_spec import ScheduleLimits
 from graph_runs.errors import Conflict
-from graph_runs.execution_client import Outcome, Usage
-from graph_runs.schedule_spec import ScheduleLimits
+from graph_runs.http.execution_client import Outcome, Usage
 from graph_runs.slots import claim_due_slots
 from graph_runs.tables import charge_receipts, schedules
 from tests.helpers import at, make_grant, make_schedule
@@ -26,7 +26,7 @@ def claimed_row(engine: sa.Engine) -> tuple[Any, str]:
         grant = make_grant(conn, NOW)
         view = make_schedule(conn, NOW, grant)
         claim_due_slots(conn, now=at("2026-11-22T10:01:00Z"), schedule_limits=ScheduleLimits())
-        row = conn.execute(sa.select(ledger.graph_runs)).one()
+        row = conn.execute(sa.select(ledger.run_ledger)).one()
     return row, view["id"]
 
 

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from graph_runs.core.schedule_spec import ScheduleLimits
 from graph_runs.errors import Conflict, InvalidInput, NotFound
-from graph_runs.execution_client import Outcome
+from graph_runs.http.execution_client import Outcome
 from graph_runs.ledger import record_outcome
-from graph_runs.schedule_spec import ScheduleLimits
 from graph_runs.schedules import (
     create_schedule,
     delete_schedule,

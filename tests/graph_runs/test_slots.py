@@ -7,10 +7,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from graph_runs.schedule_spec import ScheduleLimits
+from graph_runs.core.schedule_spec import ScheduleLimits
 from graph_runs.schedules import delete_schedule
 from graph_runs.slots import ClaimResult, TickLimits, claim_due_slots, pending_runs
-from graph_runs.tables import graph_runs, schedules
+from graph_runs.tables import run_ledger, schedules
 from tests.helpers import at, make_grant, make_schedule
 
 CREATED = at("2026-11-22T10:00:30Z")
@@ -26,8 +26,8 @@ def claim(engine: sa.Engine, now: str, **limits: Any) -> ClaimResult:
 def ledger(engine: sa.Engine) -> list[tuple[str, str]]:
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.select(graph_runs.c.scheduled_for, graph_runs.c.status).order_by(
-                graph_runs.c.scheduled_for
+            sa.select(run_ledger.c.scheduled_for, run_ledger.c.status).order_by(
+                run_ledger.c.scheduled_for
             )
         )
         return [(r.scheduled_for.strftime("%Y-%m-%dT%H:%M:%SZ"), r.status) for r in rows]
@@ -176,8 +176,8 @@ def test_rows_written_by_another_app_fire_and_invalid_ones_are_marked_error(
     with engine.connect() as conn:
         fired = dict(
             conn.execute(
-                sa.select(graph_runs.c.schedule_id, graph_runs.c.scheduled_for).where(
-                    graph_runs.c.status == "pending"
+                sa.select(run_ledger.c.schedule_id, run_ledger.c.scheduled_for).where(
+                    run_ledger.c.status == "pending"
                 )
             ).all()
         )

@@ -7,10 +7,10 @@ Dagster runs like any scheduled slot.
 import pytest
 import sqlalchemy as sa
 
+from graph_runs.core.schedule_spec import ScheduleLimits
 from graph_runs.errors import InvalidInput, NotFound
-from graph_runs.schedule_spec import ScheduleLimits
 from graph_runs.schedules import delete_schedule, pause_schedule
-from graph_runs.tables import graph_runs
+from graph_runs.tables import run_ledger
 from graph_runs.triggers import backfill_schedule, trigger_schedule
 from tests.helpers import at, claim_at, ledger_statuses, make_grant, make_schedule
 
@@ -35,7 +35,7 @@ def test_trigger_runs_once_per_request_key_even_when_paused(engine: sa.Engine) -
         assert first["created"] and not again["created"]
         assert first["ledger_id"] == again["ledger_id"] != other["ledger_id"]
         assert first["idempotency_key"] == f"manual:{view['id']}:k1"
-        row = conn.execute(sa.select(graph_runs).where(graph_runs.c.id == first["ledger_id"])).one()
+        row = conn.execute(sa.select(run_ledger).where(run_ledger.c.id == first["ledger_id"])).one()
         assert (row.trigger_kind, row.requested_by, row.status) == ("manual", "ana", "pending")
         assert row.billing_account == "alice-billing" and row.scheduled_for is None
         # Trigger-now does not count towards max_runs: runs_total counts scheduled fires.
@@ -69,8 +69,8 @@ def test_backfill_runs_each_slot_once_and_reports_what_already_ran(engine: sa.En
         ]
         kinds = dict(
             conn.execute(
-                sa.select(graph_runs.c.scheduled_for, graph_runs.c.trigger_kind).where(
-                    graph_runs.c.schedule_id == view["id"]
+                sa.select(run_ledger.c.scheduled_for, run_ledger.c.trigger_kind).where(
+                    run_ledger.c.schedule_id == view["id"]
                 )
             ).all()
         )
@@ -78,7 +78,7 @@ def test_backfill_runs_each_slot_once_and_reports_what_already_ran(engine: sa.En
         assert kinds[at("2026-11-21T09:00:00Z")] == "backfill"  # the missed slot, revived
         again = backfill(conn, view["id"], "2026-11-19T00:00:00Z", "2026-11-22T10:00:00Z")
         assert (again["ran"], again["already"]) == (0, 4)
-        assert conn.execute(sa.select(sa.func.count()).select_from(graph_runs)).scalar_one() == 4
+        assert conn.execute(sa.select(sa.func.count()).select_from(run_ledger)).scalar_one() == 4
 
 
 def test_backfill_with_skip_overlap_runs_the_first_slot_only(engine: sa.Engine) -> None:
@@ -106,4 +106,4 @@ def test_backfill_refuses_the_future_huge_ranges_and_unknown_schedules(engine: s
             backfill(conn, view["id"], "2026-11-21T00:00:00Z", "2026-11-21T00:10:00Z")
         with pytest.raises(NotFound):
             trigger_schedule(conn, view["id"], now=NOW)
-        assert conn.execute(sa.select(sa.func.count()).select_from(graph_runs)).scalar_one() == 0
+        assert conn.execute(sa.select(sa.func.count()).select_from(run_ledger)).scalar_one() == 0

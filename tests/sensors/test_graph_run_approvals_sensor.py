@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from graph_runs import approvals
 from graph_runs.budgets import set_budget
 from graph_runs.schedules import pause_schedule
-from graph_runs.tables import charge_receipts, graph_runs
+from graph_runs.tables import charge_receipts, run_ledger
 from sensors.graph_run_approvals_sensor import APPROVAL_ID_TAG, APPROVED_BY_TAG
 from tests.conftest import RunningApi
 from tests.dagster_helpers import apply_partitions, approvals_tick, launch, make_resources, tick
@@ -49,7 +49,7 @@ def decide(engine: sa.Engine, approval_id: str, decision: str, by: str = "bob") 
 
 def ledger_row(engine: sa.Engine) -> sa.Row:
     with engine.connect() as conn:
-        return conn.execute(sa.select(graph_runs)).one()
+        return conn.execute(sa.select(run_ledger)).one()
 
 
 def test_approved_slot_launches_once_with_approved_by_and_bills_once(

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from graph_runs.jobs import SCHEDULE_PARTITIONS_NAME
 from graph_runs.schedules import delete_schedule
-from graph_runs.tables import charge_receipts, graph_runs, schedules
+from graph_runs.tables import charge_receipts, run_ledger, schedules
 from tests.conftest import RunningApi
 from tests.dagster_helpers import apply_partitions, launch, make_resources, tick
 from tests.helpers import at, make_grant, make_schedule
@@ -20,7 +20,7 @@ CREATED = at("2026-11-22T10:00:30Z")
 
 def ledger_rows(engine: sa.Engine) -> list[sa.Row]:
     with engine.connect() as conn:
-        return list(conn.execute(sa.select(graph_runs).order_by(graph_runs.c.scheduled_for)))
+        return list(conn.execute(sa.select(run_ledger).order_by(run_ledger.c.scheduled_for)))
 
 
 def new_schedule(engine: sa.Engine, **fields) -> dict:

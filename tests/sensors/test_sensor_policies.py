@@ -9,10 +9,10 @@ and PostgreSQL databases, the real local execution API, runs executed in-process
 import dagster as dg
 import sqlalchemy as sa
 
+from graph_runs.core.schedule_spec import ScheduleLimits
 from graph_runs.jobs import graph_run_job
-from graph_runs.schedule_spec import ScheduleLimits
 from graph_runs.schedules import pause_schedule
-from graph_runs.tables import charge_receipts, graph_runs
+from graph_runs.tables import charge_receipts, run_ledger
 from graph_runs.triggers import backfill_schedule, trigger_schedule
 from tests.conftest import RunningApi
 from tests.dagster_helpers import apply_partitions, launch, make_resources, tick
@@ -88,7 +88,7 @@ def test_a_run_that_dies_without_an_outcome_is_settled_failed_and_frees_the_sche
     ]
     with engine.connect() as conn:
         code = conn.execute(
-            sa.select(graph_runs.c.error_code).where(graph_runs.c.dagster_run_id == run.run_id)
+            sa.select(run_ledger.c.error_code).where(run_ledger.c.dagster_run_id == run.run_id)
         ).scalar_one()
     assert code == "dagster_run_failed"
 
@@ -159,7 +159,7 @@ def test_a_partition_run_from_the_ui_is_a_trigger_now_and_reexecution_reuses_it(
     )
     assert result.success and execution_api.store.executions == 1
     with engine.connect() as conn:
-        row = conn.execute(sa.select(graph_runs)).one()
+        row = conn.execute(sa.select(run_ledger)).one()
         receipts = conn.execute(sa.select(sa.func.count()).select_from(charge_receipts)).scalar()
     assert (row.trigger_kind, row.requested_by, row.status) == ("manual", "ana@acme", "succeeded")
     assert row.idempotency_key == f"manual:{view['id']}:dagster:{result.run_id}"
@@ -215,7 +215,7 @@ def test_pause_terminate_asks_dagster_to_stop_a_started_run_and_settles_when_it_
     tick(instance, resources, first.cursor)
     with engine.begin() as conn:
         # The op has started, as start_run records it.
-        conn.execute(graph_runs.update().values(status="running"))
+        conn.execute(run_ledger.update().values(status="running"))
         pause_schedule(conn, view["id"], now=at("2026-11-22T10:01:20Z"), note=None, terminate=True)
     assert statuses(engine, view["id"]) == [("2026-11-22T10:01:00Z", "cancelling")]
     later = make_resources(database_url, None, "2026-11-22T10:01:32Z")

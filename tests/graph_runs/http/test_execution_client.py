@@ -1,4 +1,4 @@
-"""graph_runs.execution_client: the contract's client side.
+"""graph_runs.http.execution_client: the contract's client side.
 
 Retries are driven by an httpx.MockTransport that speaks the contract (503s, 429 with
 Retry-After, refusals) and an injected sleep, so no test waits on the wall clock; the happy
@@ -10,7 +10,7 @@ import json
 import httpx
 import pytest
 
-from graph_runs.execution_client import ExecutionApiClient, ExecutionApiError, RetryPolicy
+from graph_runs.http.execution_client import ExecutionApiClient, ExecutionApiError, RetryPolicy
 from tests.conftest import RunningApi
 
 BODY = {

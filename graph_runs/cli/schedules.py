@@ -10,7 +10,7 @@ import click
 
 from graph_runs import schedules as schedules_api
 from graph_runs import triggers
-from graph_runs.cli_support import (
+from graph_runs.cli.support import (
     F,
     decimal,
     emit,
@@ -21,15 +21,15 @@ from graph_runs.cli_support import (
     settings,
     transaction,
 )
-from graph_runs.cron import CronError, CronSchedule, format_utc
-from graph_runs.describe import describe_schedule
-from graph_runs.errors import InvalidInput
-from graph_runs.policies import (
+from graph_runs.core.cron import CronError, CronSchedule, format_utc
+from graph_runs.core.policies import (
     CATCHUP_POLICIES,
     ON_APPROVAL_TIMEOUT,
     OVERLAP_POLICIES,
     parse_duration,
 )
+from graph_runs.describe import describe_schedule
+from graph_runs.errors import InvalidInput
 from graph_runs.triggers import DEFAULT_MANUAL_OVERLAP
 
 MAX_PREVIEW = 10_000

@@ -1,33 +1,17 @@
-"""graph_runs.cli: the commands a user types, with --json, and exit status 2 on bad input.
+"""graph_runs.cli.schedules: the schedule commands, with --json, and exit status 2 on bad input.
 
-Runs main() in-process against a real database named by GRAPH_RUNS_DATABASE_URL, plus one
-run of the installed `graph-runs` script. Bad input must give one line and write nothing.
+Runs main() in-process against a real database named by GRAPH_RUNS_DATABASE_URL. Bad input
+must give one line and write nothing.
 """
-
-import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from graph_runs.cli import main
-from graph_runs.db import head_revision
 from graph_runs.tables import schedules
 
 
-def grant(cli) -> str:
-    code, data, _ = cli(
-        "grants", "create", "--owner", "alice", "--billing-account", "acme",
-        "--scope", "graph:execute:daily-digest", "--json",
-    )  # fmt: skip
-    assert code == 0
-    return str(data["id"])
-
-
-def test_create_describe_pause_resume_delete(cli) -> None:
-    grant_id = grant(cli)
+def test_create_describe_pause_resume_delete(cli, cli_grant) -> None:
+    grant_id = cli_grant
     code, created, _ = cli(
         "schedules", "create", "--owner", "alice", "--graph", "daily-digest",
         "--cron", "0 9 * * 1-5", "--timezone", "Europe/Berlin", "--grant", grant_id,
@@ -78,8 +62,8 @@ def test_create_describe_pause_resume_delete(cli) -> None:
     assert (code, err) == (2, f"error: schedule {sid} not found\n")
 
 
-def test_policies_external_ids_upsert_trigger_and_backfill(cli) -> None:
-    grant_id = grant(cli)
+def test_policies_external_ids_upsert_trigger_and_backfill(cli, cli_grant) -> None:
+    grant_id = cli_grant
     create = [
         "schedules", "create", "--owner", "alice", "--graph", "daily-digest",
         "--cron", "0 9 * * *", "--grant", grant_id, "--external-id", "user-7",
@@ -155,9 +139,9 @@ def test_policies_external_ids_upsert_trigger_and_backfill(cli) -> None:
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(
-    cli, database_url: str, extra: list[str], message: str
+    cli, cli_grant, database_url: str, extra: list[str], message: str
 ) -> None:
-    grant_id = grant(cli)
+    grant_id = cli_grant
     base = ["schedules", "create", "--owner", "alice", "--graph", "g", "--grant", grant_id]
     code, out, err = cli(*base, *extra)
     assert code == 2 and out == ""
@@ -180,54 +164,3 @@ def test_preview_prints_fire_instants_under_the_dst_policy(cli) -> None:
         "--from", "2026-03-08T00:00:00Z", "--count", "1",
     )  # fmt: skip
     assert text == "2026-03-08T07:00:00Z\n"
-
-
-def test_grants_revoke_and_list(cli) -> None:
-    grant_id = grant(cli)
-    code, created, _ = cli(
-        "schedules", "create", "--owner", "alice", "--graph", "daily-digest",
-        "--cron", "0 9 * * *", "--grant", grant_id, "--json",
-    )  # fmt: skip
-    code, revoked, _ = cli("grants", "revoke", grant_id, "--by", "security", "--json")
-    assert code == 0 and revoked["revoked_by"] == "security"
-    assert revoked["paused_schedules"] == 1
-    code, text, _ = cli("grants", "revoke", grant_id, "--by", "security")
-    assert text.endswith("paused 0 schedule(s) under it\n")
-    code, listed, _ = cli("grants", "list", "--json")
-    assert [g["id"] for g in listed] == [grant_id]
-    code, _, err = cli("grants", "create", "--owner", "a", "--billing-account", "b", "--scope", "x")
-    assert (code, err) == (
-        2,
-        "error: scope: 'x' is not graph:execute:<graph_id> or graph:execute:*\n",
-    )
-
-
-def test_unmigrated_database_says_which_command_fixes_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setenv("GRAPH_RUNS_DATABASE_URL", f"sqlite:///{tmp_path / 'fresh.db'}")
-    assert main(["schedules", "list"]) == 2
-    assert capsys.readouterr().err == (
-        "error: the schedules database has no schema yet: run `graph-runs db upgrade`\n"
-    )
-    assert main(["db", "upgrade", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {
-        "from_revision": None,
-        "to_revision": head_revision(),
-    }
-
-
-def test_installed_script_exits_2(tmp_path: Path) -> None:
-    script = Path(sys.executable).parent / "graph-runs"
-    result = subprocess.run(
-        [str(script), "schedules", "preview", "--cron", "* * *", "--from", "2026-01-01T00:00:00Z"],
-        capture_output=True,
-        text=True,
-        env={"GRAPH_RUNS_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
-        check=False,
-    )
-    assert result.returncode == 2
-    assert (
-        result.stderr
-        == "error: cron: '* * *' is not a 5-field cron expression (minute hour day month weekday)\n"
-    )

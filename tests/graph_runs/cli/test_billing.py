@@ -1,4 +1,4 @@
-"""graph_runs.billing_cli: budgets set/list and billing report, as typed, exit 2 on bad input.
+"""graph_runs.cli.billing: budgets set/list and billing report, as typed, exit 2 on bad input.
 
 Runs main() in-process against a real database named by GRAPH_RUNS_DATABASE_URL.
 """

@@ -6,7 +6,7 @@ import click
 
 from graph_runs.billing import spend_report
 from graph_runs.budgets import PERIODS, list_budgets, set_budget
-from graph_runs.cli_support import decimal, emit, instant, json_option, now, transaction
+from graph_runs.cli.support import decimal, emit, instant, json_option, now, transaction
 
 
 def _budget_line(b: dict[str, Any]) -> str:

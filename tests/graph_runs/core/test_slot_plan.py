@@ -1,4 +1,4 @@
-"""graph_runs.slot_plan: every policy decided at exact instants, without a database.
+"""graph_runs.core.slot_plan: every policy decided at exact instants, without a database.
 
 Catch-up (none, latest, all, window), overlap (skip, buffer_one, allow_all, cancel_other),
 bounds (start, end, max runs), one-time schedules and jitter, including a day of downtime,
@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from graph_runs.cron import CronSchedule, format_utc
-from graph_runs.policies import Policies, jitter_offset, parse_duration
-from graph_runs.slot_plan import Plan, ScheduleState, plan_slots
+from graph_runs.core.cron import CronSchedule, format_utc
+from graph_runs.core.policies import Policies, jitter_offset, parse_duration
+from graph_runs.core.slot_plan import Plan, ScheduleState, plan_slots
 from tests.helpers import at
 
 GRACE = dt.timedelta(seconds=45)

@@ -10,9 +10,9 @@ import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from graph_runs.cron import CronSchedule, format_utc
-from graph_runs.policies import Policies, format_duration
-from graph_runs.statuses import (
+from graph_runs.core.cron import CronSchedule, format_utc
+from graph_runs.core.policies import Policies, format_duration
+from graph_runs.core.statuses import (
     BUFFERED,
     CANCELLED,
     FIRING,

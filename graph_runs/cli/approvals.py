@@ -5,7 +5,7 @@ from typing import Any
 import click
 
 from graph_runs import approvals as approvals_api
-from graph_runs.cli_support import emit, json_option, now, settings, transaction
+from graph_runs.cli.support import emit, json_option, now, settings, transaction
 
 
 def _approval_line(a: dict[str, Any]) -> str:
@@ -80,8 +80,8 @@ def webhooks_serve(host: str, port: int, as_json: bool) -> None:
     import uvicorn
 
     from graph_runs.db import check_schema, make_engine
+    from graph_runs.http.webhooks import create_app
     from graph_runs.settings import webhook_secret
-    from graph_runs.webhooks import create_app
 
     config = settings()
     secret = webhook_secret()

@@ -13,16 +13,16 @@ from typing import Any, Literal
 
 import pydantic
 
-from graph_runs.cron import CronError, CronSchedule, parse_timezone
-from graph_runs.errors import InvalidInput
-from graph_runs.money import micros_to_usd, usd_to_micros
-from graph_runs.policies import (
+from graph_runs.core.cron import CronError, CronSchedule, parse_timezone
+from graph_runs.core.money import micros_to_usd, usd_to_micros
+from graph_runs.core.policies import (
     DEFAULT_APPROVAL_TIMEOUT,
     DEFAULT_CATCHUP_WINDOW,
     DEFAULT_PAUSE_AFTER_FAILURES,
     MAX_DURATION,
     Policies,
 )
+from graph_runs.errors import InvalidInput
 
 # Fields whose change moves the slots themselves, so next_run_at is recomputed from now.
 TIMING_FIELDS = ("cron", "timezone", "run_at", "jitter_seconds", "start_at")

@@ -7,9 +7,9 @@ here, so that the request body, which is a pure function of the row, is the same
 import datetime as dt
 from typing import Any
 
-from graph_runs.cron import format_utc
-from graph_runs.ids import new_id
-from graph_runs.statuses import NEVER_RAN
+from graph_runs.core.cron import format_utc
+from graph_runs.core.ids import new_id
+from graph_runs.core.statuses import NEVER_RAN
 
 
 def slot_key(schedule_id: str, scheduled_for: dt.datetime) -> str:

@@ -1,11 +1,11 @@
-"""graph_runs.devserver: the demo seed that `make dev` applies on every start.
+"""graph_runs.cli.dev: the demo seed that `make dev` applies on every start.
 
 Real database; the processes that `graph-runs dev` starts are covered by the e2e tier.
 """
 
 import sqlalchemy as sa
 
-from graph_runs.devserver import seed_demo
+from graph_runs.cli.dev import seed_demo
 from graph_runs.grants import list_grants, revoke_grant
 from graph_runs.schedules import list_schedules
 from graph_runs.settings import load_settings

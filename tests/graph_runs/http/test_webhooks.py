@@ -1,4 +1,4 @@
-"""graph_runs.webhooks: signed approval decisions over real HTTP, on SQLite and PostgreSQL.
+"""graph_runs.http.webhooks: signed approval decisions over real HTTP, on SQLite and PostgreSQL.
 
 The Starlette app is served by uvicorn on a free loopback port; requests are signed the way a
 review tool would sign them, with the clock the app judges timestamps by passed in.
@@ -15,14 +15,14 @@ import sqlalchemy as sa
 
 from graph_runs import approvals
 from graph_runs.errors import InvalidInput
-from graph_runs.tables import audit_log, webhook_deliveries
-from graph_runs.webhooks import (
+from graph_runs.http.webhooks import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     create_app,
     sign,
 )
+from graph_runs.tables import audit_log, webhook_deliveries
 from tests.approval_helpers import gated, only_approval
 from tests.conftest import serving
 from tests.helpers import at

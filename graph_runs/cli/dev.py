@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 import click
 import sqlalchemy as sa
 
+from graph_runs.cli.support import json_option
+from graph_runs.cli.support import settings as load_settings
 from graph_runs.db import make_engine, upgrade
 from graph_runs.grants import create_grant, list_grants
 from graph_runs.schedules import create_schedule, list_schedules
@@ -29,7 +31,7 @@ from graph_runs.settings import (
     Settings,
 )
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_OWNER = "demo"
 DEV_SENSOR_INTERVAL_SECONDS = "10"
 
@@ -179,3 +181,11 @@ def run_dev(settings: Settings, *, port: int, as_json: bool) -> int:
                 child.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 child.kill()
+
+
+@click.command("dev")
+@click.option("--port", type=click.IntRange(1, 65535), default=3000, show_default=True)
+@json_option
+def dev(port: int, as_json: bool) -> None:
+    """Migrate, seed a demo, and run the execution API, the Dagster webserver and daemon."""
+    raise click.exceptions.Exit(run_dev(load_settings(), port=port, as_json=as_json))

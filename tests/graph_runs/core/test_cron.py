@@ -1,11 +1,11 @@
-"""graph_runs.cron: fire instants at exact UTC times, across daylight-saving changes.
+"""graph_runs.core.cron: fire instants at exact UTC times, across daylight-saving changes.
 
 Pure functions; no database, no Dagster.
 """
 
 import pytest
 
-from graph_runs.cron import CronError, CronSchedule, format_utc
+from graph_runs.core.cron import CronError, CronSchedule, format_utc
 from tests.helpers import at
 
 

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from graph_runs.execution_api import graphs
+from graph_runs.http.execution_api import graphs
 
 
 @dataclass

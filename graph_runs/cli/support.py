@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import click
 import sqlalchemy as sa
 
-from graph_runs.cron import parse_instant
+from graph_runs.core.cron import parse_instant
 from graph_runs.db import check_schema, make_engine
 from graph_runs.errors import InvalidInput
 from graph_runs.settings import Settings, load_settings

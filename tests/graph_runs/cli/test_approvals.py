@@ -1,4 +1,4 @@
-"""graph_runs.approvals_cli: approvals list/approve/reject and webhooks serve, as typed.
+"""graph_runs.cli.approvals: approvals list/approve/reject and webhooks serve, as typed.
 
 Runs main() in-process against a real database; the slot comes due through a real claim.
 """

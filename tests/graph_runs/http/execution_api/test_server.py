@@ -1,4 +1,4 @@
-"""graph_runs.execution_api.server: the local execution API answers as the contract says.
+"""graph_runs.http.execution_api.server: the local execution API answers as the contract says.
 
 Real HTTP to the server on a loopback port; its clock is moved by hand for the sleep graph.
 """

@@ -1,0 +1,30 @@
+"""``graph-runs execution-api serve``: the local execution API, for development and tests."""
+
+import click
+
+from graph_runs.cli.support import emit, json_option
+from graph_runs.settings import EXECUTION_API_TOKEN_VAR
+
+
+@click.group("execution-api")
+def execution_api() -> None:
+    """The local execution API (demo graphs echo, sleep, fail, flaky)."""
+
+
+@execution_api.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8765, show_default=True)
+@click.option("--token", envvar=EXECUTION_API_TOKEN_VAR, required=True, show_envvar=True)
+@json_option
+def execution_api_serve(host: str, port: int, token: str, as_json: bool) -> None:
+    """Serve the execution API contract until interrupted."""
+    import uvicorn
+
+    from graph_runs.http.execution_api.server import create_app
+
+    emit(
+        as_json,
+        {"url": f"http://{host}:{port}"},
+        lambda d: f"execution API listening on {d['url']}",
+    )
+    uvicorn.run(create_app(token), host=host, port=port, log_level="warning")

@@ -1,0 +1,1 @@
+"""What speaks HTTP: the execution API's client, the approvals webhook, the local API."""
