@@ -12,6 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from graph_runs import slot_status
 from graph_runs.approvals import (
     APPROVED,
     CANCELLED,
@@ -20,12 +21,11 @@ from graph_runs.approvals import (
     TIMEOUT_DECIDER,
     audit_decisions,
     locked,
-    settle_slots,
 )
 from graph_runs.budgets import exhausted_accounts
 from graph_runs.core import statuses
 from graph_runs.core.ids import new_id
-from graph_runs.core.statuses import AWAITING_APPROVAL, QUEUED, SKIPPED_BUDGET, SKIPPED_UNAPPROVED
+from graph_runs.core.statuses import AWAITING_APPROVAL, SKIPPED_BUDGET, SKIPPED_UNAPPROVED
 from graph_runs.db import insert_ignoring_conflicts
 from graph_runs.tables import APPROVED_APPROVAL, PENDING_APPROVAL, approvals, run_ledger
 
@@ -113,13 +113,13 @@ def settle_timeouts(conn: sa.Connection, now: dt.datetime, limit: int) -> Counte
             )
         )
         if on_timeout == "skip":
-            settle_slots(
+            slot_status.settle_awaiting(
                 conn,
                 [row.graph_run_id for row in rows],
                 SKIPPED_UNAPPROVED,
-                "approval_timeout",
-                "nobody approved or rejected the slot before its approval timed out",
-                now,
+                code="approval_timeout",
+                message="nobody approved or rejected the slot before its approval timed out",
+                now=now,
             )
         outcomes[status] += len(rows)
         entries += [
@@ -163,15 +163,7 @@ def mark_launched(
         .values(launched_at=sa.bindparam("b_now"), dagster_run_id=sa.bindparam("b_run")),
         [{"b_id": k, "b_run": run, "b_now": now} for k, (_, run) in launched.items()],
     )
-    conn.execute(
-        run_ledger.update()
-        .where(
-            run_ledger.c.id == sa.bindparam("b_ledger"),
-            run_ledger.c.status == AWAITING_APPROVAL,
-        )
-        .values(status=QUEUED, dagster_run_id=sa.bindparam("b_run")),
-        [{"b_ledger": ledger_id, "b_run": run} for ledger_id, run in launched.values()],
-    )
+    slot_status.launch_approved(conn, dict(launched.values()))
 
 
 def skip_over_budget(
@@ -198,7 +190,9 @@ def skip_over_budget(
         if not pairs:
             continue
         ledger_ids = [ledger_id for _, ledger_id in pairs]
-        settle_slots(conn, ledger_ids, SKIPPED_BUDGET, SKIPPED_BUDGET, reason, now)
+        slot_status.settle_awaiting(
+            conn, ledger_ids, SKIPPED_BUDGET, code=SKIPPED_BUDGET, message=reason, now=now
+        )
         ids = [approval_id for approval_id, _ in pairs]
         conn.execute(
             approvals.update()
@@ -237,7 +231,9 @@ def cancel_awaiting(
     )
     if not waiting:
         return 0
-    settle_slots(conn, waiting, statuses.CANCELLED, code, message, now)
+    slot_status.settle_awaiting(
+        conn, waiting, statuses.CANCELLED, code=code, message=message, now=now
+    )
     conn.execute(
         approvals.update()
         .where(

@@ -15,8 +15,9 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
+from graph_runs import slot_status
 from graph_runs.core.cron import format_utc_or_none
-from graph_runs.core.statuses import AWAITING_APPROVAL, REJECTED
+from graph_runs.core.statuses import REJECTED
 from graph_runs.errors import Conflict, InvalidInput, NotFound
 from graph_runs.tables import (
     PENDING_APPROVAL,
@@ -157,7 +158,9 @@ def decide(
         )
     if status == DENIED:
         reason = f"rejected by {by}" + (f": {note}" if note else "")
-        settle_slots(conn, [row.graph_run_id], REJECTED, "rejected", reason[:MAX_NOTE], now)
+        slot_status.settle_awaiting(
+            conn, [row.graph_run_id], REJECTED, code="rejected", message=reason[:MAX_NOTE], now=now
+        )
     audit_decisions(conn, [(row, f"approval.{decision}", by, note, source)], now)
     return get_approval(conn, approval_id)
 
@@ -182,22 +185,6 @@ def is_approved(conn: sa.Connection, ledger_id: str) -> bool:
         sa.select(approvals.c.status).where(approvals.c.graph_run_id == ledger_id)
     ).scalar_one_or_none()
     return status == APPROVED
-
-
-def settle_slots(
-    conn: sa.Connection,
-    ledger_ids: list[str],
-    status: str,
-    code: str,
-    message: str,
-    now: dt.datetime,
-) -> None:
-    """Give still-waiting ledger rows their final status; a row settled meanwhile is kept."""
-    conn.execute(
-        run_ledger.update()
-        .where(run_ledger.c.id.in_(ledger_ids), run_ledger.c.status == AWAITING_APPROVAL)
-        .values(status=status, error_code=code, error_message=message, finished_at=now)
-    )
 
 
 def audit_decisions(

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from graph_runs import slot_status
 from graph_runs.approval_gate import cancel_awaiting
-from graph_runs.core.statuses import BUFFERED, CANCELLED, CANCELLING, PENDING, QUEUED, RUNNING
+from graph_runs.core.statuses import BUFFERED, QUEUED, RUNNING
 from graph_runs.tables import IN_FLIGHT_RUN, run_ledger
 
 
@@ -67,26 +68,12 @@ def cancel_in_flight(
     its row when it starts and does nothing for such a row, and the sensor cancels the
     queued Dagster run (or terminates the running one) on its next tick.
     """
-    never_started = conn.execute(
-        run_ledger.update()
-        .where(
-            IN_FLIGHT_RUN,
-            run_ledger.c.schedule_id == schedule_id,
-            run_ledger.c.status.in_([PENDING, BUFFERED]),
-        )
-        .values(status=CANCELLED, error_code=code, error_message=message, finished_at=now)
-    ).rowcount
+    never_started = slot_status.cancel_unstarted(
+        conn, schedule_id, code=code, message=message, now=now
+    )
     never_started += cancel_awaiting(conn, schedule_id, now=now, code=code, message=message)
     stopping = [QUEUED, RUNNING] if terminate else [QUEUED]
-    cancelling = conn.execute(
-        run_ledger.update()
-        .where(
-            IN_FLIGHT_RUN,
-            run_ledger.c.schedule_id == schedule_id,
-            run_ledger.c.status.in_(stopping),
-        )
-        .values(status=CANCELLING, error_code=code, error_message=message)
-    ).rowcount
+    cancelling = slot_status.request_cancel(conn, schedule_id, stopping, code=code, message=message)
     return Cancelled(never_started=never_started, cancelling=cancelling)
 
 
@@ -112,10 +99,5 @@ def release_buffered(conn: sa.Connection) -> list[str]:
             continue
         seen.add(row.schedule_id)
         released.append(row.id)
-    if released:
-        conn.execute(
-            run_ledger.update()
-            .where(run_ledger.c.id.in_(released), run_ledger.c.status == BUFFERED)
-            .values(status=PENDING)
-        )
+    slot_status.release(conn, released)
     return released

@@ -12,17 +12,15 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from graph_runs import slot_status
 from graph_runs.approvals import is_approved
 from graph_runs.core.cron import format_utc
 from graph_runs.core.ids import new_id
 from graph_runs.core.money import micros_to_usd, usd_to_micros
 from graph_runs.core.statuses import (
     AWAITING_APPROVAL,
-    CANCELLED,
-    CANCELLING,
     FAILED,
     QUEUED,
-    RUNNING,
     SETTLED,
     SUCCEEDED,
 )
@@ -153,13 +151,6 @@ def start_run(conn: sa.Connection, ledger_id: str, *, dagster_run_id: str, now: 
     The row is locked, so a pause that commits meanwhile is seen, not overwritten.
     """
     row = get_run(conn, ledger_id, lock=True)
-    if row.status == CANCELLING:
-        conn.execute(
-            run_ledger.update()
-            .where(run_ledger.c.id == ledger_id)
-            .values(status=CANCELLED, dagster_run_id=dagster_run_id, finished_at=now)
-        )
-        return get_run(conn, ledger_id)
     if row.status in SETTLED:
         return row
     if row.status == AWAITING_APPROVAL and not is_approved(conn, ledger_id):
@@ -173,15 +164,7 @@ def start_run(conn: sa.Connection, ledger_id: str, *, dagster_run_id: str, now: 
             .where(schedules.c.id == row.schedule_id)
             .values(runs_failed=schedules.c.runs_failed - 1, updated_at=now)
         )
-    conn.execute(
-        run_ledger.update()
-        .where(run_ledger.c.id == ledger_id)
-        .values(
-            status=RUNNING,
-            dagster_run_id=dagster_run_id,
-            started_at=row.started_at or now,
-        )
-    )
+    slot_status.start(conn, row, dagster_run_id=dagster_run_id, now=now)
     return get_run(conn, ledger_id)
 
 
@@ -215,9 +198,8 @@ def start_adhoc_run(
     """
     key = api_key(request.idempotency_key)
     max_cost = None if request.max_cost_usd is None else usd_to_micros(request.max_cost_usd)
-    insert_ignoring_conflicts(
+    slot_status.insert_new(
         conn,
-        run_ledger,
         [
             {
                 "id": new_id("run"),
@@ -295,22 +277,22 @@ def record_outcome(
         and cost_micros > row.max_cost_micros
     )
     if changed:
-        conn.execute(
-            run_ledger.update()
-            .where(run_ledger.c.id == ledger_id)
-            .values(
-                status=outcome.status,
-                dagster_run_id=dagster_run_id,
-                api_run_id=outcome.api_run_id,
-                output=outcome.output,
-                error_code=outcome.error_code,
-                error_message=outcome.error_message,
-                finished_at=now,
-                over_budget=over_budget,
-            )
+        # False only if another writer moved the row since it was read (SQLite takes no row
+        # lock): the counters are then that writer's to move.
+        changed = slot_status.settle_outcome(
+            conn,
+            row,
+            outcome.status,
+            dagster_run_id=dagster_run_id,
+            api_run_id=outcome.api_run_id,
+            output=outcome.output,
+            error_code=outcome.error_code,
+            error_message=outcome.error_message,
+            finished_at=now,
+            over_budget=over_budget,
         )
-        if row.schedule_id is not None:
-            _move_counters(conn, row, outcome, now)
+    if changed and row.schedule_id is not None:
+        _move_counters(conn, row, outcome, now)
     receipt_written = False
     if usage is not None and outcome.api_run_id is not None and row.billing_account is not None:
         receipt_written = (

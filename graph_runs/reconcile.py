@@ -99,18 +99,3 @@ def apply_run_statuses(
             done.failed += 1
         record_outcome(conn, row.id, outcome, dagster_run_id=row.dagster_run_id, now=now)
     return done
-
-
-def mark_cancelled(
-    conn: sa.Connection, ledger_id: str, dagster_run_id: str, now: dt.datetime
-) -> None:
-    """Settle a ``cancelling`` row once its Dagster run was cancelled."""
-    conn.execute(
-        run_ledger.update()
-        .where(
-            run_ledger.c.id == ledger_id,
-            run_ledger.c.status == CANCELLING,
-            run_ledger.c.dagster_run_id == dagster_run_id,
-        )
-        .values(status=CANCELLED, finished_at=now)
-    )

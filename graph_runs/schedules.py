@@ -10,6 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from graph_runs import slot_status
 from graph_runs.core.cron import format_utc, format_utc_or_none
 from graph_runs.core.ids import new_id
 from graph_runs.core.ledger_rows import slot_row
@@ -26,11 +27,10 @@ from graph_runs.core.schedule_spec import (
     validate_spec,
 )
 from graph_runs.core.slot_plan import ScheduleState, paused_slots, slots_after
-from graph_runs.db import insert_ignoring_conflicts
 from graph_runs.errors import Conflict, InvalidInput, NotFound
 from graph_runs.grants import billing_account_of, get_grant
 from graph_runs.in_flight import cancel_in_flight
-from graph_runs.tables import audit, run_ledger, schedules
+from graph_runs.tables import audit, schedules
 
 # Who a schedule's automatic pause is attributed to.
 FAILURE_PAUSER = "graph-runs (consecutive failures)"
@@ -467,7 +467,7 @@ def _record_paused_slots(
         )
         for planned in slots
     ]
-    return insert_ignoring_conflicts(conn, run_ledger, rows), more
+    return slot_status.insert_new(conn, rows), more
 
 
 def delete_schedule(

@@ -22,13 +22,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from graph_runs import slot_status
 from graph_runs.approval_gate import open_approvals
 from graph_runs.budgets import exhausted_accounts
 from graph_runs.core.ledger_rows import slot_row
 from graph_runs.core.schedule_spec import ScheduleLimits, cursor_of, spec_from_row
 from graph_runs.core.slot_plan import ScheduleState, plan_slots
-from graph_runs.core.statuses import AWAITING_APPROVAL, BUFFERED, FIRING, MISSED, PENDING, QUEUED
-from graph_runs.db import insert_ignoring_conflicts
+from graph_runs.core.statuses import AWAITING_APPROVAL, BUFFERED, FIRING, MISSED, PENDING
 from graph_runs.errors import InvalidInput
 from graph_runs.in_flight import InFlight, cancel_in_flight, in_flight_counts
 from graph_runs.tables import (
@@ -176,7 +176,7 @@ def claim_due_slots(
                 "b_now": now,
             }
         )
-    insert_ignoring_conflicts(conn, run_ledger, ledger_rows)
+    slot_status.insert_new(conn, ledger_rows)
     open_approvals(conn, gated, now)
     if updates:
         conn.execute(
@@ -279,18 +279,6 @@ def pending_runs(conn: sa.Connection, limit: int) -> list[Any]:
             .order_by(run_ledger.c.created_at, run_ledger.c.scheduled_for)
             .limit(limit)
         )
-    )
-
-
-def mark_queued(conn: sa.Connection, run_ids_by_ledger_id: dict[str, str]) -> None:
-    """Record the Dagster run that exists for each pending row."""
-    if not run_ids_by_ledger_id:
-        return
-    conn.execute(
-        run_ledger.update()
-        .where(run_ledger.c.id == sa.bindparam("b_id"), run_ledger.c.status == PENDING)
-        .values(status=QUEUED, dagster_run_id=sa.bindparam("b_run")),
-        [{"b_id": k, "b_run": v} for k, v in run_ids_by_ledger_id.items()],
     )
 
 

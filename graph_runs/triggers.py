@@ -20,6 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from graph_runs import slot_status
 from graph_runs.core.cron import format_utc
 from graph_runs.core.ids import new_id
 from graph_runs.core.ledger_rows import manual_key, schedule_run_row, slot_key
@@ -27,7 +28,6 @@ from graph_runs.core.policies import OVERLAP_POLICIES
 from graph_runs.core.schedule_spec import ScheduleLimits, spec_from_row
 from graph_runs.core.slot_plan import overlap_status
 from graph_runs.core.statuses import BUFFERED, FIRING, NEVER_RAN, QUEUED
-from graph_runs.db import insert_ignoring_conflicts
 from graph_runs.errors import InvalidInput
 from graph_runs.grants import billing_account_of
 from graph_runs.in_flight import InFlight, cancel_in_flight, in_flight_counts
@@ -73,7 +73,7 @@ def _insert_manual(
         reason=reason,
     )
     values["dagster_run_id"] = dagster_run_id
-    insert_ignoring_conflicts(conn, run_ledger, [values])
+    slot_status.insert_new(conn, [values])
 
 
 class _Overlap:
@@ -209,12 +209,6 @@ def backfill_schedule(
             continue
         status, reason = overlapper.next_status()
         counts["ran" if status in FIRING else status] += 1
-        fields = {
-            "status": status,
-            "trigger_kind": "backfill",
-            "trigger_source": source,
-            "requested_by": requested_by,
-        }
         if found is None:
             values = schedule_run_row(
                 row,
@@ -228,18 +222,19 @@ def backfill_schedule(
                 requested_by=requested_by,
                 reason=reason,
             )
-            insert_ignoring_conflicts(conn, run_ledger, [values])
+            slot_status.insert_new(conn, [values])
         else:
             final = status not in FIRING
-            conn.execute(
-                run_ledger.update()
-                .where(run_ledger.c.id == found.id, run_ledger.c.status == found.status)
-                .values(
-                    **fields,
-                    error_code=status if final else None,
-                    error_message=reason if final else None,
-                    finished_at=now if final else None,
-                )
+            slot_status.refire(
+                conn,
+                found,
+                status,
+                trigger_kind="backfill",
+                trigger_source=source,
+                requested_by=requested_by,
+                error_code=status if final else None,
+                error_message=reason if final else None,
+                finished_at=now if final else None,
             )
         report.append({"slot": format_utc(slot), "status": status, "already": False})
     audit(

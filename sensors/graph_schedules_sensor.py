@@ -21,7 +21,7 @@ from typing import Any
 
 import dagster as dg
 
-from graph_runs import ledger
+from graph_runs import ledger, slot_status
 from graph_runs.core.cron import format_utc, parse_instant
 from graph_runs.db import SchemaError
 from graph_runs.in_flight import release_buffered
@@ -29,7 +29,6 @@ from graph_runs.jobs import SCHEDULE_PARTITIONS_NAME, graph_run_job
 from graph_runs.reconcile import (
     DAGSTER_NOT_STARTED,
     apply_run_statuses,
-    mark_cancelled,
     runs_to_reconcile,
 )
 from graph_runs.slots import (
@@ -37,7 +36,6 @@ from graph_runs.slots import (
     TickLimits,
     claim_due_slots,
     live_schedule_ids,
-    mark_queued,
     next_due,
     pending_runs,
     schedules_changed_since,
@@ -130,7 +128,7 @@ def _reconcile(
             continue
         context.log.info(f"[ledger={ledger_id}] cancelled Dagster run {run_id} (was {status})")
         with database.transaction() as conn:
-            mark_cancelled(conn, ledger_id, run_id, now)
+            slot_status.settle_cancelled(conn, ledger_id, run_id, now)
         cancelled += 1
     return done.failed, cancelled
 
@@ -199,7 +197,7 @@ def graph_schedules_tick(
     found = existing_runs(context.instance, [row.id for row in pending])
     if found:
         with database.transaction() as conn:
-            mark_queued(conn, found)
+            slot_status.mark_queued(conn, found)
     to_emit = [row for row in pending if row.id not in found]
 
     wanted = changed_live | {row.schedule_id for row in to_emit if row.schedule_id}

@@ -5,6 +5,9 @@ A row is ``pending`` when the sensor has claimed it, ``queued`` once a Dagster r
 alone may change again, when a re-execution succeeds. A slot that needs approval waits as
 ``awaiting_approval``, outside the in-flight set (it holds no run, so it does not hold back
 the schedule's later slots), until the approvals sensor launches it or settles it.
+
+Which status may follow which is ``graph_runs.slot_status.TRANSITIONS``, the one place that
+changes a row's status.
 """
 
 PENDING = "pending"  # claimed; Dagster may not have a run for it yet
