@@ -131,9 +131,22 @@ def request_body(row: Any, connection_ids: list[str]) -> dict[str, Any]:
 
 
 def get_run(conn: sa.Connection, ledger_id: str, *, lock: bool = False) -> Any:
-    """The ledger row, or raise NotFound; ``lock`` holds it until the transaction ends."""
+    """The ledger row, or raise NotFound; ``lock`` holds it until the transaction ends.
+
+    Locking takes the row's schedule first, then the row: the order of every writer that
+    touches both (the claim and pause lock the schedule, then its ledger rows). A worker
+    that took the ledger row first could wait for the schedule while a pause holding the
+    schedule waits for the row: Postgres would abort one of them, and lose an outcome.
+    """
     query = sa.select(run_ledger).where(run_ledger.c.id == ledger_id)
     if lock and conn.dialect.name == "postgresql":
+        schedule_id = conn.execute(
+            sa.select(run_ledger.c.schedule_id).where(run_ledger.c.id == ledger_id)
+        ).scalar_one_or_none()
+        if schedule_id is not None:
+            conn.execute(
+                sa.select(schedules.c.id).where(schedules.c.id == schedule_id).with_for_update()
+            )
         query = query.with_for_update()
     row = conn.execute(query).one_or_none()
     if row is None:

@@ -3,6 +3,8 @@
 Real SQLite and PostgreSQL databases; outcomes are built by hand as the client returns them.
 """
 
+import threading
+import time
 from decimal import Decimal
 from typing import Any
 
@@ -13,6 +15,7 @@ from graph_runs import ledger
 from graph_runs.core.schedule_spec import ScheduleLimits
 from graph_runs.errors import Conflict
 from graph_runs.http.execution_client import Outcome, Usage
+from graph_runs.schedules import pause_schedule
 from graph_runs.slots import claim_due_slots
 from graph_runs.tables import charge_receipts, schedules
 from tests.helpers import at, make_grant, make_schedule
@@ -131,3 +134,58 @@ def test_request_body_is_the_contracts_and_stable(engine: sa.Engine) -> None:
     }
     assert ledger.request_body(row, ["conn_a", "conn_b"]) == body
     assert row.idempotency_key == f"sched:{schedule_id}:2026-11-22T10:01:00Z"
+
+
+def _waiting_on_a_lock(engine: sa.Engine, pid: int) -> bool:
+    with engine.connect() as conn:
+        query = sa.text("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :pid")
+        return conn.execute(query, {"pid": pid}).scalar_one_or_none() == "Lock"
+
+
+def test_an_outcome_and_a_pause_take_their_locks_in_one_order(engine: sa.Engine) -> None:
+    """A worker records an outcome while ``pause --terminate`` cancels the same run.
+
+    The pause locks the schedule row, then the ledger rows. The worker starts in between,
+    exactly then; it must wait for the schedule before it locks the ledger row (the order
+    everyone takes), or Postgres finds a deadlock, aborts one side, and the receipt is lost.
+    """
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite serializes writers: there are no row locks to order")
+    row, schedule_id = claimed_row(engine)
+    with engine.begin() as conn:
+        ledger.start_run(conn, row.id, dagster_run_id="dagster-1", now=NOW)
+    outcome = Outcome(status="succeeded", api_run_id="apirun_1", usage=USAGE)
+    worker: dict[str, Any] = {}
+
+    def record_in_worker() -> None:
+        try:
+            with engine.begin() as conn:
+                worker["pid"] = conn.connection.dbapi_connection.get_backend_pid()  # type: ignore[union-attr]
+                worker["result"] = ledger.record_outcome(
+                    conn, row.id, outcome, dagster_run_id="dagster-1", now=NOW
+                )
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            worker["error"] = exc
+
+    thread = threading.Thread(target=record_in_worker)
+
+    def start_worker_before_the_ledger_update(_conn, _cursor, statement, *_args) -> None:
+        if thread.ident is not None or not statement.startswith("UPDATE graph_runs "):
+            return
+        thread.start()
+        for _ in range(500):  # at most about 10 s
+            if "error" in worker or ("pid" in worker and _waiting_on_a_lock(engine, worker["pid"])):
+                break
+            time.sleep(0.02)
+        assert "pid" in worker and "error" not in worker, worker
+
+    with engine.connect() as conn:
+        sa.event.listen(conn, "before_cursor_execute", start_worker_before_the_ledger_update)
+        with conn.begin():
+            pause_schedule(conn, schedule_id, now=NOW, note="stop", terminate=True)
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert "error" not in worker, worker["error"]
+    assert worker["result"]["receipt_written"]
+    (receipt,) = receipts(engine)
+    assert receipt.api_run_id == "apirun_1"
