@@ -29,6 +29,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/pytest tests/benchmarks --benchmark-only --benchmark-columns=median,min,max,rounds
 
 clean:

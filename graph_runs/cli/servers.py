@@ -1,5 +1,7 @@
 """``graph-runs execution-api serve``: the local execution API, for development and tests."""
 
+from typing import TextIO
+
 import click
 
 from graph_runs.cli.support import emit, json_option
@@ -15,16 +17,24 @@ def execution_api() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=8765, show_default=True)
 @click.option("--token", envvar=EXECUTION_API_TOKEN_VAR, required=True, show_envvar=True)
+@click.option(
+    "--request-log",
+    type=click.File("a"),
+    help="Append each submission's arrival and each execution to this file, as JSON lines.",
+)
 @json_option
-def execution_api_serve(host: str, port: int, token: str, as_json: bool) -> None:
+def execution_api_serve(
+    host: str, port: int, token: str, request_log: TextIO | None, as_json: bool
+) -> None:
     """Serve the execution API contract until interrupted."""
     import uvicorn
 
-    from graph_runs.http.execution_api.server import create_app
+    from graph_runs.http.execution_api.server import ExecutionStore, create_app
 
     emit(
         as_json,
         {"url": f"http://{host}:{port}"},
         lambda d: f"execution API listening on {d['url']}",
     )
-    uvicorn.run(create_app(token), host=host, port=port, log_level="warning")
+    store = ExecutionStore(request_log=request_log)
+    uvicorn.run(create_app(token, store), host=host, port=port, log_level="warning")

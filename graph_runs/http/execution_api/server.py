@@ -3,7 +3,9 @@
 It keeps its own idempotency store, keyed by Idempotency-Key and compared by request hash:
 the same key with the same body returns the first outcome and never executes twice; the same
 key with another body is a 409. ``executions`` counts graph executions, so tests can prove
-that something ran once.
+that something ran once. With a ``request_log``, each submission's arrival (wall clock and
+key) and each execution is written as a JSON line, for benchmarks that time a dispatch from
+outside the process that serves it.
 """
 
 import hashlib
@@ -14,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TextIO
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -46,6 +48,13 @@ class ExecutionStore:
     refusals: int = 0
     executions: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    request_log: TextIO | None = None
+
+    def log(self, **entry: Any) -> None:
+        """Append one JSON line to the request log, if there is one; call with ``lock`` held."""
+        if self.request_log is not None:
+            self.request_log.write(json.dumps(entry) + "\n")
+            self.request_log.flush()
 
     def view(self, run: _Run) -> tuple[int, dict[str, Any]]:
         """The contract's answer for ``run`` now: 200 terminal or 202 running."""
@@ -81,6 +90,8 @@ def create_app(token: str, store: ExecutionStore | None = None) -> Starlette:
             return _error(401, "unauthorized", "missing or wrong bearer token")
         graph_id = request.path_params["graph_id"]
         key = request.headers.get("idempotency-key")
+        with store.lock:
+            store.log(arrived=time.time(), key=key)
         if not key:
             return _error(400, "idempotency_key_missing", "the Idempotency-Key header is required")
         try:
@@ -124,6 +135,7 @@ def create_app(token: str, store: ExecutionStore | None = None) -> Starlette:
             store.runs[run.run_id] = run
             store.keys[key] = (digest, run.run_id)
             store.executions += 1
+            store.log(executed=key)
             status, answer = store.view(run)
         if status == 202:
             answer["status"] = "queued"

@@ -3,6 +3,9 @@
 Real HTTP to the server on a loopback port; its clock is moved by hand for the sleep graph.
 """
 
+import io
+import json
+
 import httpx
 
 from tests.conftest import RunningApi
@@ -44,3 +47,17 @@ def test_refusals(execution_api: RunningApi) -> None:
     assert post(execution_api, "nope", BODY).status_code == 404
     assert post(execution_api, "echo", {"input": 1}).status_code == 422
     assert execution_api.store.executions == 0
+
+
+def test_the_request_log_records_each_arrival_and_each_execution(
+    execution_api: RunningApi,
+) -> None:
+    log = io.StringIO()
+    execution_api.store.request_log = log
+    first = post(execution_api, "echo", BODY, key="logged")
+    again = post(execution_api, "echo", BODY, key="logged")
+    assert first.json() == again.json()
+    entries = [json.loads(line) for line in log.getvalue().splitlines()]
+    assert [sorted(e) for e in entries] == [["arrived", "key"], ["executed"], ["arrived", "key"]]
+    assert [e.get("key", e.get("executed")) for e in entries] == ["logged"] * 3
+    assert entries[0]["arrived"] <= entries[2]["arrived"]

@@ -1,0 +1,27 @@
+"""Fixtures of the dispatch benchmarks: the e2e tier's real processes, a recording API.
+
+Also prints, after pytest-benchmark's timings, the figures each benchmark kept.
+"""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.benchmarks.harness import OUT, TABLES, RecordingApi, recording_api
+from tests.e2e.conftest import dagster_storage_url, stack  # noqa: F401 - fixtures used here
+
+
+@pytest.fixture
+def execution_api(tmp_path: Path) -> Iterator[RecordingApi]:
+    """The local execution API, logging each submission's arrival (the stack's API too)."""
+    with recording_api(tmp_path) as api:
+        yield api
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The benchmarks' own figures, as markdown tables ready for the README."""
+    if TABLES:
+        terminalreporter.section("graph-runs benchmark figures")
+        terminalreporter.write_line("\n\n".join(TABLES))
+        terminalreporter.write_line(f"\nJSON and plots: {OUT}")

@@ -1,0 +1,275 @@
+"""Dispatch benchmarks: a real dagster-daemon on the shipped dagster.yaml (``make bench``).
+
+Skipped by ``make test`` (they use pytest-benchmark's fixture). Each writes its figures to
+``.graph_runs/bench/`` and prints a table:
+
+- aligned burst: ``BENCH_N`` every-minute schedules (default 1,000) due at one instant; lag
+  from the instant to the API request, slots/s, and the same API's rate under a bare async
+  httpx client, measured in the same run;
+- steady state: 20 schedules at different minutes over five minutes;
+- tick cost: one sensor tick at 1k, 10k and 100k schedules with 1% due, on each backend.
+
+``BENCH_DEADLINE_SECONDS`` (default 900) bounds the wait for a burst's slots: slots not
+requested by then are reported as such, not waited for.
+"""
+
+import datetime as dt
+import os
+import statistics
+import time
+from typing import Any
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from graph_runs.core.cron import format_utc
+from graph_runs.core.schedule_spec import UNLIMITED
+from graph_runs.grants import create_grant
+from graph_runs.schedules import create_schedule
+from graph_runs.tables import charge_receipts, execution_grants, run_ledger, schedules
+from sensors.graph_schedules_sensor import SensorCursor
+from tests.benchmarks.harness import (
+    RecordingApi,
+    bare_client_rate,
+    lag_summary,
+    plot_lags,
+    seconds,
+    show,
+    write_report,
+)
+from tests.dagster_helpers import make_resources, tick
+from tests.e2e.conftest import Stack
+
+BARE_CONCURRENCY = 50
+OWNERS_OF = 100  # schedules per owner, the default limit
+
+
+def _settings() -> tuple[int, float, str]:
+    return (
+        int(os.environ.get("BENCH_N", "1000")),
+        float(os.environ.get("BENCH_DEADLINE_SECONDS", "900")),
+        os.environ.get("BENCH_SENSOR_INTERVAL_SECONDS", "30"),
+    )
+
+
+def _next_minute(after: dt.datetime) -> dt.datetime:
+    return (after + dt.timedelta(minutes=1)).replace(second=0, microsecond=0)
+
+
+def _make_schedules(engine: sa.Engine, crons: list[str], **fields: Any) -> list[str]:
+    """Schedules of the echo graph, OWNERS_OF per owner, each owner with a grant."""
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    ids = []
+    with engine.begin() as conn:
+        grant = None
+        for i, cron in enumerate(crons):
+            if i % OWNERS_OF == 0:
+                owner = f"bench-{i // OWNERS_OF}"
+                grant = create_grant(
+                    conn, owner=owner, billing_account=owner, scopes=["graph:execute:*"], now=now
+                )
+            assert grant is not None
+            raw = {"owner": grant.owner, "graph_id": "echo", "input": {"n": i}, "cron": cron}
+            view = create_schedule(
+                conn, {**raw, "grant_id": grant.id, **fields}, limits=UNLIMITED, now=now
+            )
+            ids.append(view["id"])
+    return ids
+
+
+def _wait_for_keys(api: RecordingApi, keys: set[str], stack: Stack, until: float) -> None:
+    """Poll the recorded arrivals (bounded by ``until``) until every key has arrived."""
+    while time.time() < until:
+        for process in stack.processes:
+            assert process.poll() is None, f"{process.args} exited:\n{stack.output()}"
+        if keys <= api.first_arrival().keys():
+            return
+        time.sleep(0.5)
+
+
+def _unbilled(engine: sa.Engine, keys: set[str], until: float) -> tuple[int, int]:
+    """(succeeded, succeeded without a receipt) among ``keys``, once their rows are final."""
+    query = (
+        sa.select(run_ledger.c.status, charge_receipts.c.id)
+        .select_from(
+            run_ledger.outerjoin(charge_receipts, charge_receipts.c.graph_run_id == run_ledger.c.id)
+        )
+        .where(run_ledger.c.idempotency_key.in_(sorted(keys)))
+    )
+    while True:
+        with engine.connect() as conn:
+            rows = list(conn.execute(query))
+        final = [r for r in rows if r.status in ("succeeded", "failed")]
+        if len(final) == len(keys) or time.time() >= until:
+            succeeded = [r for r in final if r.status == "succeeded"]
+            return len(succeeded), sum(r.id is None for r in succeeded)
+        time.sleep(0.5)
+
+
+def test_aligned_burst(
+    benchmark, stack: Stack, engine: sa.Engine, execution_api: RecordingApi, database_url: str
+) -> None:
+    if database_url.startswith("postgresql"):
+        pytest.skip("the burst runs on the shipped dagster.yaml, whose storage is SQLite")
+    n, deadline, interval = _settings()
+    stack.env["GRAPH_RUNS_SENSOR_INTERVAL_SECONDS"] = interval
+    # Far enough ahead that the daemon is up and the partitions exist before the instant.
+    instant = _next_minute(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=70))
+    ids = _make_schedules(
+        engine,
+        ["* * * * *"] * n,
+        start_at=format_utc(instant),
+        end_at=format_utc(instant + dt.timedelta(seconds=30)),
+    )
+    keys = {f"sched:{schedule_id}:{format_utc(instant)}" for schedule_id in ids}
+    stack.start("dagster-daemon", "run", "-w", "workspace.yaml")
+
+    def burst() -> None:
+        _wait_for_keys(execution_api, keys, stack, instant.timestamp() + deadline)
+
+    benchmark.pedantic(burst, rounds=1, iterations=1)
+    first = execution_api.first_arrival()
+    arrived = keys & first.keys()
+    lags = [first[key] - instant.timestamp() for key in arrived]
+    posts = sum(1 for _, key in execution_api.arrivals() if key in keys)
+    executions = execution_api.executions()
+    succeeded, unbilled = _unbilled(engine, arrived, time.time() + 120)
+    bare = bare_client_rate(execution_api, max(n, 1000), BARE_CONCURRENCY)
+    lag = lag_summary(lags)
+    rate = len(arrived) / lag["last"] if lag["last"] else None
+    result = {
+        "slots": n,
+        "sensor_interval_seconds": int(interval),
+        "instant": format_utc(instant),
+        "requested": len(arrived),
+        "not_requested_within_deadline": n - len(arrived),
+        "lag_seconds": lag,
+        "slots_per_s": rate,
+        "repeat_posts": posts - len(arrived),
+        "duplicate_executions": executions - len(arrived),
+        "succeeded": succeeded,
+        "succeeded_without_receipt": unbilled,
+        "bare_client": bare,
+        "ratio_to_bare_client": None if rate is None else rate / bare["per_s"],
+    }
+    write_report("burst", result)
+    if lags:
+        plot_lags("burst_lag", lags, f"{n} aligned slots, sensor interval {interval} s")
+    show(
+        f"Aligned burst: {n} slots due at one instant (sensor interval {interval} s)",
+        [
+            ("requested / due", f"{len(arrived)} / {n}"),
+            ("first lag", seconds(lag["first"])),
+            ("median lag", seconds(lag["p50"])),
+            ("p99 lag", seconds(lag["p99"])),
+            ("last lag", seconds(lag["last"])),
+            ("slots/s", "-" if rate is None else f"{rate:.2f}"),
+            ("bare httpx client, req/s", f"{bare['per_s']:.0f} (concurrency {BARE_CONCURRENCY})"),
+            ("ratio to the bare client", "-" if rate is None else f"{rate / bare['per_s']:.4f}"),
+            ("duplicate executions", str(result["duplicate_executions"])),
+            ("succeeded without a receipt", f"{unbilled} of {succeeded}"),
+        ],
+    )
+    assert result["duplicate_executions"] == 0
+    assert unbilled == 0
+
+
+def test_steady_state(
+    benchmark, stack: Stack, engine: sa.Engine, execution_api: RecordingApi, database_url: str
+) -> None:
+    if database_url.startswith("postgresql"):
+        pytest.skip("steady state runs on the shipped dagster.yaml, whose storage is SQLite")
+    _, _, interval = _settings()
+    stack.env["GRAPH_RUNS_SENSOR_INTERVAL_SECONDS"] = interval
+    first_minute = _next_minute(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=70))
+    instants = [first_minute + dt.timedelta(minutes=i // 4) for i in range(20)]
+    ids = _make_schedules(engine, [f"{at.minute} * * * *" for at in instants])
+    due = {
+        f"sched:{schedule_id}:{format_utc(at)}": at.timestamp()
+        for schedule_id, at in zip(ids, instants, strict=True)
+    }
+    stack.start("dagster-daemon", "run", "-w", "workspace.yaml")
+
+    def steady() -> None:
+        _wait_for_keys(execution_api, set(due), stack, instants[-1].timestamp() + 180)
+
+    benchmark.pedantic(steady, rounds=1, iterations=1)
+    first = execution_api.first_arrival()
+    lags = [first[key] - at for key, at in due.items() if key in first]
+    lag = lag_summary(lags)
+    write_report(
+        "steady",
+        {"slots": len(due), "requested": len(lags), "lag_seconds": lag, "interval": interval},
+    )
+    show(
+        f"Steady state: 20 schedules over 5 minutes (sensor interval {interval} s)",
+        [
+            ("requested / due", f"{len(lags)} / {len(due)}"),
+            ("median lag", seconds(lag["p50"])),
+            ("p99 lag", seconds(lag["p99"])),
+        ],
+    )
+    assert len(lags) == len(due)
+
+
+TICK_NOW = dt.datetime(2026, 11, 23, 9, 0, 5, tzinfo=dt.UTC)
+TICK_DUE = dt.datetime(2026, 11, 23, 9, 0, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize("size", [1_000, 10_000, 100_000])
+def test_tick_cost(benchmark, engine: sa.Engine, database_url: str, size: int) -> None:
+    due = size // 100
+    created = TICK_NOW - dt.timedelta(days=1)
+    with engine.begin() as conn:
+        conn.execute(
+            execution_grants.insert().values(
+                id="grt_b", owner="o", billing_account="b", scopes=["graph:execute:*"],
+                connection_ids=[], created_at=created,
+            )
+        )  # fmt: skip
+        for start in range(0, size, 10_000):
+            conn.execute(
+                schedules.insert(),
+                [
+                    {
+                        "id": f"sch_{i:07d}", "owner": f"o{i // 100}", "graph_id": "echo",
+                        "input": {}, "cron": "* * * * *" if i < due else "0 12 * * *",
+                        "timezone": "UTC", "grant_id": "grt_b", "created_at": created,
+                        "updated_at": created,
+                        "next_run_at": TICK_DUE if i < due else TICK_DUE.replace(hour=12),
+                    }
+                    for i in range(start, min(size, start + 10_000))
+                ],
+            )  # fmt: skip
+    cursor = SensorCursor(
+        last_tick=TICK_NOW - dt.timedelta(seconds=30), last_full_sync=TICK_NOW
+    ).serialize()
+    resources = make_resources(database_url, None, format_utc(TICK_NOW))
+    requested: list[int] = []
+    with dg.instance_for_test() as instance:
+        keys = [f"sch_{i:07d}" for i in range(size)]
+        for start in range(0, size, 20_000):
+            instance.add_dynamic_partitions("graph_run_schedules", keys[start : start + 20_000])
+
+        def reset() -> None:
+            with engine.begin() as conn:
+                conn.execute(run_ledger.delete())
+                conn.execute(
+                    schedules.update()
+                    .where(schedules.c.cron == "* * * * *")
+                    .values(next_run_at=TICK_DUE, runs_total=0, slot_cursor=None)
+                )
+
+        def one_tick() -> None:
+            requested.append(len(tick(instance, resources, cursor).run_requests or []))
+
+        benchmark.pedantic(one_tick, setup=reset, rounds=3, iterations=1)
+    assert requested == [due] * 3
+    backend = "postgres" if database_url.startswith("postgresql") else "sqlite"
+    median = statistics.median(benchmark.stats.stats.data)
+    write_report(f"tick_{backend}_{size}", {"schedules": size, "due": due, "median_s": median})
+    show(
+        f"Sensor tick, {backend} schedules database",
+        [(f"{size:,} schedules, {due:,} due", f"{median:.3f} s")],
+    )
