@@ -35,7 +35,6 @@ from graph_runs.core.statuses import (
     SUCCEEDED,
 )
 from graph_runs.db import insert_ignoring_conflicts
-from graph_runs.errors import GraphRunsError
 from graph_runs.tables import IN_FLIGHT_RUN, run_ledger
 
 # The status a row is inserted with is a move from ``NEW``.
@@ -101,8 +100,8 @@ def _table() -> dict[tuple[str | None, str], tuple[str, ...]]:
 TRANSITIONS: Mapping[tuple[str | None, str], tuple[str, ...]] = _table()
 
 
-class IllegalTransition(GraphRunsError):
-    """A move of a ledger row's status that ``TRANSITIONS`` does not allow."""
+class IllegalTransition(RuntimeError):
+    """A move of a ledger row's status that ``TRANSITIONS`` does not allow: a bug, not input."""
 
     def __init__(self, source: str | None, target: str, by: str, ledger_id: str | None = None):
         row = f"ledger row {ledger_id}" if ledger_id else "a ledger row"
