@@ -13,7 +13,9 @@ The cron maths runs on naive local wall-clock times; each candidate is then reso
 UTC instants it stands for under the rules above.
 """
 
+import copy
 import datetime as dt
+import functools
 import re
 from collections.abc import Iterator
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -25,6 +27,24 @@ UTC = dt.UTC
 # candidate finds every occurrence that could sort before it.
 _DST_SLACK = dt.timedelta(hours=3)
 _FIELD = re.compile(r"^[0-9A-Za-z*/,\-?LW#]+$")
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_valid(expression: str) -> bool:
+    return bool(croniter.is_valid(expression))
+
+
+@functools.lru_cache(maxsize=4096)
+def _template(expression: str) -> croniter:
+    """A parsed expression; copies of it iterate (parsing is most of a tick's cron work)."""
+    return croniter(expression, dt.datetime(2000, 1, 1))
+
+
+def _iterate_from(expression: str, start: dt.datetime) -> croniter:
+    """The expression's fire times after the naive ``start``, as ``croniter(expr, start)``."""
+    candidates = copy.copy(_template(expression))
+    candidates.set_current(start, force=True)
+    return candidates
 
 
 class CronError(ValueError):
@@ -68,7 +88,7 @@ class CronSchedule:
             raise CronError(
                 f"{expression!r} is not a 5-field cron expression (minute hour day month weekday)"
             )
-        if not croniter.is_valid(expression):
+        if not _is_valid(expression):
             raise CronError(f"{expression!r} is not a valid cron expression")
         self.expression = " ".join(fields)
         self.timezone = timezone
@@ -86,14 +106,14 @@ class CronSchedule:
         if self._offset(after - _DST_SLACK) == self._offset(after + _DST_SLACK):
             # No shift near ``after``: no earlier wall-clock time can map to a later instant,
             # so the first candidate after ``local`` that exists is the answer.
-            candidates = croniter(self.expression, local)
+            candidates = _iterate_from(self.expression, local)
             while True:
                 later = [i for i in self._instants(self._next(candidates, after)) if i > after]
                 if later:
                     return min(later)
         # Near a shift a wall-clock time before ``local`` may stand for a later instant (the
         # repeated hour), so start earlier and keep the smallest instant after ``after``.
-        candidates = croniter(self.expression, local - _DST_SLACK)
+        candidates = _iterate_from(self.expression, local - _DST_SLACK)
         best: dt.datetime | None = None
         horizon: dt.datetime | None = None
         while True:

@@ -98,3 +98,21 @@ def test_is_fire_time_and_min_interval() -> None:
     assert schedule.is_fire_time(at("2026-11-22T10:45:00Z"))
     assert not schedule.is_fire_time(at("2026-11-22T10:46:00Z"))
     assert schedule.min_interval(at("2026-11-22T00:00:00Z")).total_seconds() == 900
+
+
+def test_schedules_of_one_expression_share_its_parse_but_not_their_position() -> None:
+    # One parsed expression serves every schedule that uses it (parsing was most of a tick's
+    # cron work); each iteration starts from its own instant, however they interleave.
+    berlin, new_york = (
+        CronSchedule("30 1 * * *", "Europe/Berlin"),
+        CronSchedule("30 1 * * *", "America/New_York"),
+    )
+    first = new_york.next_after(at("2026-10-31T12:00:00Z"))
+    assert format_utc(berlin.next_after(at("2026-03-28T12:00:00Z"))) == "2026-03-29T00:30:00Z"
+    assert new_york.next_after(at("2026-10-31T12:00:00Z")) == first
+    assert format_utc(first) == "2026-11-01T05:30:00Z"
+    assert format_utc(new_york.next_after(first)) == "2026-11-02T06:30:00Z"
+    # An expression that was refused is refused again: a refusal is never cached as valid.
+    for _ in range(2):
+        with pytest.raises(CronError, match="never fires"):
+            CronSchedule("0 0 30 2 *", "UTC")
