@@ -9,14 +9,19 @@ import dagster as dg
 from graph_runs import ledger
 
 RUN_LOOKUP_CHUNK = 500
+# A run the daemon created but never submitted (it died in between) is NOT_STARTED and never
+# starts by itself; requesting it again with the same run key makes the daemon submit it.
+SUBMITTED = [status for status in dg.DagsterRunStatus if status != dg.DagsterRunStatus.NOT_STARTED]
 
 
 def existing_runs(instance: dg.DagsterInstance, ledger_ids: list[str]) -> dict[str, str]:
-    """Dagster run ids by ledger id, looked up in batches by tag rather than one per row."""
+    """Submitted Dagster runs' ids by ledger id, looked up in batches by tag, not per row."""
     found: dict[str, str] = {}
     for start in range(0, len(ledger_ids), RUN_LOOKUP_CHUNK):
         chunk = ledger_ids[start : start + RUN_LOOKUP_CHUNK]
-        records = instance.get_run_records(dg.RunsFilter(tags={ledger.LEDGER_ID_TAG: chunk}))
+        records = instance.get_run_records(
+            dg.RunsFilter(tags={ledger.LEDGER_ID_TAG: chunk}, statuses=SUBMITTED)
+        )
         for record in records:
             ledger_id = record.dagster_run.tags.get(ledger.LEDGER_ID_TAG)
             if ledger_id:

@@ -3,6 +3,9 @@
 from typing import Any
 
 import dagster as dg
+from dagster._core.remote_origin import InProcessCodeLocationOrigin, RemoteRepositoryOrigin
+from dagster._core.test_utils import create_run_for_test
+from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
 from graph_runs.jobs import graph_run_job
 from resources import (
@@ -77,4 +80,37 @@ def launch(
         tags=tags,
         resources=resources,
         raise_on_error=False,
+    )
+
+
+# Where the daemon's runs come from: the code location of workspace.yaml. Dagster records it
+# on every run it submits (and refuses to queue a run without one).
+JOB_ORIGIN = RemoteRepositoryOrigin(
+    code_location_origin=InProcessCodeLocationOrigin(
+        LoadableTargetOrigin(module_name="graph_runs.definitions", attribute="defs"),
+        location_name="graph_runs",
+    ),
+    repository_name="__repository__",
+).get_job_origin("graph_run_job")
+
+
+def daemon_run(
+    instance: dg.DagsterInstance,
+    request: dg.RunRequest,
+    status: dg.DagsterRunStatus = dg.DagsterRunStatus.QUEUED,
+) -> dg.DagsterRun:
+    """The run the daemon makes of a run request: QUEUED once submitted to the run queue.
+
+    NOT_STARTED is a run it created and then did not submit (it died in between).
+    """
+    return create_run_for_test(
+        instance,
+        job_name=graph_run_job.name,
+        status=status,
+        tags={
+            **request.tags,
+            "dagster/partition": request.partition_key or "",
+            "dagster/run_key": request.run_key or "",
+        },
+        remote_job_origin=JOB_ORIGIN,
     )

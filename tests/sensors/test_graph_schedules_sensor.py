@@ -12,7 +12,7 @@ from graph_runs.jobs import SCHEDULE_PARTITIONS_NAME
 from graph_runs.schedules import delete_schedule
 from graph_runs.tables import charge_receipts, run_ledger, schedules
 from tests.conftest import RunningApi
-from tests.dagster_helpers import apply_partitions, launch, make_resources, tick
+from tests.dagster_helpers import apply_partitions, daemon_run, launch, make_resources, tick
 from tests.helpers import at, make_grant, make_schedule
 
 CREATED = at("2026-11-22T10:00:30Z")
@@ -80,20 +80,29 @@ def test_tick_that_dies_after_commit_neither_loses_nor_duplicates_a_slot(
     assert view["id"] in instance.get_dynamic_partitions(SCHEDULE_PARTITIONS_NAME)
 
 
-def test_a_created_run_that_never_started_is_not_requested_again(
+def test_a_run_created_but_never_submitted_is_requested_again(
     engine: sa.Engine, database_url: str, instance: dg.DagsterInstance
 ) -> None:
+    """The daemon created the slot's run, then died before submitting it (NOT_STARTED).
+
+    Such a run never starts by itself: trusting it left the row queued for ever. The row
+    stays pending and its run is requested again with the same run key, which makes the
+    daemon submit the run it created; once submitted, the row is queued on it.
+    """
     new_schedule(engine)
     resources = make_resources(database_url, None, "2026-11-22T10:01:02Z")
     first = tick(instance, resources, None)
     (request,) = first.run_requests or []
     apply_partitions(instance, first)
-    created = instance.create_run_for_job(
-        job_def=launch.__globals__["graph_run_job"],
-        tags={**request.tags, "dagster/partition": request.partition_key or ""},
-    )
+    created = daemon_run(instance, request, dg.DagsterRunStatus.NOT_STARTED)
     second = tick(instance, resources, first.cursor)
-    assert not second.run_requests
+    assert [r.run_key for r in second.run_requests or []] == [request.run_key]
+    (row,) = ledger_rows(engine)
+    assert (row.status, row.dagster_run_id) == ("pending", None)
+    # What the daemon does with the repeated request: it submits the run it had created.
+    instance.report_dagster_event(dg.DagsterEvent.job_enqueue(created), run_id=created.run_id)
+    third = tick(instance, resources, second.cursor)
+    assert not third.run_requests
     (row,) = ledger_rows(engine)
     assert (row.status, row.dagster_run_id) == ("queued", created.run_id)
 

@@ -15,7 +15,7 @@ from graph_runs.schedules import pause_schedule
 from graph_runs.tables import charge_receipts, run_ledger
 from graph_runs.triggers import backfill_schedule, trigger_schedule
 from tests.conftest import RunningApi
-from tests.dagster_helpers import apply_partitions, launch, make_resources, tick
+from tests.dagster_helpers import apply_partitions, daemon_run, launch, make_resources, tick
 from tests.helpers import at, ledger_statuses, make_grant, make_schedule
 
 CREATED = at("2026-11-22T10:00:30Z")
@@ -33,15 +33,8 @@ def statuses(engine: sa.Engine, schedule_id: str) -> list[tuple[str | None, str]
 
 
 def create_run(instance: dg.DagsterInstance, request: dg.RunRequest) -> dg.DagsterRun:
-    """What the daemon does with a run request: a run that has not started yet."""
-    return instance.create_run_for_job(
-        job_def=graph_run_job,
-        tags={
-            **request.tags,
-            "dagster/partition": request.partition_key or "",
-            "dagster/run_key": request.run_key or "",
-        },
-    )
+    """What the daemon does with a run request: a run in the run queue, not started yet."""
+    return daemon_run(instance, request)
 
 
 def test_pausing_cancels_the_queued_dagster_run_and_a_late_start_does_nothing(
