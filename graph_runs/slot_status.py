@@ -173,32 +173,29 @@ def insert_new(conn: sa.Connection, rows: list[dict[str, Any]]) -> int:
     return insert_ignoring_conflicts(conn, run_ledger, rows)
 
 
-def mark_queued(conn: sa.Connection, run_ids_by_ledger_id: Mapping[str, str]) -> None:
-    """Record the Dagster run that exists for each pending row: ``pending`` -> ``queued``."""
+def _record_runs(
+    conn: sa.Connection, source: str, by: str, run_ids_by_ledger_id: Mapping[str, str]
+) -> None:
     if run_ids_by_ledger_id:
         _move_rows(
             conn,
-            [PENDING],
+            [source],
             QUEUED,
-            "mark_queued",
+            by,
             run_ledger.c.id == sa.bindparam("b_id"),
             values={"dagster_run_id": sa.bindparam("b_run")},
             params=[{"b_id": k, "b_run": v} for k, v in run_ids_by_ledger_id.items()],
         )
+
+
+def mark_queued(conn: sa.Connection, run_ids_by_ledger_id: Mapping[str, str]) -> None:
+    """Record the Dagster run that exists for each pending row: ``pending`` -> ``queued``."""
+    _record_runs(conn, PENDING, "mark_queued", run_ids_by_ledger_id)
 
 
 def launch_approved(conn: sa.Connection, run_ids_by_ledger_id: Mapping[str, str]) -> None:
     """Record each approved slot's launched run: ``awaiting_approval`` -> ``queued``."""
-    if run_ids_by_ledger_id:
-        _move_rows(
-            conn,
-            [AWAITING_APPROVAL],
-            QUEUED,
-            "launch_approved",
-            run_ledger.c.id == sa.bindparam("b_id"),
-            values={"dagster_run_id": sa.bindparam("b_run")},
-            params=[{"b_id": k, "b_run": v} for k, v in run_ids_by_ledger_id.items()],
-        )
+    _record_runs(conn, AWAITING_APPROVAL, "launch_approved", run_ids_by_ledger_id)
 
 
 def release(conn: sa.Connection, ledger_ids: list[str]) -> int:

@@ -6,6 +6,7 @@ distribution) and to the terminal as one table row per figure, so that a run of
 """
 
 import asyncio
+import datetime as dt
 import json
 import os
 import signal
@@ -22,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import sqlalchemy as sa
 
+from graph_runs.tables import execution_grants, run_ledger, schedules
 from tests.conftest import API_TOKEN
 
 REPO = Path(__file__).resolve().parents[2]
@@ -186,3 +189,44 @@ def show(title: str, rows: list[tuple[str, str]]) -> None:
 def seconds(value: float | None) -> str:
     """A duration for the table."""
     return "-" if value is None else f"{value:.2f} s"
+
+
+def insert_schedules(
+    conn: sa.Connection, *, total: int, due: int, due_at: dt.datetime, created: dt.datetime
+) -> None:
+    """``total`` schedules of one grant, 100 per owner; the first ``due`` due at ``due_at``.
+
+    Written as rows, as another application would: building 100k through the API would
+    take minutes. The others are due at noon, hours away.
+    """
+    conn.execute(
+        execution_grants.insert().values(
+            id="grt_b", owner="o", billing_account="b", scopes=["graph:execute:*"],
+            connection_ids=[], created_at=created,
+        )
+    )  # fmt: skip
+    for start in range(0, total, 10_000):
+        conn.execute(
+            schedules.insert(),
+            [
+                {
+                    "id": f"sch_{i:07d}", "owner": f"o{i // 100}", "graph_id": "echo",
+                    "input": {}, "cron": "* * * * *" if i < due else "0 12 * * *",
+                    "timezone": "UTC", "grant_id": "grt_b", "created_at": created,
+                    "updated_at": created,
+                    "next_run_at": due_at if i < due else due_at.replace(hour=12),
+                }
+                for i in range(start, min(total, start + 10_000))
+            ],
+        )  # fmt: skip
+
+
+def reset_due(engine: sa.Engine, due_at: dt.datetime) -> None:
+    """Undo a claim of ``insert_schedules``'s due schedules, so the next round claims anew."""
+    with engine.begin() as conn:
+        conn.execute(run_ledger.delete())
+        conn.execute(
+            schedules.update()
+            .where(schedules.c.cron == "* * * * *")
+            .values(next_run_at=due_at, runs_total=0, slot_cursor=None)
+        )

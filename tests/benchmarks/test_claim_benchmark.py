@@ -13,7 +13,8 @@ import sqlalchemy as sa
 from graph_runs.core.schedule_spec import ScheduleLimits
 from graph_runs.db import make_engine
 from graph_runs.slots import claim_due_slots
-from graph_runs.tables import execution_grants, run_ledger, schedules
+from graph_runs.tables import run_ledger
+from tests.benchmarks.harness import insert_schedules, reset_due
 from tests.helpers import at
 
 NOW = at("2026-11-22T10:01:05Z")
@@ -23,24 +24,10 @@ DUE_AT = at("2026-11-22T10:01:00Z")
 def populate(path: Path, template: Path, due: int, idle: int) -> sa.Engine:
     shutil.copyfile(template, path)
     engine = make_engine(f"sqlite:///{path}")
-    created = at("2026-11-22T10:00:30Z")
     with engine.begin() as conn:
-        conn.execute(
-            execution_grants.insert().values(
-                id="grt_b", owner="o", billing_account="b", scopes=["graph:execute:*"],
-                connection_ids=[], created_at=created,
-            )
-        )  # fmt: skip
-        rows = [
-            {
-                "id": f"sch_{i:06d}", "owner": "o", "graph_id": "echo", "input": {},
-                "cron": "* * * * *" if i < due else "0 12 * * *", "timezone": "UTC",
-                "grant_id": "grt_b", "created_at": created, "updated_at": created,
-                "next_run_at": DUE_AT if i < due else at("2026-11-22T12:00:00Z"),
-            }
-            for i in range(due + idle)
-        ]  # fmt: skip
-        conn.execute(schedules.insert(), rows)
+        insert_schedules(
+            conn, total=due + idle, due=due, due_at=DUE_AT, created=at("2026-11-22T10:00:30Z")
+        )
     return engine
 
 
@@ -49,13 +36,7 @@ def test_claim_100_due(benchmark, tmp_path: Path, sqlite_template: Path, idle: i
     engine = populate(tmp_path / "bench.db", sqlite_template, 100, idle)
 
     def reset() -> None:
-        with engine.begin() as conn:
-            conn.execute(run_ledger.delete())
-            conn.execute(
-                schedules.update()
-                .where(schedules.c.cron == "* * * * *")
-                .values(next_run_at=at("2026-11-22T10:01:00Z"), runs_total=0, slot_cursor=None)
-            )
+        reset_due(engine, DUE_AT)
 
     fired: list[int] = []
 

@@ -27,13 +27,15 @@ from graph_runs.core.cron import format_utc
 from graph_runs.core.schedule_spec import UNLIMITED
 from graph_runs.grants import create_grant
 from graph_runs.schedules import create_schedule
-from graph_runs.tables import charge_receipts, execution_grants, run_ledger, schedules
+from graph_runs.tables import charge_receipts, run_ledger
 from sensors.graph_schedules_sensor import SensorCursor
 from tests.benchmarks.harness import (
     RecordingApi,
     bare_client_rate,
+    insert_schedules,
     lag_summary,
     plot_lags,
+    reset_due,
     seconds,
     show,
     write_report,
@@ -45,11 +47,16 @@ BARE_CONCURRENCY = 50
 OWNERS_OF = 100  # schedules per owner, the default limit
 
 
-def _settings() -> tuple[int, float, str]:
+def _on_the_shipped_instance(stack: Stack, database_url: str) -> tuple[int, float, str]:
+    """The settings (N, deadline, sensor interval); only the shipped dagster.yaml is timed."""
+    if database_url.startswith("postgresql"):
+        pytest.skip("timed on the shipped dagster.yaml, whose storage is SQLite")
+    interval = os.environ.get("BENCH_SENSOR_INTERVAL_SECONDS", "30")
+    stack.env["GRAPH_RUNS_SENSOR_INTERVAL_SECONDS"] = interval
     return (
         int(os.environ.get("BENCH_N", "1000")),
         float(os.environ.get("BENCH_DEADLINE_SECONDS", "900")),
-        os.environ.get("BENCH_SENSOR_INTERVAL_SECONDS", "30"),
+        interval,
     )
 
 
@@ -110,10 +117,7 @@ def _unbilled(engine: sa.Engine, keys: set[str], until: float) -> tuple[int, int
 def test_aligned_burst(
     benchmark, stack: Stack, engine: sa.Engine, execution_api: RecordingApi, database_url: str
 ) -> None:
-    if database_url.startswith("postgresql"):
-        pytest.skip("the burst runs on the shipped dagster.yaml, whose storage is SQLite")
-    n, deadline, interval = _settings()
-    stack.env["GRAPH_RUNS_SENSOR_INTERVAL_SECONDS"] = interval
+    n, deadline, interval = _on_the_shipped_instance(stack, database_url)
     # Far enough ahead that the daemon is up and the partitions exist before the instant.
     instant = _next_minute(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=70))
     ids = _make_schedules(
@@ -178,10 +182,7 @@ def test_aligned_burst(
 def test_steady_state(
     benchmark, stack: Stack, engine: sa.Engine, execution_api: RecordingApi, database_url: str
 ) -> None:
-    if database_url.startswith("postgresql"):
-        pytest.skip("steady state runs on the shipped dagster.yaml, whose storage is SQLite")
-    _, _, interval = _settings()
-    stack.env["GRAPH_RUNS_SENSOR_INTERVAL_SECONDS"] = interval
+    _, _, interval = _on_the_shipped_instance(stack, database_url)
     first_minute = _next_minute(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=70))
     instants = [first_minute + dt.timedelta(minutes=i // 4) for i in range(20)]
     ids = _make_schedules(engine, [f"{at.minute} * * * *" for at in instants])
@@ -220,28 +221,10 @@ TICK_DUE = dt.datetime(2026, 11, 23, 9, 0, tzinfo=dt.UTC)
 @pytest.mark.parametrize("size", [1_000, 10_000, 100_000])
 def test_tick_cost(benchmark, engine: sa.Engine, database_url: str, size: int) -> None:
     due = size // 100
-    created = TICK_NOW - dt.timedelta(days=1)
     with engine.begin() as conn:
-        conn.execute(
-            execution_grants.insert().values(
-                id="grt_b", owner="o", billing_account="b", scopes=["graph:execute:*"],
-                connection_ids=[], created_at=created,
-            )
-        )  # fmt: skip
-        for start in range(0, size, 10_000):
-            conn.execute(
-                schedules.insert(),
-                [
-                    {
-                        "id": f"sch_{i:07d}", "owner": f"o{i // 100}", "graph_id": "echo",
-                        "input": {}, "cron": "* * * * *" if i < due else "0 12 * * *",
-                        "timezone": "UTC", "grant_id": "grt_b", "created_at": created,
-                        "updated_at": created,
-                        "next_run_at": TICK_DUE if i < due else TICK_DUE.replace(hour=12),
-                    }
-                    for i in range(start, min(size, start + 10_000))
-                ],
-            )  # fmt: skip
+        insert_schedules(
+            conn, total=size, due=due, due_at=TICK_DUE, created=TICK_NOW - dt.timedelta(days=1)
+        )
     cursor = SensorCursor(
         last_tick=TICK_NOW - dt.timedelta(seconds=30), last_full_sync=TICK_NOW
     ).serialize()
@@ -253,13 +236,7 @@ def test_tick_cost(benchmark, engine: sa.Engine, database_url: str, size: int) -
             instance.add_dynamic_partitions("graph_run_schedules", keys[start : start + 20_000])
 
         def reset() -> None:
-            with engine.begin() as conn:
-                conn.execute(run_ledger.delete())
-                conn.execute(
-                    schedules.update()
-                    .where(schedules.c.cron == "* * * * *")
-                    .values(next_run_at=TICK_DUE, runs_total=0, slot_cursor=None)
-                )
+            reset_due(engine, TICK_DUE)
 
         def one_tick() -> None:
             requested.append(len(tick(instance, resources, cursor).run_requests or []))
