@@ -101,19 +101,33 @@ class Outcome:
 
 
 class ExecutionApiError(Exception):
-    """The API refused the request, or stayed unreachable through every retry."""
+    """The API refused the request, or stayed unreachable through every retry.
 
-    def __init__(self, code: str, message: str, *, http_status: int | None, attempts: int) -> None:
+    ``api_run_id`` is the API's run when the error came after the API accepted the run
+    (polling timed out or failed): that run may still be going, and may still cost money.
+    """
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        http_status: int | None,
+        attempts: int,
+        api_run_id: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.http_status = http_status
         self.attempts = attempts
+        self.api_run_id = api_run_id
 
     def as_outcome(self) -> Outcome:
         """The failed outcome the ledger records for this error."""
         return Outcome(
             status="failed",
+            api_run_id=self.api_run_id,
             error_code=self.code,
             error_message=self.message,
             attempts=self.attempts,
@@ -136,7 +150,8 @@ class RetryPolicy:
         return backoff
 
 
-def _retry_after(response: httpx.Response, now: float) -> float | None:
+def retry_after_seconds(response: httpx.Response, now: float) -> float | None:
+    """The answer's ``Retry-After`` in seconds from ``now`` (seconds or an HTTP date)."""
     value = response.headers.get("Retry-After")
     if not value:
         return None
@@ -237,9 +252,9 @@ class ExecutionApiClient:
                     return response, attempt
                 last_status = response.status_code
                 if response.status_code not in RETRYABLE_STATUS:
-                    raise self._refusal(response, attempt)
+                    raise refusal_error(response, attempt)
                 last_problem = f"HTTP {response.status_code}"
-                retry_after = _retry_after(response, self.wall_clock())
+                retry_after = retry_after_seconds(response, self.wall_clock())
             if attempt < self.retry.max_attempts:
                 delay = self.retry.delay(attempt, retry_after)
                 logger.warning(
@@ -253,12 +268,17 @@ class ExecutionApiClient:
             attempts=self.retry.max_attempts,
         )
 
-    @staticmethod
-    def _refusal(response: httpx.Response, attempt: int) -> ExecutionApiError:
-        try:
-            error = response.json().get("error") or {}
-        except (ValueError, AttributeError):
-            error = {}
-        code = error.get("code") or f"http_{response.status_code}"
-        message = error.get("message") or response.text[:500] or f"HTTP {response.status_code}"
-        return ExecutionApiError(code, message, http_status=response.status_code, attempts=attempt)
+
+def refusal_error(
+    response: httpx.Response, attempt: int, api_run_id: str | None = None
+) -> ExecutionApiError:
+    """The error for an answer that is not retried (400, 401, 403, 404, 409, 422)."""
+    try:
+        error = response.json().get("error") or {}
+    except (ValueError, AttributeError):
+        error = {}
+    code = error.get("code") or f"http_{response.status_code}"
+    message = error.get("message") or response.text[:500] or f"HTTP {response.status_code}"
+    return ExecutionApiError(
+        code, message, http_status=response.status_code, attempts=attempt, api_run_id=api_run_id
+    )

@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
+from graph_runs.http.concurrent_calls import Call, ConcurrentCaller
 from graph_runs.tables import execution_grants, run_ledger, schedules
 from tests.conftest import API_TOKEN
 
@@ -138,6 +139,23 @@ async def _bare_client(url: str, token: str, n: int, concurrency: int) -> float:
         started = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(n)))
         return time.perf_counter() - started
+
+
+async def _caller(url: str, token: str, n: int, concurrency: int) -> float:
+    run = uuid.uuid4().hex[:8]
+    body = {"grant_id": "grt_bare", "input": {}, "trigger": {"kind": "api"}}
+    caller = ConcurrentCaller(url, token, max_concurrent=concurrency, max_per_account=concurrency)
+    calls = [Call(f"caller:{run}:{i}", "echo", body, f"acct-{i % 10}") for i in range(n)]
+    started = time.perf_counter()
+    async for result in caller.run(calls, dagster_run_id="bench"):
+        assert result.outcome is not None, result.error
+    return time.perf_counter() - started
+
+
+def caller_rate(api: RecordingApi, n: int, concurrency: int) -> dict[str, float]:
+    """graph-runs' concurrent caller (``http/concurrent_calls``) on the same API."""
+    seconds = asyncio.run(_caller(api.url, api.token, n, concurrency))
+    return {"requests": n, "concurrency": concurrency, "seconds": seconds, "per_s": n / seconds}
 
 
 def bare_client_rate(api: RecordingApi, n: int, concurrency: int) -> dict[str, float]:

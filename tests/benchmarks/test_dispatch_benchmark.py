@@ -7,7 +7,9 @@ Skipped by ``make test`` (they use pytest-benchmark's fixture). Each writes its 
   from the instant to the API request, slots/s, and the same API's rate under a bare async
   httpx client, measured in the same run;
 - steady state: 20 schedules at different minutes over five minutes;
-- tick cost: one sensor tick at 1k, 10k and 100k schedules with 1% due, on each backend.
+- tick cost: one sensor tick at 1k, 10k and 100k schedules with 1% due, on each backend;
+- the concurrent caller a dispatch run fires slots with, against the bare client, on the
+  same API in the same run: the ceiling of a dispatch run here.
 
 ``BENCH_DEADLINE_SECONDS`` (default 900) bounds the wait for a burst's slots: slots not
 requested by then are reported as such, not waited for.
@@ -32,6 +34,7 @@ from sensors.graph_schedules_sensor import SensorCursor
 from tests.benchmarks.harness import (
     RecordingApi,
     bare_client_rate,
+    caller_rate,
     insert_schedules,
     lag_summary,
     plot_lags,
@@ -249,4 +252,25 @@ def test_tick_cost(benchmark, engine: sa.Engine, database_url: str, size: int) -
     show(
         f"Sensor tick, {backend} schedules database",
         [(f"{size:,} schedules, {due:,} due", f"{median:.3f} s")],
+    )
+
+
+def test_concurrent_caller_against_the_bare_client(benchmark, execution_api: RecordingApi) -> None:
+    n = 2_000
+    rounds: dict[str, list[float]] = {"bare": [], "caller": []}
+
+    def both() -> None:  # alternated, so that the machine's noise falls on both alike
+        rounds["bare"].append(bare_client_rate(execution_api, n, BARE_CONCURRENCY)["per_s"])
+        rounds["caller"].append(caller_rate(execution_api, n, BARE_CONCURRENCY)["per_s"])
+
+    benchmark.pedantic(both, rounds=3, iterations=1)
+    bare, caller = (statistics.median(rounds[name]) for name in ("bare", "caller"))
+    write_report("caller", {"requests": n, "bare_per_s": bare, "caller_per_s": caller, **rounds})
+    show(
+        f"Concurrent caller vs bare async httpx client: {n:,} requests, 50 at a time, median of 3",
+        [
+            ("bare client, req/s", f"{bare:.0f}"),
+            ("concurrent caller, req/s", f"{caller:.0f}"),
+            ("ratio", f"{caller / bare:.2f}"),
+        ],
     )

@@ -1,0 +1,180 @@
+"""Many graph runs at once through one async HTTP client: the dispatch run's caller.
+
+A run that fires a batch of slots calls the execution API for each of them concurrently,
+within two bounds: ``max_concurrent`` calls in all, and ``max_per_account`` per billing
+account, so that one tenant's thousands of slots at 09:00 neither starve the others nor
+flood the API. A call waits for its account's turn before it takes a place in the global
+bound, so a tenant over its cap holds no place another tenant could use.
+
+Each call keeps the contract of ``execution_client``: the same idempotency key and the same
+body on every attempt, bounded exponential backoff that honours ``Retry-After``, and no
+retry of a refusal. A call whose run was accepted (202) but whose polling timed out or
+failed keeps the API's run id: a later call with ``api_run_id`` set resumes polling that
+run instead of submitting again, so an API run that still runs is never given up on.
+"""
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from graph_runs.http.execution_client import (
+    RETRYABLE_STATUS,
+    TERMINAL_STATUSES,
+    ExecutionApiError,
+    Outcome,
+    RetryPolicy,
+    refusal_error,
+    retry_after_seconds,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One graph run to obtain: submit it, or resume polling the API run it already has."""
+
+    idempotency_key: str
+    graph_id: str
+    body: Mapping[str, Any]
+    billing_account: str | None = None
+    timeout_seconds: float | None = None
+    api_run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    """A call's terminal outcome, or the error that ended it (with the API run id, if any)."""
+
+    call: Call
+    outcome: Outcome | None = None
+    error: ExecutionApiError | None = None
+
+
+@dataclass
+class ConcurrentCaller:
+    """Calls the execution API for many graph runs at once, within per-account bounds."""
+
+    base_url: str
+    token: str
+    max_concurrent: int = 50
+    max_per_account: int = 10
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    request_timeout_seconds: float = 30.0
+    poll_interval_seconds: float = 2.0
+    default_run_timeout_seconds: float = 3600.0
+    transport: httpx.AsyncBaseTransport | None = None
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    clock: Callable[[], float] = time.monotonic
+    wall_clock: Callable[[], float] = time.time
+
+    async def run(self, calls: Iterable[Call], *, dagster_run_id: str) -> AsyncIterator[Result]:
+        """Make every call; yield each result as soon as its call ends, in finishing order."""
+        total = asyncio.Semaphore(self.max_concurrent)
+        accounts: dict[str | None, asyncio.Semaphore] = {}
+        limits = httpx.Limits(
+            max_connections=self.max_concurrent, max_keepalive_connections=self.max_concurrent
+        )
+        async with httpx.AsyncClient(
+            transport=self.transport, timeout=self.request_timeout_seconds, limits=limits
+        ) as http:
+
+            async def one(call: Call) -> Result:
+                account = accounts.setdefault(
+                    call.billing_account, asyncio.Semaphore(self.max_per_account)
+                )
+                async with account, total:
+                    try:
+                        outcome = await self._obtain(http, call, dagster_run_id)
+                    except ExecutionApiError as exc:
+                        return Result(call, error=exc)
+                return Result(call, outcome=outcome)
+
+            for finished in asyncio.as_completed([one(call) for call in calls]):
+                yield await finished
+
+    async def _obtain(self, http: httpx.AsyncClient, call: Call, dagster_run_id: str) -> Outcome:
+        deadline = self.clock() + (call.timeout_seconds or self.default_run_timeout_seconds)
+        headers = {
+            "Authorization": f"Bearer {self.token}",
+            "Idempotency-Key": call.idempotency_key,
+            "X-Dagster-Run-Id": dagster_run_id,
+            "Content-Type": "application/json",
+        }
+        url = f"{self.base_url.rstrip('/')}/api/internal/graphs/{call.graph_id}/runs"
+        attempts = 0
+        run_id = call.api_run_id
+        if run_id is None:
+            content = json.dumps(call.body, sort_keys=True, separators=(",", ":")).encode()
+            response, attempts = await self._send(http, "POST", url, headers, content, None)
+            payload = response.json()
+            if response.status_code == 200:
+                return Outcome.from_terminal(payload, attempts)
+            run_id = payload["run_id"]
+        while True:
+            if self.clock() >= deadline:
+                raise ExecutionApiError(
+                    "timeout",
+                    f"run {run_id} was not terminal within the timeout",
+                    http_status=None,
+                    attempts=attempts,
+                    api_run_id=run_id,
+                )
+            if attempts:  # a resumed call polls at once; a new one waits after submitting
+                await self.sleep(self.poll_interval_seconds)
+            response, polls = await self._send(
+                http, "GET", f"{url}/{run_id}", headers, None, run_id
+            )
+            attempts += polls
+            if response.status_code == 200:
+                payload = response.json()
+                if payload.get("status") in TERMINAL_STATUSES:
+                    return Outcome.from_terminal(payload, attempts)
+
+    async def _send(
+        self,
+        http: httpx.AsyncClient,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        content: bytes | None,
+        api_run_id: str | None,
+    ) -> tuple[httpx.Response, int]:
+        """Send with retries; returns the first 200/202 answer and the attempts it took."""
+        last_problem = ""
+        last_status: int | None = None
+        for attempt in range(1, self.retry.max_attempts + 1):
+            retry_after: float | None = None
+            try:
+                response = await http.request(
+                    method, url, headers={**headers, "X-Attempt": str(attempt)}, content=content
+                )
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                last_problem, last_status = type(exc).__name__, None
+            else:
+                if response.status_code in (200, 202):
+                    return response, attempt
+                last_status = response.status_code
+                if response.status_code not in RETRYABLE_STATUS:
+                    raise refusal_error(response, attempt, api_run_id)
+                last_problem = f"HTTP {response.status_code}"
+                retry_after = retry_after_seconds(response, self.wall_clock())
+            if attempt < self.retry.max_attempts:
+                delay = self.retry.delay(attempt, retry_after)
+                logger.warning(
+                    "execution API %s %s: %s; retrying in %.1f s", method, url, last_problem, delay
+                )
+                await self.sleep(delay)
+        raise ExecutionApiError(
+            "api_unavailable",
+            f"execution API still failing after {self.retry.max_attempts} attempts: {last_problem}",
+            http_status=last_status,
+            attempts=self.retry.max_attempts,
+            api_run_id=api_run_id,
+        )
