@@ -15,7 +15,6 @@ run instead of submitting again, so an API run that still runs is never given up
 
 import asyncio
 import json
-import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -24,16 +23,12 @@ from typing import Any
 import httpx
 
 from graph_runs.http.execution_client import (
-    RETRYABLE_STATUS,
     TERMINAL_STATUSES,
     ExecutionApiError,
     Outcome,
+    Retrying,
     RetryPolicy,
-    refusal_error,
-    retry_after_seconds,
 )
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -147,34 +142,19 @@ class ConcurrentCaller:
         api_run_id: str | None,
     ) -> tuple[httpx.Response, int]:
         """Send with retries; returns the first 200/202 answer and the attempts it took."""
-        last_problem = ""
-        last_status: int | None = None
-        for attempt in range(1, self.retry.max_attempts + 1):
-            retry_after: float | None = None
+        retrying = Retrying(self.retry, method, url, self.wall_clock, api_run_id)
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 response = await http.request(
                     method, url, headers={**headers, "X-Attempt": str(attempt)}, content=content
                 )
             except (httpx.TimeoutException, httpx.TransportError) as exc:
-                last_problem, last_status = type(exc).__name__, None
+                delay = retrying.after_error(exc, attempt)
             else:
-                if response.status_code in (200, 202):
+                answered = retrying.after_answer(response, attempt)
+                if answered is None:
                     return response, attempt
-                last_status = response.status_code
-                if response.status_code not in RETRYABLE_STATUS:
-                    raise refusal_error(response, attempt, api_run_id)
-                last_problem = f"HTTP {response.status_code}"
-                retry_after = retry_after_seconds(response, self.wall_clock())
-            if attempt < self.retry.max_attempts:
-                delay = self.retry.delay(attempt, retry_after)
-                logger.warning(
-                    "execution API %s %s: %s; retrying in %.1f s", method, url, last_problem, delay
-                )
-                await self.sleep(delay)
-        raise ExecutionApiError(
-            "api_unavailable",
-            f"execution API still failing after {self.retry.max_attempts} attempts: {last_problem}",
-            http_status=last_status,
-            attempts=self.retry.max_attempts,
-            api_run_id=api_run_id,
-        )
+                delay = answered
+            await self.sleep(delay)

@@ -236,37 +236,75 @@ class ExecutionApiClient:
         content: bytes | None,
     ) -> tuple[httpx.Response, int]:
         """Send with retries; returns the first 200/202 answer and the attempts it took."""
-        last_problem = ""
-        last_status: int | None = None
-        for attempt in range(1, self.retry.max_attempts + 1):
-            retry_after: float | None = None
+        retrying = Retrying(self.retry, method, url, self.wall_clock)
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 response = http.request(
                     method, url, headers={**headers, "X-Attempt": str(attempt)}, content=content
                 )
             except (httpx.TimeoutException, httpx.TransportError) as exc:
-                last_problem = f"{type(exc).__name__}: {exc}"
-                last_status = None
+                delay = retrying.after_error(exc, attempt)
             else:
-                if response.status_code in (200, 202):
+                answered = retrying.after_answer(response, attempt)
+                if answered is None:
                     return response, attempt
-                last_status = response.status_code
-                if response.status_code not in RETRYABLE_STATUS:
-                    raise refusal_error(response, attempt)
-                last_problem = f"HTTP {response.status_code}"
-                retry_after = retry_after_seconds(response, self.wall_clock())
-            if attempt < self.retry.max_attempts:
-                delay = self.retry.delay(attempt, retry_after)
-                logger.warning(
-                    "execution API %s %s: %s; retrying in %.1f s", method, url, last_problem, delay
-                )
-                self.sleep(delay)
-        raise ExecutionApiError(
-            "api_unavailable",
-            f"execution API still failing after {self.retry.max_attempts} attempts: {last_problem}",
-            http_status=last_status,
-            attempts=self.retry.max_attempts,
+                delay = answered
+            self.sleep(delay)
+
+
+@dataclass
+class Retrying:
+    """The retry decisions of one request, shared by this client and the concurrent caller.
+
+    Each attempt's answer (or transport error) is judged here: a usable answer (200, 202)
+    ends the loop, a refusal raises at once, anything else is retried after the policy's
+    delay (honouring ``Retry-After``) until the attempts run out.
+    """
+
+    policy: RetryPolicy
+    method: str
+    url: str
+    wall_clock: Callable[[], float]
+    api_run_id: str | None = None
+    last_problem: str = ""
+    last_status: int | None = None
+
+    def after_answer(self, response: httpx.Response, attempt: int) -> float | None:
+        """None for a usable answer; else the seconds to wait before the next attempt."""
+        if response.status_code in (200, 202):
+            return None
+        self.last_status = response.status_code
+        if response.status_code not in RETRYABLE_STATUS:
+            raise refusal_error(response, attempt, self.api_run_id)
+        self.last_problem = f"HTTP {response.status_code}"
+        return self._delay(attempt, retry_after_seconds(response, self.wall_clock()))
+
+    def after_error(self, exc: Exception, attempt: int) -> float:
+        """The seconds to wait after a timeout or a transport error."""
+        self.last_problem, self.last_status = f"{type(exc).__name__}: {exc}", None
+        return self._delay(attempt, None)
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        if attempt >= self.policy.max_attempts:
+            raise ExecutionApiError(
+                "api_unavailable",
+                f"execution API still failing after {self.policy.max_attempts} attempts: "
+                f"{self.last_problem}",
+                http_status=self.last_status,
+                attempts=self.policy.max_attempts,
+                api_run_id=self.api_run_id,
+            )
+        delay = self.policy.delay(attempt, retry_after)
+        logger.warning(
+            "execution API %s %s: %s; retrying in %.1f s",
+            self.method,
+            self.url,
+            self.last_problem,
+            delay,
         )
+        return delay
 
 
 def refusal_error(
