@@ -89,6 +89,9 @@ class ConcurrentCaller:
                         outcome = await self._obtain(http, call, dagster_run_id)
                     except ExecutionApiError as exc:
                         return Result(call, error=exc)
+                    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                        # An answer off the contract ends this call only, never the others.
+                        return Result(call, error=_malformed(exc))
                 return Result(call, outcome=outcome)
 
             for finished in asyncio.as_completed([one(call) for call in calls]):
@@ -158,3 +161,12 @@ class ConcurrentCaller:
                     return response, attempt
                 delay = answered
             await self.sleep(delay)
+
+
+def _malformed(exc: Exception) -> ExecutionApiError:
+    return ExecutionApiError(
+        "invalid_response",
+        f"the execution API's answer is not the contract's: {type(exc).__name__}",
+        http_status=None,
+        attempts=1,
+    )

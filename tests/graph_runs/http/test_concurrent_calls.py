@@ -149,3 +149,19 @@ def test_a_refusal_is_not_retried(execution_api: RunningApi) -> None:
         1,
     )
     assert result.error.api_run_id is None
+
+
+def test_an_answer_off_the_contract_ends_its_own_call_only() -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.headers["Idempotency-Key"] == "broken":
+            return httpx.Response(202, json={"status": "queued"})  # no run_id
+        return httpx.Response(200, json={"run_id": "apirun_ok", "status": "succeeded"})
+
+    caller = ConcurrentCaller("http://api.test", "t", transport=httpx.MockTransport(handler))
+    results = {
+        r.call.idempotency_key: r
+        for r in collect(caller, [Call(key, "echo", BODY) for key in ("ok-1", "broken", "ok-2")])
+    }
+    broken = results["broken"].error
+    assert broken is not None and broken.code == "invalid_response"
+    assert all(results[key].outcome is not None for key in ("ok-1", "ok-2"))
