@@ -150,8 +150,7 @@ class RetryPolicy:
         return backoff
 
 
-def retry_after_seconds(response: httpx.Response, now: float) -> float | None:
-    """The answer's ``Retry-After`` in seconds from ``now`` (seconds or an HTTP date)."""
+def _retry_after(response: httpx.Response, now: float) -> float | None:
     value = response.headers.get("Retry-After")
     if not value:
         return None
@@ -277,9 +276,9 @@ class Retrying:
             return None
         self.last_status = response.status_code
         if response.status_code not in RETRYABLE_STATUS:
-            raise refusal_error(response, attempt, self.api_run_id)
+            raise _refusal(response, attempt, self.api_run_id)
         self.last_problem = f"HTTP {response.status_code}"
-        return self._delay(attempt, retry_after_seconds(response, self.wall_clock()))
+        return self._delay(attempt, _retry_after(response, self.wall_clock()))
 
     def after_error(self, exc: Exception, attempt: int) -> float:
         """The seconds to wait after a timeout or a transport error."""
@@ -307,9 +306,7 @@ class Retrying:
         return delay
 
 
-def refusal_error(
-    response: httpx.Response, attempt: int, api_run_id: str | None = None
-) -> ExecutionApiError:
+def _refusal(response: httpx.Response, attempt: int, api_run_id: str | None) -> ExecutionApiError:
     """The error for an answer that is not retried (400, 401, 403, 404, 409, 422)."""
     try:
         error = response.json().get("error") or {}
