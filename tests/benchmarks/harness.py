@@ -8,6 +8,7 @@ distribution) and to the terminal as one table row per figure, so that a run of
 import asyncio
 import datetime as dt
 import json
+import math
 import os
 import signal
 import socket
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,8 +101,7 @@ def recording_api(workdir: Path) -> Iterator[RecordingApi]:
 def percentile(values: list[float], q: float) -> float:
     """The q-th percentile (0-100), nearest rank: a figure that one of the slots really had."""
     ordered = sorted(values)
-    rank = max(1, round(q / 100 * len(ordered) + 0.5 - 1e-9))
-    return ordered[min(rank, len(ordered)) - 1]
+    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
 
 
 def lag_summary(lags: list[float]) -> dict[str, float | None]:
@@ -152,16 +152,24 @@ async def _caller(url: str, token: str, n: int, concurrency: int) -> float:
     return time.perf_counter() - started
 
 
+def _rate(
+    client: Callable[[str, str, int, int], Awaitable[float]],
+    api: RecordingApi,
+    n: int,
+    concurrency: int,
+) -> dict[str, float]:
+    seconds = asyncio.run(client(api.url, api.token, n, concurrency))
+    return {"requests": n, "concurrency": concurrency, "seconds": seconds, "per_s": n / seconds}
+
+
 def caller_rate(api: RecordingApi, n: int, concurrency: int) -> dict[str, float]:
     """graph-runs' concurrent caller (``http/concurrent_calls``) on the same API."""
-    seconds = asyncio.run(_caller(api.url, api.token, n, concurrency))
-    return {"requests": n, "concurrency": concurrency, "seconds": seconds, "per_s": n / seconds}
+    return _rate(_caller, api, n, concurrency)
 
 
 def bare_client_rate(api: RecordingApi, n: int, concurrency: int) -> dict[str, float]:
     """The physical limit here: a bare async httpx client's submissions per second."""
-    seconds = asyncio.run(_bare_client(api.url, api.token, n, concurrency))
-    return {"requests": n, "concurrency": concurrency, "seconds": seconds, "per_s": n / seconds}
+    return _rate(_bare_client, api, n, concurrency)
 
 
 def write_report(name: str, result: dict[str, Any]) -> Path:
