@@ -7,7 +7,12 @@ that the UI shows their names, never their values.
 
 import dagster as dg
 
-from graph_runs.jobs import graph_run_adhoc_job, graph_run_job
+from graph_runs.jobs import (
+    dispatch_batch_job,
+    graph_run_adhoc_job,
+    graph_run_job,
+    scheduled_graph_runs,
+)
 from graph_runs.settings import (
     DATABASE_URL_VAR,
     EXECUTION_API_TOKEN_VAR,
@@ -17,6 +22,7 @@ from graph_runs.settings import (
 from resources import (
     ClockResource,
     DatabaseResource,
+    DispatchResource,
     ExecutionApiResource,
     GrantsResource,
     ScheduleLimitsResource,
@@ -34,7 +40,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     )
     limits = settings.schedule_limits
     return dg.Definitions(
-        jobs=[graph_run_job, graph_run_adhoc_job],
+        assets=[scheduled_graph_runs],
+        jobs=[graph_run_job, dispatch_batch_job, graph_run_adhoc_job],
         sensors=[
             make_graph_schedules_sensor(settings.sensor_interval_seconds),
             make_graph_run_approvals_sensor(settings.sensor_interval_seconds),
@@ -47,6 +54,13 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 token=dg.EnvVar(EXECUTION_API_TOKEN_VAR),
             ),
             "clock": ClockResource(),
+            "dispatch": DispatchResource(
+                batch_size=settings.dispatch.batch_size,
+                max_concurrent_calls=settings.dispatch.max_concurrent_calls,
+                max_calls_per_account=settings.dispatch.max_calls_per_account,
+                slot_asset_events=settings.dispatch.slot_asset_events,
+                launch_allowance_seconds=settings.dispatch.launch_allowance_seconds,
+            ),
             "schedule_limits": ScheduleLimitsResource(
                 min_interval_seconds=limits.min_interval_seconds,
                 max_schedules_per_owner=limits.max_schedules_per_owner,

@@ -37,7 +37,7 @@ class Reconciled:
 
 
 def runs_to_reconcile(conn: sa.Connection, limit: int) -> list[Any]:
-    """In-flight rows that have a Dagster run, oldest first."""
+    """In-flight rows that have a Dagster run of their own, oldest first."""
     return list(
         conn.execute(
             sa.select(
@@ -50,6 +50,8 @@ def runs_to_reconcile(conn: sa.Connection, limit: int) -> list[Any]:
                 IN_FLIGHT_RUN,
                 run_ledger.c.status.in_([QUEUED, RUNNING, CANCELLING]),
                 run_ledger.c.dagster_run_id.is_not(None),
+                # A batched slot's Dagster run fires many: its batch's lease recovers it.
+                run_ledger.c.batch_id.is_(None),
             )
             .order_by(run_ledger.c.created_at)
             .limit(limit)

@@ -22,6 +22,11 @@ MIN_INTERVAL_VAR = "GRAPH_RUNS_MIN_INTERVAL_SECONDS"
 MAX_SCHEDULES_PER_OWNER_VAR = "GRAPH_RUNS_MAX_SCHEDULES_PER_OWNER"
 MAX_INPUT_BYTES_VAR = "GRAPH_RUNS_MAX_INPUT_BYTES"
 WEBHOOK_SECRET_VAR = "GRAPH_RUNS_WEBHOOK_SECRET"
+BATCH_SIZE_VAR = "GRAPH_RUNS_BATCH_SIZE"
+MAX_CONCURRENT_CALLS_VAR = "GRAPH_RUNS_MAX_CONCURRENT_CALLS"
+MAX_CALLS_PER_ACCOUNT_VAR = "GRAPH_RUNS_MAX_CALLS_PER_ACCOUNT"
+SLOT_ASSET_EVENTS_VAR = "GRAPH_RUNS_SLOT_ASSET_EVENTS"
+LAUNCH_ALLOWANCE_VAR = "GRAPH_RUNS_LAUNCH_ALLOWANCE_SECONDS"
 
 DEFAULT_EXECUTION_API_URL = "http://127.0.0.1:8765"
 DEFAULT_SENSOR_INTERVAL_SECONDS = 30
@@ -29,6 +34,29 @@ DEFAULT_SENSOR_INTERVAL_SECONDS = 30
 
 class SettingsError(ValueError):
     """An environment variable holds a value graph-runs cannot use."""
+
+
+@dataclass(frozen=True)
+class DispatchSettings:
+    """How slots are batched and fired (README, "How a slot fires").
+
+    Attributes:
+        batch_size: most slots one dispatch run fires.
+        max_concurrent_calls: most execution API calls one dispatch run has in flight.
+        max_calls_per_account: most of those for one billing account, so that one tenant's
+            thousands of slots at 09:00 cannot starve the others.
+        slot_asset_events: one asset event per fired slot on its schedule's partition.
+        launch_allowance_seconds: how long a dispatch run takes to be up; slots are claimed
+            this much (plus a sensor interval) ahead of their instant. 20 s keeps the
+            default lookahead (50 s) under the shortest schedule interval (60 s), so a
+            schedule has at most one slot claimed ahead.
+    """
+
+    batch_size: int = 500
+    max_concurrent_calls: int = 100
+    max_calls_per_account: int = 25
+    slot_asset_events: bool = True
+    launch_allowance_seconds: int = 20
 
 
 @dataclass(frozen=True)
@@ -42,6 +70,7 @@ class Settings:
         execution_api_url: base URL of the execution API.
         sensor_interval_seconds: minimum interval of ``graph_schedules_sensor``.
         schedule_limits: operator-set bounds on what users may schedule.
+        dispatch: how slots are batched and fired.
     """
 
     home: Path
@@ -49,6 +78,7 @@ class Settings:
     execution_api_url: str
     sensor_interval_seconds: int
     schedule_limits: ScheduleLimits
+    dispatch: DispatchSettings = DispatchSettings()
 
     @property
     def default_database_url(self) -> str:
@@ -72,10 +102,22 @@ def _whole_number(env: Mapping[str, str], name: str, default: int, minimum: int)
     return value
 
 
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read the settings from ``environ`` (the process environment by default)."""
     env = os.environ if environ is None else environ
     defaults = ScheduleLimits()
+    dispatch = DispatchSettings()
     return Settings(
         home=Path(env.get(HOME_VAR) or ".graph_runs").resolve(),
         database_url_from_env=bool(env.get(DATABASE_URL_VAR)),
@@ -91,6 +133,19 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                 env, MAX_SCHEDULES_PER_OWNER_VAR, defaults.max_schedules_per_owner, 1
             ),
             max_input_bytes=_whole_number(env, MAX_INPUT_BYTES_VAR, defaults.max_input_bytes, 2),
+        ),
+        dispatch=DispatchSettings(
+            batch_size=_whole_number(env, BATCH_SIZE_VAR, dispatch.batch_size, 1),
+            max_concurrent_calls=_whole_number(
+                env, MAX_CONCURRENT_CALLS_VAR, dispatch.max_concurrent_calls, 1
+            ),
+            max_calls_per_account=_whole_number(
+                env, MAX_CALLS_PER_ACCOUNT_VAR, dispatch.max_calls_per_account, 1
+            ),
+            slot_asset_events=_flag(env, SLOT_ASSET_EVENTS_VAR, dispatch.slot_asset_events),
+            launch_allowance_seconds=_whole_number(
+                env, LAUNCH_ALLOWANCE_VAR, dispatch.launch_allowance_seconds, 0
+            ),
         ),
     )
 

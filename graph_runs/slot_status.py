@@ -39,6 +39,8 @@ from graph_runs.tables import IN_FLIGHT_RUN, run_ledger
 
 # The status a row is inserted with is a move from ``NEW``.
 NEW = None
+# Ids per statement, well under any backend's bind-parameter limit.
+_CHUNK = 1_000
 
 # Who moves a ledger row from which statuses to which: (from, to, the functions here that do
 # it). The README's state diagram is generated from the table (``state_diagram``), and a
@@ -61,12 +63,17 @@ _RULES: tuple[tuple[tuple[str | None, ...], tuple[str, ...], str], ...] = (
         ),
         "insert_new",
     ),
-    ((PENDING,), (QUEUED,), "mark_queued"),
     ((BUFFERED,), (PENDING,), "release"),
     ((AWAITING_APPROVAL,), (QUEUED,), "launch_approved"),
     # The op starts: a run launched before the sensor saw it, a re-execution, a restarted op.
     ((PENDING, BUFFERED, QUEUED, RUNNING, FAILED, AWAITING_APPROVAL), (RUNNING,), "start"),
     ((CANCELLING,), (CANCELLED,), "start"),
+    # A dispatch run fires its batch's slots at their instant (a later attempt resumes the
+    # ones still running); a slot being cancelled ends there instead of firing.
+    ((PENDING, RUNNING), (RUNNING,), "fire"),
+    ((CANCELLING,), (CANCELLED,), "fire"),
+    # What is decided at the instant a slot claimed ahead comes due: overlap and budget.
+    ((PENDING,), (SKIPPED_OVERLAP, BUFFERED, SKIPPED_BUDGET), "decide_at_instant"),
     # Outcomes: the op's, or the reconciliation's when a Dagster run ended without one.
     # ``ledger.record_outcome`` called outside the ops may find the row not started yet.
     ((PENDING, QUEUED, RUNNING, CANCELLING), (SUCCEEDED, FAILED), "settle_outcome"),
@@ -188,21 +195,111 @@ def _record_runs(
         )
 
 
-def mark_queued(conn: sa.Connection, run_ids_by_ledger_id: Mapping[str, str]) -> None:
-    """Record the Dagster run that exists for each pending row: ``pending`` -> ``queued``."""
-    _record_runs(conn, PENDING, "mark_queued", run_ids_by_ledger_id)
-
-
 def launch_approved(conn: sa.Connection, run_ids_by_ledger_id: Mapping[str, str]) -> None:
     """Record each approved slot's launched run: ``awaiting_approval`` -> ``queued``."""
     _record_runs(conn, AWAITING_APPROVAL, "launch_approved", run_ids_by_ledger_id)
 
 
 def release(conn: sa.Connection, ledger_ids: list[str]) -> int:
-    """Release buffered slots to fire: ``buffered`` -> ``pending``."""
+    """Release buffered slots to fire: ``buffered`` -> ``pending``, in a batch of their own."""
     if not ledger_ids:
         return 0
-    return _move_rows(conn, [BUFFERED], PENDING, "release", run_ledger.c.id.in_(ledger_ids))
+    return _move_rows(
+        conn,
+        [BUFFERED],
+        PENDING,
+        "release",
+        run_ledger.c.id.in_(ledger_ids),
+        values={"batch_id": None},
+    )
+
+
+def assign_batch(conn: sa.Connection, assignments: Mapping[str, list[str]]) -> None:
+    """Put claimed slots into their dispatch batches: {batch id: ledger ids}.
+
+    Not a status move: a batched slot stays ``pending`` until it fires.
+    """
+    params = [
+        {"b_id": ledger_id, "b_batch": batch_id}
+        for batch_id, ids in assignments.items()
+        for ledger_id in ids
+    ]
+    if params:
+        conn.execute(
+            run_ledger.update()
+            .where(
+                run_ledger.c.id == sa.bindparam("b_id"),
+                run_ledger.c.status == PENDING,
+                run_ledger.c.batch_id.is_(None),
+            )
+            .values(batch_id=sa.bindparam("b_batch")),
+            params,
+        )
+
+
+def fire(
+    conn: sa.Connection,
+    ledger_ids: list[str],
+    *,
+    dagster_run_id: str,
+    attempt: int,
+    now: dt.datetime,
+) -> None:
+    """A dispatch run fires slots at their instant: ``pending`` -> ``running``.
+
+    A later attempt fires again the slots still ``running``; a slot being cancelled ends
+    ``cancelled`` instead.
+    """
+    for start_at in range(0, len(ledger_ids), _CHUNK):
+        chunk = run_ledger.c.id.in_(ledger_ids[start_at : start_at + _CHUNK])
+        _move_rows(
+            conn,
+            [PENDING, RUNNING],
+            RUNNING,
+            "fire",
+            chunk,
+            values={
+                "dagster_run_id": dagster_run_id,
+                "dispatch_attempts": attempt,
+                "started_at": sa.func.coalesce(run_ledger.c.started_at, now),
+            },
+        )
+        _move_rows(
+            conn,
+            [CANCELLING],
+            CANCELLED,
+            "fire",
+            chunk,
+            values={"dagster_run_id": dagster_run_id, "finished_at": now},
+        )
+
+
+def keep_api_run(conn: sa.Connection, ledger_id: str, api_run_id: str) -> None:
+    """Remember the API run of a fired slot whose outcome is not known yet.
+
+    Its poll timed out or failed; the next dispatch attempt resumes it. Not a status move.
+    """
+    conn.execute(
+        run_ledger.update()
+        .where(run_ledger.c.id == ledger_id, run_ledger.c.status == RUNNING)
+        .values(api_run_id=api_run_id)
+    )
+
+
+def decide_at_instant(
+    conn: sa.Connection, row: Any, target: str, *, reason: str, now: dt.datetime
+) -> bool:
+    """A slot claimed ahead does not fire after all (overlap, budget): -> ``target``."""
+    final = target != BUFFERED
+    return move(
+        conn,
+        row,
+        target,
+        by="decide_at_instant",
+        error_code=target if final else None,
+        error_message=reason if final else None,
+        finished_at=now if final else None,
+    )
 
 
 def start(conn: sa.Connection, row: Any, *, dagster_run_id: str, now: dt.datetime) -> bool:

@@ -36,7 +36,6 @@ from graph_runs.tables import (
     UTCDateTime,
     audit,
     execution_grants,
-    run_ledger,
     schedules,
 )
 
@@ -49,12 +48,15 @@ ON_TIME_TOLERANCE = dt.timedelta(seconds=15)
 class TickLimits:
     """Bounds on one tick's work, so that evaluation stays far below Dagster's 60 s timeout."""
 
-    max_schedules: int = 2_000
+    # 10,000 schedules due at one instant are claimed in one tick, ahead of the instant.
+    max_schedules: int = 10_000
     max_slots_per_schedule: int = 500
-    max_pending: int = 1_000
     # How late a slot may be seen and still count as on time under catch-up ``none``: the
     # sensor's interval (30 s by default) plus a tolerance for a tick that starts late.
     on_time_grace: dt.timedelta = dt.timedelta(seconds=30) + ON_TIME_TOLERANCE
+    # How far ahead of its instant a slot is claimed, so that its dispatch run is up before
+    # the instant: the sensor's interval plus the time a run takes to launch.
+    lookahead: dt.timedelta = dt.timedelta(0)
 
 
 @dataclass
@@ -93,7 +95,8 @@ def claim_due_slots(
     Each slot's status comes from ``slot_plan.plan_slots``: catch-up, overlap, bounds.
     """
     result = ClaimResult()
-    ids = _due_ids(conn, now, tick_limits.max_schedules)
+    horizon = now + tick_limits.lookahead
+    ids = _due_ids(conn, horizon, tick_limits.max_schedules)
     result.more_due = len(ids) > tick_limits.max_schedules
     ids = ids[: tick_limits.max_schedules]
     if not ids:
@@ -132,6 +135,8 @@ def claim_due_slots(
             now=now,
             on_time_grace=tick_limits.on_time_grace,
             max_slots=tick_limits.max_slots_per_schedule,
+            # A gated slot opens its approval when it comes due, not ahead of it.
+            horizon=now if spec.requires_approval else horizon,
         )
         if plan.cancel_in_flight:
             cancelled = cancel_in_flight(
@@ -158,6 +163,7 @@ def claim_due_slots(
                 now=now,
                 billing_account=accounts.get(row.grant_id),
                 reason=planned.reason,
+                due_at=planned.due,
             )
             ledger_rows.append(ledger_row)
             if status == AWAITING_APPROVAL:
@@ -197,7 +203,7 @@ def claim_due_slots(
     return result
 
 
-def _due_ids(conn: sa.Connection, now: dt.datetime, limit: int) -> list[str]:
+def _due_ids(conn: sa.Connection, horizon: dt.datetime, limit: int) -> list[str]:
     """Ids of due schedules, oldest slot first, read from the partial index alone.
 
     Two queries rather than one with OR, so that each is an index range scan. On Postgres the
@@ -209,7 +215,7 @@ def _due_ids(conn: sa.Connection, now: dt.datetime, limit: int) -> list[str]:
         .where(ACTIVE_SCHEDULE, schedules.c.next_run_at.is_(None))
         .limit(limit + 1),
         sa.select(schedules.c.id)
-        .where(ACTIVE_SCHEDULE, schedules.c.next_run_at <= now)
+        .where(ACTIVE_SCHEDULE, schedules.c.next_run_at <= horizon)
         .order_by(schedules.c.next_run_at)
         .limit(limit + 1),
     ]
@@ -270,21 +276,17 @@ def _mark_invalid(conn: sa.Connection, schedule_id: str, problem: str, now: dt.d
     )
 
 
-def pending_runs(conn: sa.Connection, limit: int) -> list[Any]:
-    """Ledger rows that fire but may have no Dagster run yet, oldest first."""
-    return list(
-        conn.execute(
-            sa.select(run_ledger)
-            .where(run_ledger.c.status == PENDING)
-            .order_by(run_ledger.c.created_at, run_ledger.c.scheduled_for)
-            .limit(limit)
-        )
-    )
-
-
 def schedules_changed_since(conn: sa.Connection, since: dt.datetime) -> tuple[set[str], set[str]]:
-    """Ids of schedules touched since ``since``: (those with a partition, deleted ones)."""
-    query = sa.select(schedules.c.id, schedules.c.status).where(schedules.c.updated_at >= since)
+    """Ids of schedules created or deleted since ``since``: (live ones, deleted ones).
+
+    Reads the ``updated_at`` index range and filters there, so a tick that claimed (and so
+    touched) 10,000 schedules gets back only the few whose partition is to be added or
+    deleted.
+    """
+    query = sa.select(schedules.c.id, schedules.c.status).where(
+        schedules.c.updated_at >= since,
+        sa.or_(schedules.c.created_at >= since, schedules.c.deleted_at >= since),
+    )
     live: set[str] = set()
     deleted: set[str] = set()
     for row in conn.execute(query):

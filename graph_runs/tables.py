@@ -45,6 +45,8 @@ ACTIVE_SCHEDULE = sa.text("enabled AND status = 'active'")
 LIVE_EXTERNAL_ID = sa.text("external_id IS NOT NULL AND status <> 'deleted'")
 # Ledger rows whose run may still start or is going: what the overlap policy looks at.
 IN_FLIGHT_RUN = sa.text("status IN ('pending', 'buffered', 'queued', 'running', 'cancelling')")
+UNBATCHED_PENDING = sa.text("status = 'pending' AND batch_id IS NULL")
+OPEN_BATCH = sa.text("status = 'open'")
 
 execution_grants = sa.Table(
     "execution_grants",
@@ -160,6 +162,11 @@ run_ledger = sa.Table(
     sa.Column("finished_at", UTCDateTime),
     # Added by 0004: the reported cost was above the run's max_cost_usd.
     sa.Column("over_budget", sa.Boolean, nullable=False, server_default=sa.false()),
+    # Added by 0005: when the slot fires (slot plus jitter), the dispatch batch that fires
+    # it, and how many dispatch runs have tried (see graph_runs/batches.py).
+    sa.Column("due_at", UTCDateTime),
+    sa.Column("batch_id", sa.String(40)),
+    sa.Column("dispatch_attempts", sa.Integer, nullable=False, server_default="0"),
     sa.UniqueConstraint("idempotency_key", name="uq_graph_runs_idempotency_key"),
     sa.UniqueConstraint("schedule_id", "scheduled_for", name="uq_graph_runs_schedule_slot"),
     # Rows the sensor claimed but Dagster may not have made a run for yet: a handful at most.
@@ -176,6 +183,40 @@ run_ledger = sa.Table(
         "schedule_id",
         sqlite_where=IN_FLIGHT_RUN,
         postgresql_where=IN_FLIGHT_RUN,
+    ),
+    sa.Index("ix_graph_runs_batch", "batch_id"),
+    # The sensor batches claimed slots by reading only these rows.
+    sa.Index(
+        "ix_graph_runs_unbatched",
+        "due_at",
+        sqlite_where=UNBATCHED_PENDING,
+        postgresql_where=UNBATCHED_PENDING,
+    ),
+)
+
+# Added by 0005: one Dagster run's worth of slots, and the lease its run holds on them.
+dispatch_batches = sa.Table(
+    "dispatch_batches",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("status", sa.String(20), nullable=False),  # open, done
+    # Which dispatch run may work the batch: run key batch:{id}:{attempt}. A run whose
+    # attempt is no longer the batch's has been replaced and may not renew the lease.
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("due_at", UTCDateTime, nullable=False),
+    # The schedule, for a batch of one scheduled slot: its run keeps the schedule partition.
+    sa.Column("partition_key", sa.String(40)),
+    sa.Column("dagster_run_id", sa.String(64)),
+    sa.Column("lease_until", UTCDateTime),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("finished_at", UTCDateTime),
+    sa.Index(
+        "ix_dispatch_batches_open",
+        "due_at",
+        sqlite_where=OPEN_BATCH,
+        postgresql_where=OPEN_BATCH,
     ),
 )
 

@@ -235,6 +235,9 @@ def backfill_schedule(
                 error_code=status if final else None,
                 error_message=reason if final else None,
                 finished_at=now if final else None,
+                # It fires now, in a batch of its own making.
+                due_at=now,
+                batch_id=None,
             )
         report.append({"slot": format_utc(slot), "status": status, "already": False})
     audit(

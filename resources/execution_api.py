@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from graph_runs.http.concurrent_calls import ConcurrentCaller
 from graph_runs.http.execution_client import ExecutionApiClient, RetryPolicy
 
 
@@ -17,16 +18,32 @@ class ExecutionApiResource(dg.ConfigurableResource):
     poll_interval_seconds: float = 2.0
     default_run_timeout_seconds: float = 3600.0
 
+    def _retry(self) -> RetryPolicy:
+        return RetryPolicy(
+            max_attempts=self.max_attempts,
+            base_seconds=self.backoff_base_seconds,
+            max_seconds=self.backoff_max_seconds,
+        )
+
     def client(self) -> ExecutionApiClient:
         """A client configured from this resource."""
         return ExecutionApiClient(
             base_url=self.base_url,
             token=self.token,
-            retry=RetryPolicy(
-                max_attempts=self.max_attempts,
-                base_seconds=self.backoff_base_seconds,
-                max_seconds=self.backoff_max_seconds,
-            ),
+            retry=self._retry(),
+            request_timeout_seconds=self.request_timeout_seconds,
+            poll_interval_seconds=self.poll_interval_seconds,
+            default_run_timeout_seconds=self.default_run_timeout_seconds,
+        )
+
+    def concurrent_caller(self, max_concurrent: int, max_per_account: int) -> ConcurrentCaller:
+        """The async caller a dispatch run fires its slots through."""
+        return ConcurrentCaller(
+            base_url=self.base_url,
+            token=self.token,
+            max_concurrent=max_concurrent,
+            max_per_account=max_per_account,
+            retry=self._retry(),
             request_timeout_seconds=self.request_timeout_seconds,
             poll_interval_seconds=self.poll_interval_seconds,
             default_run_timeout_seconds=self.default_run_timeout_seconds,

@@ -5,10 +5,13 @@ Each tick is a function of its cursor, its resources and the clock:
 0. reconcile: in-flight ledger rows whose Dagster run ended without an outcome are settled,
    and runs of paused or deleted schedules (or superseded under overlap cancel_other) are
    cancelled in Dagster; a buffered slot whose schedule has nothing running is released;
-1. claim: due slots go into the ledger and ``next_run_at`` advances, in one transaction;
-2. emit: every ``pending`` ledger row without a Dagster run gets a run request whose run
-   key is the slot's idempotency key. Rows claimed by a tick that died before Dagster
-   created their runs are simply emitted again; the run key makes that safe;
+1. claim: slots due within the lookahead (the interval plus a launch allowance) go into
+   the ledger, ``next_run_at`` advances, and the claimed slots are grouped into dispatch
+   batches, all in one transaction (``graph_runs.batches``);
+2. dispatch: every open batch without a Dagster run gets a run request whose run key is
+   ``batch:{id}:{attempt}``, so a tick that died after its commit asks for the same run.
+   A batch whose run died (its lease expired) or ended with slots unrecorded moves to its
+   next attempt, or after the last one has its slots settled ``dispatch_lost``;
 3. partitions: schedules created or deleted since the last tick gain or lose their
    partition, and every hour a full comparison repairs anything else (rows that another
    application deleted outright, say). At most ``MAX_PARTITION_CHANGES`` per tick.
@@ -16,17 +19,20 @@ Each tick is a function of its cursor, its resources and the clock:
 
 import datetime as dt
 import json
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from typing import Any
 
 import dagster as dg
 
-from graph_runs import ledger, slot_status
+from graph_runs import batches, slot_status
+from graph_runs.batches import Batch
 from graph_runs.core.cron import format_utc, parse_instant
 from graph_runs.db import SchemaError
 from graph_runs.in_flight import release_buffered
-from graph_runs.jobs import SCHEDULE_PARTITIONS_NAME, graph_run_job
+from graph_runs.jobs import SCHEDULE_PARTITIONS_NAME, dispatch_batch_job, graph_run_job
 from graph_runs.reconcile import (
+    DAGSTER_ENDED,
     DAGSTER_NOT_STARTED,
     apply_run_statuses,
     runs_to_reconcile,
@@ -37,11 +43,15 @@ from graph_runs.slots import (
     claim_due_slots,
     live_schedule_ids,
     next_due,
-    pending_runs,
     schedules_changed_since,
 )
-from resources import ClockResource, DatabaseResource, ScheduleLimitsResource
-from sensors.run_lookup import existing_runs, run_statuses
+from resources import (
+    ClockResource,
+    DatabaseResource,
+    DispatchResource,
+    ScheduleLimitsResource,
+)
+from sensors.run_lookup import existing_batch_runs, run_statuses
 
 # Dagster recommends at most 25k partition changes per evaluation; a single add of about
 # 30k keys fails on Postgres (65,535 bind parameters).
@@ -51,12 +61,18 @@ FULL_PARTITION_SYNC_EVERY = dt.timedelta(hours=1)
 # row committed late by a slow writer (or written with a skewed clock) is not missed.
 CHANGE_MARGIN = dt.timedelta(minutes=5)
 MAX_RECONCILED = 2_000
-DEFAULT_TICK_LIMITS = TickLimits()
+MAX_OPEN_BATCHES = 2_000
+# Partition keys checked one by one before falling back to reading them all.
+MAX_PARTITION_PROBES = 50
+DAGSTER_GOING = frozenset({"STARTING", "STARTED", "CANCELING"})
 
 
-def tick_limits_for(interval_seconds: int) -> TickLimits:
-    """Tick limits whose on-time grace (catch-up ``none``) follows the sensor's interval."""
-    return TickLimits(on_time_grace=dt.timedelta(seconds=interval_seconds) + ON_TIME_TOLERANCE)
+def tick_limits_for(interval_seconds: int, dispatch: DispatchResource) -> TickLimits:
+    """Tick limits whose on-time grace (catch-up ``none``) and lookahead follow the interval."""
+    return TickLimits(
+        on_time_grace=dt.timedelta(seconds=interval_seconds) + ON_TIME_TOLERANCE,
+        lookahead=dispatch.lookahead(interval_seconds),
+    )
 
 
 @dataclass(frozen=True)
@@ -133,17 +149,32 @@ def _reconcile(
     return done.failed, cancelled
 
 
+def _existing_partitions(
+    instance: dg.DagsterInstance, keys: set[str], full: set[str] | None
+) -> set[str]:
+    """Which of ``keys`` are partitions; every partition on a full sync.
+
+    A tick looks at a few keys (schedules created or deleted since the last one, batches of
+    one) one by one, so that its cost does not follow the number of schedules.
+    """
+    if full is None and len(keys) <= MAX_PARTITION_PROBES:
+        return {k for k in keys if instance.has_dynamic_partition(SCHEDULE_PARTITIONS_NAME, k)}
+    return set(instance.get_dynamic_partitions(SCHEDULE_PARTITIONS_NAME))
+
+
 def _plan_partitions(
     instance: dg.DagsterInstance,
     wanted: set[str],
     unwanted: set[str],
     full: set[str] | None,
+    also: set[str],
 ) -> tuple[list[str], list[str], set[str], bool]:
     """Partition keys to add and delete this tick.
 
-    Also returns the keys that exist afterwards and whether every change fitted in this tick.
+    Also returns which of the keys looked at (and ``also``) exist afterwards, and whether
+    every change fitted in this tick.
     """
-    existing = set(instance.get_dynamic_partitions(SCHEDULE_PARTITIONS_NAME))
+    existing = _existing_partitions(instance, wanted | unwanted | also, full)
     if full is not None:
         wanted = wanted | full
         unwanted = unwanted | (existing - full)
@@ -155,12 +186,64 @@ def _plan_partitions(
     return to_add, to_delete, (existing | set(to_add)) - set(to_delete), complete
 
 
+def _dispatch(
+    context: dg.SensorEvaluationContext,
+    database: DatabaseResource,
+    dispatch: DispatchResource,
+    open_now: list[Batch],
+    now: dt.datetime,
+) -> tuple[list[Batch], Counter[str]]:
+    """Step 2: the batches to request a run for; recovers those whose run is gone."""
+    found = existing_batch_runs(context.instance, [b.run_key for b in open_now])
+    statuses = run_statuses(context.instance, sorted(set(found.values())))
+    to_request: list[Batch] = []
+    done: Counter[str] = Counter()
+    for batch in open_now:
+        run_id = found.get(batch.run_key)
+        if run_id is None:
+            to_request.append(batch)
+            continue
+        status = statuses.get(run_id)
+        why = None
+        if status is None or status in DAGSTER_ENDED:
+            why = f"Dagster run {run_id} {'is gone' if status is None else 'ended ' + status}"
+        elif status in DAGSTER_GOING and batch.lease_until is None:
+            with database.transaction() as conn:
+                batches.note_started(
+                    conn, batch, now=now, grace=dt.timedelta(seconds=dispatch.lease_seconds)
+                )
+        elif status in DAGSTER_GOING and batch.lease_until is not None and batch.lease_until < now:
+            why = f"Dagster run {run_id} stopped renewing its lease ({status})"
+        if why is None:
+            continue
+        with database.transaction() as conn:
+            moved = batches.redispatch(
+                conn, batch, now=now, why=why, max_attempts=dispatch.max_attempts
+            )
+        done[moved.action] += 1
+        if moved.action == "retry":
+            to_request.append(
+                replace(batch, attempt=batch.attempt + 1, dagster_run_id=None, lease_until=None)
+            )
+            context.log.warning(
+                f"[batch={batch.id}] {why} with {moved.unfinished} slot(s) unrecorded; "
+                f"dispatching attempt {batch.attempt + 1}"
+            )
+        elif moved.action == "lost":
+            context.log.error(
+                f"[batch={batch.id}] {why}; {moved.unfinished} slot(s) settled "
+                f"{batches.DISPATCH_LOST} after {batch.attempt} attempt(s)"
+            )
+    return to_request, done
+
+
 def graph_schedules_tick(
     context: dg.SensorEvaluationContext,
     database: DatabaseResource,
     clock: ClockResource,
     schedule_limits: ScheduleLimitsResource,
-    tick_limits: TickLimits = DEFAULT_TICK_LIMITS,
+    dispatch: DispatchResource,
+    tick_limits: TickLimits,
 ) -> dg.SensorResult | dg.SkipReason:
     """One evaluation of ``graph_schedules_sensor``; see the module docstring."""
     now = clock.now()
@@ -176,6 +259,9 @@ def graph_schedules_tick(
         claim = claim_due_slots(
             conn, now=now, schedule_limits=schedule_limits.limits(), tick_limits=tick_limits
         )
+        formed = batches.form_batches(
+            conn, now=now, horizon=now + tick_limits.lookahead, batch_size=dispatch.batch_size
+        )
     if claim.cancelled_for_overlap:
         # Overlap cancel_other: stop the older runs now, before the new slot's run is asked
         # for, rather than a tick later.
@@ -189,37 +275,36 @@ def graph_schedules_tick(
     )
     since = (cursor.last_tick or now) - CHANGE_MARGIN
     with database.engine().connect() as conn:
-        pending = pending_runs(conn, tick_limits.max_pending)
+        open_now = batches.open_batches(conn, MAX_OPEN_BATCHES)
         changed_live, changed_deleted = schedules_changed_since(conn, since)
         full = live_schedule_ids(conn) if full_sync_due else None
         upcoming = next_due(conn)
 
-    found = existing_runs(context.instance, [row.id for row in pending])
-    if found:
-        with database.transaction() as conn:
-            slot_status.mark_queued(conn, found)
-    to_emit = [row for row in pending if row.id not in found]
-
-    wanted = changed_live | {row.schedule_id for row in to_emit if row.schedule_id}
+    to_request, recovered = _dispatch(context, database, dispatch, open_now, now)
+    singles = {b.partition_key for b in to_request if b.partition_key}
     to_add, to_delete, partitions, complete = _plan_partitions(
-        context.instance, wanted, changed_deleted, full
+        context.instance, changed_live, changed_deleted, full, singles
     )
 
     run_requests = []
-    held = 0
-    for row in to_emit:
-        slot = format_utc(row.scheduled_for) if row.scheduled_for else row.trigger_kind
-        label = f"[schedule={row.schedule_id} owner={row.owner} slot={slot}]"
-        if row.schedule_id not in partitions:
-            held += 1
-            context.log.warning(f"{label} held until its partition exists (next tick)")
+    for batch in to_request:
+        label = f"[batch={batch.id} attempt={batch.attempt} slots={batch.size}]"
+        due = format_utc(batch.due_at)
+        if batch.partition_key and batch.partition_key in partitions:
+            context.log.info(f"{label} due {due}: requesting run {batch.run_key} on its schedule")
+            run_requests.append(
+                dg.RunRequest(
+                    run_key=batch.run_key,
+                    job_name=graph_run_job.name,
+                    partition_key=batch.partition_key,
+                    tags=batch.run_tags(),
+                )
+            )
             continue
-        context.log.info(f"{label} requesting run {row.idempotency_key} (ledger {row.id})")
+        context.log.info(f"{label} due {due}: requesting run {batch.run_key}")
         run_requests.append(
             dg.RunRequest(
-                run_key=row.idempotency_key,
-                partition_key=row.schedule_id,
-                tags=ledger.run_tags(row),
+                run_key=batch.run_key, job_name=dispatch_batch_job.name, tags=batch.run_tags()
             )
         )
 
@@ -241,11 +326,13 @@ def graph_schedules_tick(
             )
         )
     statuses = ", ".join(f"{n} {status}" for status, n in sorted(claim.statuses.items()))
+    recoveries = ", ".join(f"{n} {action}" for action, n in sorted(recovered.items()))
     summary = (
-        f"at {format_utc(now)}: slots {statuses or 'none due'}; {len(released)} buffered "
-        f"released; {settled_failed} run(s) settled failed and {cancelled} cancelled; "
-        f"{len(claim.invalid)} invalid schedule(s), {len(found)} already had runs, "
-        f"{len(run_requests)} run request(s), {held} held, "
+        f"at {format_utc(now)}: slots {statuses or 'none due'}; {len(formed)} batch(es) formed, "
+        f"{len(open_now)} open, {len(run_requests)} run request(s)"
+        f"{'; batches recovered: ' + recoveries if recoveries else ''}; "
+        f"{len(released)} buffered released; {settled_failed} run(s) settled failed and "
+        f"{cancelled} cancelled; {len(claim.invalid)} invalid schedule(s); "
         f"+{len(to_add)}/-{len(to_delete)} partition(s)"
     )
     context.log.info(summary)
@@ -257,6 +344,8 @@ def graph_schedules_tick(
         )
     if claim.statuses:
         reason = f"no run to request at {format_utc(now)}: slots {statuses}"
+    elif open_now:
+        reason = f"no run to request at {format_utc(now)}: {len(open_now)} batch(es) being fired"
     else:
         reason = f"no schedule is due at {format_utc(now)}"
     if upcoming is None:
@@ -268,16 +357,16 @@ def graph_schedules_tick(
 
 def make_graph_schedules_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
     """The sensor, with its interval from ``GRAPH_RUNS_SENSOR_INTERVAL_SECONDS``."""
-    tick_limits = tick_limits_for(minimum_interval_seconds)
 
     @dg.sensor(
         name="graph_schedules_sensor",
-        job=graph_run_job,
+        jobs=[graph_run_job, dispatch_batch_job],
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(
-            "Reads due user schedules from the schedules table, writes each slot to the run "
-            "ledger and requests one run per slot (run key sched:{schedule}:{slot})."
+            "Claims user schedules' slots ahead of their instant into the run ledger, groups "
+            "them into dispatch batches and requests one run per batch (run key "
+            "batch:{id}:{attempt}); re-dispatches a batch whose run died."
         ),
     )
     def graph_schedules_sensor(
@@ -285,7 +374,15 @@ def make_graph_schedules_sensor(minimum_interval_seconds: int) -> dg.SensorDefin
         database: DatabaseResource,
         clock: ClockResource,
         schedule_limits: ScheduleLimitsResource,
+        dispatch: DispatchResource,
     ) -> dg.SensorResult | dg.SkipReason:
-        return graph_schedules_tick(context, database, clock, schedule_limits, tick_limits)
+        return graph_schedules_tick(
+            context,
+            database,
+            clock,
+            schedule_limits,
+            dispatch,
+            tick_limits_for(minimum_interval_seconds, dispatch),
+        )
 
     return graph_schedules_sensor

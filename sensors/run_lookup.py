@@ -1,4 +1,4 @@
-"""Looking up Dagster runs in batches: by the ledger row they run, or by run id.
+"""Looking up Dagster runs in batches: by the ledger row or dispatch batch they run, or by id.
 
 Both sensors match ledger rows to Dagster runs; one query per row would make a tick's cost
 follow the rows it looks at times the storage's round trip.
@@ -7,6 +7,7 @@ follow the rows it looks at times the storage's round trip.
 import dagster as dg
 
 from graph_runs import ledger
+from graph_runs.batches import BATCH_RUN_KEY_TAG
 
 RUN_LOOKUP_CHUNK = 500
 # A run the daemon created but never submitted (it died in between) is NOT_STARTED and never
@@ -37,3 +38,18 @@ def run_statuses(instance: dg.DagsterInstance, run_ids: list[str]) -> dict[str, 
         for record in instance.get_run_records(dg.RunsFilter(run_ids=chunk)):
             statuses[record.dagster_run.run_id] = record.dagster_run.status.value
     return statuses
+
+
+def existing_batch_runs(instance: dg.DagsterInstance, run_keys: list[str]) -> dict[str, str]:
+    """Submitted Dagster runs' ids by batch run key, looked up in batches by tag."""
+    found: dict[str, str] = {}
+    for start in range(0, len(run_keys), RUN_LOOKUP_CHUNK):
+        chunk = run_keys[start : start + RUN_LOOKUP_CHUNK]
+        records = instance.get_run_records(
+            dg.RunsFilter(tags={BATCH_RUN_KEY_TAG: chunk}, statuses=SUBMITTED)
+        )
+        for record in records:
+            key = record.dagster_run.tags.get(BATCH_RUN_KEY_TAG)
+            if key:
+                found.setdefault(key, record.dagster_run.run_id)
+    return found

@@ -7,10 +7,11 @@ from dagster._core.remote_origin import InProcessCodeLocationOrigin, RemoteRepos
 from dagster._core.test_utils import create_run_for_test
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
-from graph_runs.jobs import graph_run_job
+from graph_runs.jobs import dispatch_batch_job, graph_run_job
 from resources import (
     ClockResource,
     DatabaseResource,
+    DispatchResource,
     ExecutionApiResource,
     GrantsResource,
     ScheduleLimitsResource,
@@ -27,6 +28,7 @@ def make_resources(database_url: str, api: RunningApi | None, now: str) -> dict[
         "grants": GrantsResource(database=database),
         "clock": ClockResource(fixed_now=now),
         "schedule_limits": ScheduleLimitsResource(),
+        "dispatch": DispatchResource(),
         "execution_api": ExecutionApiResource(
             base_url=api.url if api else "http://127.0.0.1:9",
             token=api.token if api else "unused",
@@ -69,12 +71,17 @@ def apply_partitions(instance: dg.DagsterInstance, result: dg.SensorResult) -> N
                 instance.delete_dynamic_partition(request.partitions_def_name, key)
 
 
+def job_of(request: dg.RunRequest) -> dg.JobDefinition:
+    """The job a run request names (a batch of one keeps its schedule's partitioned job)."""
+    return dispatch_batch_job if request.job_name == dispatch_batch_job.name else graph_run_job
+
+
 def launch(
     instance: dg.DagsterInstance, resources: dict[str, Any], request: dg.RunRequest
 ) -> dg.ExecuteInProcessResult:
     """Run a run request's job in-process, tagged as the daemon would tag it."""
     tags = {**request.tags, "dagster/run_key": request.run_key or ""}
-    return graph_run_job.execute_in_process(
+    return job_of(request).execute_in_process(
         instance=instance,
         partition_key=request.partition_key,
         tags=tags,
@@ -85,13 +92,13 @@ def launch(
 
 # Where the daemon's runs come from: the code location of workspace.yaml. Dagster records it
 # on every run it submits (and refuses to queue a run without one).
-JOB_ORIGIN = RemoteRepositoryOrigin(
+REPOSITORY_ORIGIN = RemoteRepositoryOrigin(
     code_location_origin=InProcessCodeLocationOrigin(
         LoadableTargetOrigin(module_name="graph_runs.definitions", attribute="defs"),
         location_name="graph_runs",
     ),
     repository_name="__repository__",
-).get_job_origin("graph_run_job")
+)
 
 
 def daemon_run(
@@ -105,12 +112,12 @@ def daemon_run(
     """
     return create_run_for_test(
         instance,
-        job_name=graph_run_job.name,
+        job_name=job_of(request).name,
         status=status,
         tags={
             **request.tags,
             "dagster/partition": request.partition_key or "",
             "dagster/run_key": request.run_key or "",
         },
-        remote_job_origin=JOB_ORIGIN,
+        remote_job_origin=REPOSITORY_ORIGIN.get_job_origin(job_of(request).name),
     )

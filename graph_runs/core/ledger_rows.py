@@ -34,8 +34,11 @@ def schedule_run_row(
     trigger_source: str = "graph_schedules_sensor",
     requested_by: str | None = None,
     reason: str | None = None,
+    due_at: dt.datetime | None = None,
 ) -> dict[str, Any]:
     """A ledger row for a run of ``schedule`` (a schedules row), in ``status``.
+
+    ``due_at`` is when it fires (the slot plus jitter); a run asked for now fires at ``now``.
 
     A row that never runs (missed, skipped, cancelled) is final at once: it carries its
     status as the error code and the reason as the message, so that ``describe`` says why
@@ -60,6 +63,7 @@ def schedule_run_row(
         "requested_by": requested_by,
         "status": status,
         "created_at": now,
+        "due_at": now if due_at is None else due_at,
         "error_code": status if final else None,
         "error_message": reason if final else None,
         "finished_at": now if final else None,
@@ -74,6 +78,7 @@ def slot_row(
     now: dt.datetime,
     billing_account: str | None,
     reason: str | None,
+    due_at: dt.datetime | None = None,
 ) -> dict[str, Any]:
     """The ledger row of one of ``schedule``'s scheduled slots, keyed ``sched:{id}:{slot}``."""
     return schedule_run_row(
@@ -84,4 +89,5 @@ def slot_row(
         now=now,
         billing_account=billing_account,
         reason=reason,
+        due_at=slot if due_at is None else due_at,
     )

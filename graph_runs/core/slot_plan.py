@@ -80,26 +80,39 @@ def plan_slots(
     now: dt.datetime,
     on_time_grace: dt.timedelta,
     max_slots: int,
+    horizon: dt.datetime | None = None,
 ) -> Plan:
     """Decide every due slot's status and where the schedule goes next.
 
     ``on_time_grace`` is how late a slot may be seen and still count as on time under
     catch-up ``none``: one sensor interval plus a tolerance for a slow tick.
+
+    Slots that come due after ``now`` but by ``horizon`` are claimed ahead, so that their
+    dispatch run is up before their instant. They enter ``pending`` with nothing decided:
+    overlap and budget are decided when they come due (``graph_runs.firing``), since the
+    run before them may end, or the budget change, in between.
     """
     policies = state.policies
-    due_slots, next_slot, truncated, exhausted = _due_slots(cron, run_at, state, now, max_slots)
+    until = now if horizon is None or horizon < now else horizon
+    due_slots, next_slot, truncated, exhausted = _due_slots(cron, run_at, state, until, max_slots)
     plan = Plan(cursor=due_slots[-1][0] if due_slots else state.cursor)
     window = on_time_grace if policies.catchup == "none" else policies.catchup_window
     remaining = None if policies.max_runs is None else policies.max_runs - state.runs_so_far
     busy = state.in_flight > 0
     buffered = state.buffered
-    last_index = len(due_slots) - 1
+    # Catch-up 'latest' keeps the latest slot due by now; slots claimed ahead are not late.
+    last_index = sum(due <= now for _, due in due_slots) - 1
     for index, (slot, due) in enumerate(due_slots):
         if remaining is not None and remaining <= 0:
             # The schedule ended with its last allowed run; later slots are not its slots.
             plan.cursor = due_slots[index - 1][0] if index else state.cursor
             exhausted = True
             break
+        if due > now:
+            plan.slots.append(PlannedSlot(slot, due, PENDING))
+            if remaining is not None:
+                remaining -= 1
+            continue
         late = now - due
         if late > window:
             plan.slots.append(PlannedSlot(slot, due, MISSED, _missed_reason(policies, late, due)))

@@ -17,6 +17,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,32 +70,21 @@ class ConcurrentCaller:
     clock: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time
 
-    async def run(self, calls: Iterable[Call], *, dagster_run_id: str) -> AsyncIterator[Result]:
-        """Make every call; yield each result as soon as its call ends, in finishing order."""
-        total = asyncio.Semaphore(self.max_concurrent)
-        accounts: dict[str | None, asyncio.Semaphore] = {}
+    @asynccontextmanager
+    async def session(self, *, dagster_run_id: str) -> AsyncIterator["CallSession"]:
+        """One HTTP client and one pair of bounds, for calls that arrive over time."""
         limits = httpx.Limits(
             max_connections=self.max_concurrent, max_keepalive_connections=self.max_concurrent
         )
         async with httpx.AsyncClient(
             transport=self.transport, timeout=self.request_timeout_seconds, limits=limits
         ) as http:
+            yield CallSession(self, http, dagster_run_id)
 
-            async def one(call: Call) -> Result:
-                account = accounts.setdefault(
-                    call.billing_account, asyncio.Semaphore(self.max_per_account)
-                )
-                async with account, total:
-                    try:
-                        outcome = await self._obtain(http, call, dagster_run_id)
-                    except ExecutionApiError as exc:
-                        return Result(call, error=exc)
-                    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                        # An answer off the contract ends this call only, never the others.
-                        return Result(call, error=_malformed(exc))
-                return Result(call, outcome=outcome)
-
-            for finished in asyncio.as_completed([one(call) for call in calls]):
+    async def run(self, calls: Iterable[Call], *, dagster_run_id: str) -> AsyncIterator[Result]:
+        """Make every call; yield each result as soon as its call ends, in finishing order."""
+        async with self.session(dagster_run_id=dagster_run_id) as session:
+            for finished in asyncio.as_completed([session.call(call) for call in calls]):
                 yield await finished
 
     async def _obtain(self, http: httpx.AsyncClient, call: Call, dagster_run_id: str) -> Outcome:
@@ -161,6 +151,32 @@ class ConcurrentCaller:
                     return response, attempt
                 delay = answered
             await self.sleep(delay)
+
+
+class CallSession:
+    """Calls made through one caller's client, within its global and per-account bounds."""
+
+    def __init__(self, caller: ConcurrentCaller, http: httpx.AsyncClient, dagster_run_id: str):
+        self._caller = caller
+        self._http = http
+        self._dagster_run_id = dagster_run_id
+        self._total = asyncio.Semaphore(caller.max_concurrent)
+        self._accounts: dict[str | None, asyncio.Semaphore] = {}
+
+    async def call(self, call: Call) -> Result:
+        """Make one call; never raises for the API's answers, only for cancellation."""
+        account = self._accounts.setdefault(
+            call.billing_account, asyncio.Semaphore(self._caller.max_per_account)
+        )
+        async with account, self._total:
+            try:
+                outcome = await self._caller._obtain(self._http, call, self._dagster_run_id)
+            except ExecutionApiError as exc:
+                return Result(call, error=exc)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                # An answer off the contract ends this call only, never the others.
+                return Result(call, error=_malformed(exc))
+        return Result(call, outcome=outcome)
 
 
 def _malformed(exc: Exception) -> ExecutionApiError:

@@ -51,9 +51,11 @@ def test_daemon_fires_a_due_schedule_once_and_everything_agrees(
         assert run is not None and run.job_name == "graph_run_job"
         wait_for(lambda: instance.get_run_by_id(row.dagster_run_id).is_finished, stack, "run end")  # type: ignore[union-attr]
         assert instance.get_run_by_id(row.dagster_run_id).status == dg.DagsterRunStatus.SUCCESS  # type: ignore[union-attr]
-        assert run.tags["graph_runs/schedule_id"] == view["id"]
+        # A lone slot is a batch of one on its schedule's partition.
         assert run.tags["dagster/partition"] == view["id"]
-        assert run.tags["dagster/run_key"] == row.idempotency_key
+        assert run.tags["dagster/run_key"] == f"batch:{row.batch_id}:1"
+        (event,) = instance.fetch_materializations(dg.AssetKey("scheduled_graph_runs"), 10).records
+        assert event.partition_key == view["id"] and event.run_id == row.dagster_run_id
         assert len(instance.get_runs()) == 1
 
 
@@ -133,7 +135,9 @@ def test_daemon_catches_up_runs_triggers_and_backfills_once_and_pause_stops_fire
     ]
     assert {r.trigger_kind for r in rows(daily["id"])} == {"backfill", "manual"}
     assert [r.status for r in rows(daily["id"])] == ["succeeded"] * 3
-    assert not [r for r in rows(paused["id"]) if r.scheduled_for >= next_minute]
+    # A slot claimed ahead before the pause was cancelled by it: it never reached the API.
+    after_pause = [r for r in rows(paused["id"]) if r.scheduled_for >= next_minute]
+    assert all(r.status == "cancelled" and r.api_run_id is None for r in after_pause)
     with engine.begin() as conn:
         again = backfill_two_days(conn)
         assert (again["ran"], again["already"]) == (0, 2)

@@ -1,7 +1,8 @@
 """graph_runs.jobs: grant check, execution API call, outcome, counters and receipt.
 
-Jobs run in-process on instance_for_test against the real local execution API over HTTP
-and a real schedules database.
+A lone slot is a dispatch batch of one on its schedule's partition; ad-hoc runs are one run
+per request. Jobs run in-process on instance_for_test against the real local execution API
+over HTTP and a real schedules database.
 """
 
 from typing import Any
@@ -53,13 +54,16 @@ def count(engine: sa.Engine, table: sa.Table) -> int:
 
 
 def outcome_metadata(run: dg.ExecuteInProcessResult) -> dict[str, Any]:
-    """The metadata of record_outcome's output, as the Dagster UI shows it."""
-    (output,) = [
-        e
-        for e in run.all_events
-        if e.event_type_value == "STEP_OUTPUT" and e.step_key == "record_outcome"
-    ]
-    return dict(output.event_specific_data.metadata)  # type: ignore[union-attr]
+    """The slot's event on its schedule's partition of scheduled_graph_runs, as the UI shows it."""
+    (event,) = run.asset_materializations_for_node("dispatch_slots")
+    assert event.asset_key == dg.AssetKey("scheduled_graph_runs")
+    return {"partition": event.partition, **event.metadata}
+
+
+def recorded(run: dg.ExecuteInProcessResult) -> dict[str, Any]:
+    """What the dispatch op recorded for the run's one slot."""
+    (slot,) = run.output_for_node("dispatch_slots")["recorded"]
+    return dict(slot)
 
 
 def test_a_scheduled_slot_runs_records_and_bills(
@@ -80,9 +84,11 @@ def test_a_scheduled_slot_runs_records_and_bills(
         view["id"],
         "alice-billing",
     )
-    metadata = run.output_for_node("record_outcome")
+    metadata = recorded(run)
     assert metadata["status"] == "succeeded" and metadata["receipt_written"] is True
     entries = outcome_metadata(run)
+    assert entries["partition"] == view["id"] and entries["ledger_id"].value == row.id
+    assert (entries["status"].value, entries["attempt"].value) == ("succeeded", 1)
     assert entries["api_run_id"].value == receipt.api_run_id
     assert entries["tokens"].value == receipt.total_tokens
     assert entries["cost_usd"].value == str(micros_to_usd(receipt.cost_micros))
@@ -98,7 +104,7 @@ def test_a_run_that_costs_more_than_max_cost_is_flagged_over_budget(
     row = one(engine, run_ledger)
     receipt = one(engine, charge_receipts)
     assert receipt.cost_micros > 1 and row.over_budget is True
-    assert run.output_for_node("record_outcome")["over_budget"] is True
+    assert recorded(run)["over_budget"] is True
     assert outcome_metadata(run)["over_budget"].value is True
     with engine.connect() as conn:
         counts = describe_schedule(conn, row.schedule_id, now=at("2026-11-22T10:02:00Z"))["counts"]
@@ -214,7 +220,12 @@ def test_api_outage_fails_the_run_and_a_later_re_execution_succeeds_once(
     # Three attempts, three 503s: the run fails, recorded as api_unavailable.
     assert not run.success
     assert one(engine, run_ledger).error_code == "api_unavailable"
-    again = launch(instance, make_resources(database_url, execution_api, NOW), request)
+    # Re-executing the failed run (Dagster tags it with its parent) fires the slot again.
+    again = launch(
+        instance,
+        make_resources(database_url, execution_api, NOW),
+        request.with_replaced_attrs(tags={**request.tags, "dagster/parent_run_id": run.run_id}),
+    )
     assert again.success
     row = one(engine, run_ledger)
     assert (row.status, row.dagster_run_id) == ("succeeded", again.run_id)

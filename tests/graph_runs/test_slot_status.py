@@ -132,9 +132,10 @@ def test_the_refusal_names_what_is_allowed() -> None:
         "(from succeeded it may move to nothing)"
     )
     with pytest.raises(IllegalTransition) as refusal:
-        slot_status.check(PENDING, QUEUED, "start")
+        slot_status.check(QUEUED, PENDING, "start")
     assert str(refusal.value) == (
-        "start: a ledger row cannot move from pending to queued (only mark_queued makes that move)"
+        "start: a ledger row cannot move from queued to pending (from queued it may move to "
+        "cancelled, cancelling, failed, running, succeeded)"
     )
 
 

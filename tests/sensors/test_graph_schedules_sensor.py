@@ -35,13 +35,14 @@ def test_due_slot_gets_one_run_request_and_its_partition(
     view = new_schedule(engine)
     result = tick(instance, make_resources(database_url, None, "2026-11-22T10:01:02Z"), None)
     (request,) = result.run_requests or []
-    assert request.run_key == f"sched:{view['id']}:2026-11-22T10:01:00Z"
-    assert request.partition_key == view["id"]
-    assert request.tags["graph_runs/schedule_id"] == view["id"]
-    assert request.tags["graph_runs/owner"] == "alice"
-    assert request.tags["graph_runs/billing_account"] == "alice-billing"
-    assert request.tags["graph_runs/scheduled_for"] == "2026-11-22T10:01:00Z"
-    assert request.tags["graph_runs/trigger_kind"] == "scheduled"
+    (row,) = ledger_rows(engine)
+    # A lone slot is a batch of one: its run keeps the schedule's partition.
+    assert request.run_key == f"batch:{row.batch_id}:1"
+    assert (request.job_name, request.partition_key) == ("graph_run_job", view["id"])
+    assert request.tags["graph_runs/batch_id"] == row.batch_id
+    assert request.tags["graph_runs/batch_attempt"] == "1"
+    assert (row.status, row.due_at) == ("pending", at("2026-11-22T10:01:00Z"))
+    assert row.idempotency_key == f"sched:{view['id']}:2026-11-22T10:01:00Z"
     (add,) = result.dynamic_partitions_requests or []
     assert isinstance(add, dg.AddDynamicPartitionsRequest)
     assert list(add.partition_keys) == [view["id"]]
@@ -56,8 +57,9 @@ def test_tick_that_dies_after_commit_neither_loses_nor_duplicates_a_slot(
     lost = tick(instance, resources, None)
     assert len(lost.run_requests or []) == 1
     assert instance.get_runs_count() == 0
-    # Tick 2 (same cursor, ten seconds later) asks again for the same run, and claims nothing new.
-    resources = make_resources(database_url, execution_api, "2026-11-22T10:01:12Z")
+    # Tick 2 (same cursor, seven seconds later) asks again for the same run, and claims
+    # nothing new (the next slot, 10:02, is beyond its 50 s lookahead).
+    resources = make_resources(database_url, execution_api, "2026-11-22T10:01:09Z")
     retry = tick(instance, resources, None)
     assert [r.run_key for r in retry.run_requests or []] == [
         r.run_key for r in lost.run_requests or []
@@ -86,8 +88,8 @@ def test_a_run_created_but_never_submitted_is_requested_again(
     """The daemon created the slot's run, then died before submitting it (NOT_STARTED).
 
     Such a run never starts by itself: trusting it left the row queued for ever. The row
-    stays pending and its run is requested again with the same run key, which makes the
-    daemon submit the run it created; once submitted, the row is queued on it.
+    batch stays open and its run is requested again with the same run key, which makes the
+    daemon submit the run it created; once submitted, it is not requested again.
     """
     new_schedule(engine)
     resources = make_resources(database_url, None, "2026-11-22T10:01:02Z")
@@ -104,7 +106,7 @@ def test_a_run_created_but_never_submitted_is_requested_again(
     third = tick(instance, resources, second.cursor)
     assert not third.run_requests
     (row,) = ledger_rows(engine)
-    assert (row.status, row.dagster_run_id) == ("queued", created.run_id)
+    assert (row.status, row.dagster_run_id) == ("pending", None)
 
 
 def test_nothing_due_says_why_and_when(

@@ -1,9 +1,10 @@
 """sensors.graph_schedules_sensor with scheduling policies, against a real Dagster instance.
 
-Pausing cancels a queued Dagster run, a run that dies without an outcome is settled as
-failed, a buffered slot gets its run once the running one ends, cancel_other cancels the
-older run, and a run launched for a partition from the UI is a trigger-now. Real SQLite
-and PostgreSQL databases, the real local execution API, runs executed in-process.
+Pausing cancels a batched slot before its run fires it, a batch whose run dies is
+dispatched again and, after its last attempt, settled dispatch_lost, a buffered slot gets
+its run once the running one ends, cancel_other cancels the older slot, and a run launched
+for a partition from the UI is a trigger-now. Real SQLite and PostgreSQL databases, the
+real local execution API, runs executed in-process.
 """
 
 import dagster as dg
@@ -37,7 +38,7 @@ def create_run(instance: dg.DagsterInstance, request: dg.RunRequest) -> dg.Dagst
     return daemon_run(instance, request)
 
 
-def test_pausing_cancels_the_queued_dagster_run_and_a_late_start_does_nothing(
+def test_pausing_cancels_a_batched_slot_and_its_run_then_fires_nothing(
     engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
 ) -> None:
     view = new_schedule(engine)
@@ -45,45 +46,44 @@ def test_pausing_cancels_the_queued_dagster_run_and_a_late_start_does_nothing(
     first = tick(instance, resources, None)
     apply_partitions(instance, first)
     (request,) = first.run_requests or []
-    queued = create_run(instance, request)
-    tick(instance, resources, first.cursor)  # finds the run: the row is queued
+    create_run(instance, request)
+    tick(instance, resources, first.cursor)
     with engine.begin() as conn:
         pause_schedule(conn, view["id"], now=at("2026-11-22T10:01:20Z"), note="stop", by="ana")
-    assert statuses(engine, view["id"]) == [("2026-11-22T10:01:00Z", "cancelling")]
-    tick(instance, make_resources(database_url, execution_api, "2026-11-22T10:01:32Z"), None)
-    run = instance.get_run_by_id(queued.run_id)
-    assert run is not None and run.status == dg.DagsterRunStatus.CANCELED
     assert statuses(engine, view["id"]) == [("2026-11-22T10:01:00Z", "cancelled")]
-    # Had the daemon started it anyway, the op would not call the API.
+    # The batch's run starts anyway: it finds nothing to fire, and closes the batch.
     late = launch(instance, resources, request)
     assert late.success and execution_api.store.executions == 0
     assert statuses(engine, view["id"]) == [("2026-11-22T10:01:00Z", "cancelled")]
+    assert not tick(instance, resources, None).run_requests
 
 
-def test_a_run_that_dies_without_an_outcome_is_settled_failed_and_frees_the_schedule(
+def test_a_batch_whose_run_dies_is_dispatched_again_then_settled_dispatch_lost(
     engine: sa.Engine, database_url: str, instance: dg.DagsterInstance
 ) -> None:
     view = new_schedule(engine)  # overlap skip: a stuck row would block every later slot
     resources = make_resources(database_url, None, "2026-11-22T10:01:02Z")
     first = tick(instance, resources, None)
     apply_partitions(instance, first)
-    (request,) = first.run_requests or []
-    run = create_run(instance, request)
-    tick(instance, resources, first.cursor)
-    instance.report_run_failed(run)
+    requests = list(first.run_requests or [])
+    for attempt in (1, 2, 3):
+        (request,) = requests
+        assert request.run_key is not None and request.run_key.endswith(f":{attempt}")
+        run = create_run(instance, request)
+        instance.report_run_failed(run)  # ended without recording anything
+        requests = list(tick(instance, resources, None).run_requests or [])
+    assert requests == []
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(run_ledger)).one()
+    assert (row.status, row.error_code) == ("failed", "dispatch_lost")
+    assert "3 dispatch runs ended before recording an outcome" in row.error_message
+    # The schedule is free: its next slot fires.
     later = tick(instance, make_resources(database_url, None, "2026-11-22T10:02:02Z"), None)
     assert statuses(engine, view["id"]) == [
         ("2026-11-22T10:01:00Z", "failed"),
         ("2026-11-22T10:02:00Z", "pending"),
     ]
-    assert [r.run_key for r in later.run_requests or []] == [
-        f"sched:{view['id']}:2026-11-22T10:02:00Z"
-    ]
-    with engine.connect() as conn:
-        code = conn.execute(
-            sa.select(run_ledger.c.error_code).where(run_ledger.c.dagster_run_id == run.run_id)
-        ).scalar_one()
-    assert code == "dagster_run_failed"
+    assert len(later.run_requests or []) == 1
 
 
 def test_a_buffered_slot_runs_after_the_long_run_ends(
@@ -103,17 +103,22 @@ def test_a_buffered_slot_runs_after_the_long_run_ends(
     )
     assert not second.run_requests and not third.run_requests
     assert [s for _, s in statuses(engine, view["id"])] == [
-        "queued",
+        "pending",
         "buffered",
         "skipped_overlap",
     ]
     assert launch(instance, resources, long_run).success
     fourth = tick(
-        instance, make_resources(database_url, execution_api, "2026-11-22T10:03:40Z"), None
+        instance, make_resources(database_url, execution_api, "2026-11-22T10:03:05Z"), None
     )
-    assert [r.run_key for r in fourth.run_requests or []] == [
-        f"sched:{view['id']}:2026-11-22T10:02:00Z"
+    (released,) = fourth.run_requests or []
+    assert launch(instance, resources, released).success
+    assert [s for _, s in statuses(engine, view["id"])] == [
+        "succeeded",
+        "succeeded",
+        "skipped_overlap",
     ]
+    assert execution_api.store.executions == 2
 
 
 def test_cancel_other_cancels_the_older_run_and_starts_the_new_slot(
@@ -124,14 +129,11 @@ def test_cancel_other_cancels_the_older_run_and_starts_the_new_slot(
     first = tick(instance, resources, None)
     apply_partitions(instance, first)
     (old,) = first.run_requests or []
-    old_run = create_run(instance, old)
+    create_run(instance, old)
     tick(instance, resources, first.cursor)
     second = tick(instance, make_resources(database_url, None, "2026-11-22T10:02:02Z"), None)
-    assert [r.run_key for r in second.run_requests or []] == [
-        f"sched:{view['id']}:2026-11-22T10:02:00Z"
-    ]
-    stored = instance.get_run_by_id(old_run.run_id)
-    assert stored is not None and stored.status == dg.DagsterRunStatus.CANCELED
+    (new,) = second.run_requests or []
+    assert new.run_key != old.run_key and new.partition_key == view["id"]
     assert statuses(engine, view["id"]) == [
         ("2026-11-22T10:01:00Z", "cancelled"),
         ("2026-11-22T10:02:00Z", "pending"),
@@ -179,45 +181,33 @@ def test_trigger_and_backfill_rows_get_runs_through_the_same_job_once(
     resources = make_resources(database_url, execution_api, "2026-11-22T10:05:02Z")
     result = tick(instance, resources, None)
     apply_partitions(instance, result)
-    keys = sorted(r.run_key or "" for r in result.run_requests or [])
-    assert keys == [
-        f"manual:{view['id']}:k",
-        f"sched:{view['id']}:2026-11-20T00:00:00Z",
-        f"sched:{view['id']}:2026-11-21T00:00:00Z",
-    ]
-    for request in result.run_requests or []:
-        assert launch(instance, resources, request).success
+    # All three fire now: one batch, one run.
+    (request,) = result.run_requests or []
+    assert request.tags["graph_runs/batch_size"] == "3"
+    assert launch(instance, resources, request).success
     assert execution_api.store.executions == 3
     assert not tick(instance, resources, result.cursor).run_requests
     assert [s for _, s in statuses(engine, view["id"])] == ["succeeded"] * 3
 
 
-def test_pause_terminate_asks_dagster_to_stop_a_started_run_and_settles_when_it_ends(
-    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance
+def test_pause_terminate_of_a_fired_slot_settles_it_cancelled_on_the_next_attempt(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
 ) -> None:
+    """A batch's run is never terminated for one slot; its slot is asked to stop instead."""
     view = new_schedule(engine)
-    resources = make_resources(database_url, None, "2026-11-22T10:01:02Z")
+    resources = make_resources(database_url, execution_api, "2026-11-22T10:01:02Z")
     first = tick(instance, resources, None)
     apply_partitions(instance, first)
     (request,) = first.run_requests or []
-    started = instance.create_run_for_job(
-        job_def=graph_run_job,
-        status=dg.DagsterRunStatus.STARTED,
-        tags={**request.tags, "dagster/partition": request.partition_key or ""},
-    )
-    tick(instance, resources, first.cursor)
+    started = create_run(instance, request)
     with engine.begin() as conn:
-        # The op has started, as start_run records it.
-        conn.execute(run_ledger.update().values(status="running"))
+        # The slot has fired in that run, as slot_status.fire records it.
+        conn.execute(run_ledger.update().values(status="running", dagster_run_id=started.run_id))
         pause_schedule(conn, view["id"], now=at("2026-11-22T10:01:20Z"), note=None, terminate=True)
     assert statuses(engine, view["id"]) == [("2026-11-22T10:01:00Z", "cancelling")]
-    later = make_resources(database_url, None, "2026-11-22T10:01:32Z")
-    tick(instance, later, None)
-    run = instance.get_run_by_id(started.run_id)
-    # The test instance's launcher cannot reach a process; Dagster marks the run CANCELING
-    # and the row waits, still cancelling, for the run to end.
-    assert run is not None and run.status == dg.DagsterRunStatus.CANCELING
-    assert statuses(engine, view["id"]) == [("2026-11-22T10:01:00Z", "cancelling")]
-    instance.report_run_canceled(run)
-    tick(instance, later, None)
+    instance.report_run_failed(started)  # its worker died
+    (again,) = tick(instance, resources, None).run_requests or []
+    assert again.run_key is not None and again.run_key.endswith(":2")
+    assert launch(instance, resources, again).success
     assert statuses(engine, view["id"]) == [("2026-11-22T10:01:00Z", "cancelled")]
+    assert execution_api.store.executions == 0

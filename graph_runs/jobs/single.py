@@ -1,10 +1,10 @@
-"""The graph-run job: check the grant, call the execution API, record the outcome.
+"""One graph run per Dagster run: check the grant, call the execution API, record the outcome.
 
-One graph, two jobs. ``graph_run_job`` is partitioned by schedule and launched by the
-sensor, which tags each run with its ledger row. ``graph_run_adhoc_job`` is the same graph
-without partitions, launched through Dagster's GraphQL API or the launchpad with a
-``GraphRunRequest`` config that carries the caller's idempotency key. Both take one path
-through the same ops and the same ledger.
+``graph_run_adhoc_job`` is launched through Dagster's GraphQL API or the launchpad with a
+``GraphRunRequest`` config that carries the caller's idempotency key: ad-hoc runs stay one
+Dagster run per request. Scheduled slots go through ``graph_runs.jobs.dispatch`` instead,
+which shares ``start_single`` for the runs that carry one ledger row (an approved slot, a
+partition run launched from the UI).
 """
 
 from collections.abc import Iterator
@@ -20,9 +20,6 @@ from graph_runs.http.execution_client import ExecutionApiError, Outcome
 from graph_runs.triggers import start_partition_run
 from resources import ClockResource, DatabaseResource, ExecutionApiResource, GrantsResource
 
-SCHEDULE_PARTITIONS_NAME = "graph_run_schedules"
-schedule_partitions = dg.DynamicPartitionsDefinition(name=SCHEDULE_PARTITIONS_NAME)
-
 
 class GraphRunRequest(dg.Config):
     """An ad-hoc run's request. Scheduled runs leave it empty: their run tags name the slot."""
@@ -36,7 +33,7 @@ class GraphRunRequest(dg.Config):
     timeout_seconds: int | None = None
 
 
-def _start(
+def start_single(
     context: dg.OpExecutionContext,
     config: GraphRunRequest,
     database: DatabaseResource,
@@ -115,7 +112,7 @@ def check_grant(
     skipped, and the run ends without charging anyone.
     """
     try:
-        row = _start(context, config, database, grants, clock)
+        row = start_single(context, config, database, grants, clock)
     except (Conflict, NotFound) as exc:
         raise dg.Failure(description=str(exc)) from None
     ticket = ledger.Ticket.from_row(row)
@@ -231,13 +228,6 @@ def graph_run() -> None:
     checked = check_grant()
     record_outcome(checked, call_execution_api(checked))
 
-
-graph_run_job = graph_run.to_job(
-    name="graph_run_job",
-    description="A scheduled slot of a user schedule; one partition per schedule.",
-    partitions_def=schedule_partitions,
-    executor_def=dg.in_process_executor,
-)
 
 graph_run_adhoc_job = graph_run.to_job(
     name="graph_run_adhoc_job",

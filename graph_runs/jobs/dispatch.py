@@ -1,0 +1,277 @@
+"""The dispatch job: one Dagster run fires a batch of slots, each at its instant.
+
+Two jobs share the one op. ``graph_run_job`` is partitioned by schedule: a batch of one
+scheduled slot runs there, on its schedule's partition, as do an approved slot and a
+partition run launched from the UI (a trigger-now of that schedule). ``dispatch_batch_job``
+runs batches of many slots, which belong to no one partition; each slot then shows on its
+schedule's partition of the ``scheduled_graph_runs`` asset instead.
+"""
+
+import asyncio
+from typing import Any
+
+import dagster as dg
+
+from graph_runs import batches, ledger
+from graph_runs.batches import BATCH_ATTEMPT_TAG, BATCH_ID_TAG
+from graph_runs.core.cron import format_utc
+from graph_runs.core.statuses import NEVER_RAN, SUCCEEDED
+from graph_runs.dispatch import Dispatcher, Recorded, Report, summary
+from graph_runs.errors import Conflict, NotFound
+from graph_runs.firing import Firing
+from graph_runs.grants import GrantDenied
+from graph_runs.http.execution_client import Outcome
+from graph_runs.jobs.partitions import SLOT_ASSET_KEY, schedule_partitions
+from graph_runs.jobs.single import GraphRunRequest, start_single
+from resources import (
+    ClockResource,
+    DatabaseResource,
+    DispatchResource,
+    ExecutionApiResource,
+    GrantsResource,
+)
+
+MAX_SLOTS_LISTED = 500
+# Dagster tags a re-executed run with the run it re-executes.
+PARENT_RUN_ID_TAG = "dagster/parent_run_id"
+MAX_FAILED_NAMED = 20
+
+
+def _label(row: Any) -> str:
+    slot = format_utc(row.scheduled_for) if row.scheduled_for else row.trigger_kind
+    return f"{row.schedule_id or '-'}@{slot}"
+
+
+def _slot_metadata(done: Recorded) -> dict[str, Any]:
+    row, recorded = done.row, done.recorded
+    return {
+        "slot": format_utc(row.scheduled_for) if row.scheduled_for else row.trigger_kind,
+        "status": recorded["status"],
+        "cost_usd": recorded.get("cost_usd") or "0",
+        "tokens": recorded.get("total_tokens") or 0,
+        "api_run_id": recorded.get("api_run_id") or "",
+        "ledger_id": row.id,
+        "attempt": done.attempt,
+        "error": done.outcome.error_code or "",
+        "over_budget": bool(recorded.get("over_budget")),
+    }
+
+
+def _events(context: dg.OpExecutionContext, asset_events: bool, done: list[Recorded]) -> None:
+    """What the run's page and the Catalog show of slots just recorded."""
+    counts: dict[str, int] = {}
+    for item in done:
+        counts[item.recorded["status"]] = counts.get(item.recorded["status"], 0) + 1
+        if not asset_events or not item.row.schedule_id:
+            continue
+        metadata = _slot_metadata(item)
+        if item.recorded["status"] == SUCCEEDED:
+            context.log_event(
+                dg.AssetMaterialization(
+                    asset_key=SLOT_ASSET_KEY, partition=item.row.schedule_id, metadata=metadata
+                )
+            )
+        else:
+            context.log_event(
+                dg.AssetObservation(
+                    asset_key=SLOT_ASSET_KEY, partition=item.row.schedule_id, metadata=metadata
+                )
+            )
+    listed = ", ".join(f"{_label(i.row)} {i.recorded['status']}" for i in done[:20])
+    more = f" and {len(done) - 20} more" if len(done) > 20 else ""
+    context.log.info(
+        f"recorded {len(done)} slot(s) ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))})"
+        f": {listed}{more}"
+    )
+
+
+def _slot_table(report: Report) -> str:
+    lines = [
+        "| slot | schedule | status | cost USD | tokens | API run | ledger |",
+        "|---" * 7 + "|",
+    ]
+    for item in report.recorded[:MAX_SLOTS_LISTED]:
+        m = _slot_metadata(item)
+        lines.append(
+            f"| {m['slot']} | {item.row.schedule_id or '-'} | {m['status']} {m['error']} | "
+            f"{m['cost_usd']} | {m['tokens']} | {m['api_run_id']} | {m['ledger_id']} |"
+        )
+    if len(report.recorded) > MAX_SLOTS_LISTED:
+        lines.append(f"| and {len(report.recorded) - MAX_SLOTS_LISTED} more | | | | | | |")
+    return "\n".join(lines)
+
+
+def _single_firing(
+    context: dg.OpExecutionContext,
+    config: GraphRunRequest,
+    database: DatabaseResource,
+    grants: GrantsResource,
+    clock: ClockResource,
+) -> list[Firing]:
+    """The one slot of a run launched with a ledger row (approved) or for a partition."""
+    try:
+        row = start_single(context, config, database, grants, clock)
+    except (Conflict, NotFound) as exc:
+        raise dg.Failure(description=str(exc)) from None
+    return _checked(context, database, grants, clock, row)
+
+
+def _refirings(
+    context: dg.OpExecutionContext,
+    database: DatabaseResource,
+    grants: GrantsResource,
+    clock: ClockResource,
+    batch_id: str,
+) -> list[Firing]:
+    """A re-execution of a finished batch's run fires its failed slots again, same keys."""
+    with database.transaction() as conn:
+        rows = [
+            ledger.start_run(conn, row.id, dagster_run_id=context.run_id, now=clock.now())
+            for row in batches.failed_rows(conn, batch_id)
+        ]
+    context.log.info(f"re-execution: firing {len(rows)} failed slot(s) of batch {batch_id} again")
+    firings: list[Firing] = []
+    for row in rows:
+        try:
+            firings.extend(_checked(context, database, grants, clock, row))
+        except dg.Failure as failure:
+            context.log.error(failure.description or "grant check failed")
+    return firings
+
+
+def _checked(
+    context: dg.OpExecutionContext,
+    database: DatabaseResource,
+    grants: GrantsResource,
+    clock: ClockResource,
+    row: Any,
+) -> list[Firing]:
+    """The slot, started in this run, if its grant allows it; recorded failed otherwise."""
+    ticket = ledger.Ticket.from_row(row)
+    if row.status in NEVER_RAN:
+        context.log.warning(
+            f"{ticket.label} not calling the execution API: the slot is {row.status} "
+            f"({row.error_code}: {row.error_message})"
+        )
+        return []
+    try:
+        grant = grants.check(row.grant_id, row.graph_id, clock.now())
+    except GrantDenied as denied:
+        with database.transaction() as conn:
+            ledger.record_outcome(
+                conn,
+                row.id,
+                Outcome(status="failed", error_code=denied.code, error_message=denied.message),
+                dagster_run_id=context.run_id,
+                now=clock.now(),
+            )
+        raise dg.Failure(
+            description=f"{ticket.label} {denied.code}: {denied.message}",
+            metadata={"error_code": denied.code, "ledger_id": row.id},
+        ) from None
+    return [Firing(row, ledger.request_body(row, grant.connection_ids))]
+
+
+@dg.op(
+    description=(
+        "Fire a batch of slots, each at its instant, through the execution API; record each "
+        "outcome and receipt as it finishes, holding the batch's lease meanwhile."
+    ),
+    out=dg.Out(dict),
+)
+def dispatch_slots(
+    context: dg.OpExecutionContext,
+    config: GraphRunRequest,
+    database: DatabaseResource,
+    grants: GrantsResource,
+    execution_api: ExecutionApiResource,
+    clock: ClockResource,
+    dispatch: DispatchResource,
+) -> dg.Output[dict[str, Any]]:
+    """Fail, naming them, if any slot failed or was left without an outcome."""
+    now_fn, sleep = clock.timer()
+    dispatcher = Dispatcher(
+        database.engine(),
+        execution_api.concurrent_caller(
+            dispatch.max_concurrent_calls, dispatch.max_calls_per_account
+        ),
+        dagster_run_id=context.run_id,
+        clock=now_fn,
+        sleep=sleep,
+        limits=dispatch.limits(),
+        on_recorded=lambda done: _events(context, dispatch.slot_asset_events, done),
+    )
+    batch_id = context.run.tags.get(BATCH_ID_TAG)
+    if batch_id:
+        attempt = int(context.run.tags.get(BATCH_ATTEMPT_TAG, "1"))
+        report = asyncio.run(dispatcher.run_batch(batch_id, attempt))
+        if report.replaced and context.run.tags.get(PARENT_RUN_ID_TAG):
+            firings = _refirings(context, database, grants, clock, batch_id)
+            report = asyncio.run(dispatcher.run_started(firings)) if firings else report
+        elif report.replaced:
+            context.log.warning(
+                f"batch {batch_id} has moved past attempt {attempt} or is done; this run "
+                "fires nothing"
+            )
+    else:
+        firings = _single_firing(context, config, database, grants, clock)
+        report = asyncio.run(dispatcher.run_started(firings)) if firings else Report()
+    context.log.info(summary(report))
+    metadata: dict[str, Any] = {
+        "fired": report.fired if batch_id else len(report.recorded),
+        "statuses": dg.MetadataValue.json(dict(report.statuses)),
+        "slots": dg.MetadataValue.md(_slot_table(report)),
+        "unrecorded": len(report.unrecorded),
+        "first_fired_lag_seconds": report.first_fired_lag or 0.0,
+    }
+    failed = report.failed
+    if failed or report.unrecorded:
+        named = ", ".join(
+            f"{_label(i.row)} ({i.outcome.error_code}: {i.outcome.error_message})"
+            for i in failed[:MAX_FAILED_NAMED]
+        )
+        more = (
+            f" and {len(failed) - MAX_FAILED_NAMED} more" if len(failed) > MAX_FAILED_NAMED else ""
+        )
+        left = (
+            f"; {len(report.unrecorded)} slot(s) have no outcome yet and are dispatched again"
+            if report.unrecorded
+            else ""
+        )
+        failures = f"{len(failed)} slot(s) failed: {named}{more}" if failed else "no slot failed"
+        raise dg.Failure(
+            description=f"{failures}{left}",
+            metadata=metadata,
+        )
+    return dg.Output(
+        {
+            "statuses": dict(report.statuses),
+            "recorded": [i.recorded for i in report.recorded[:MAX_SLOTS_LISTED]],
+        },
+        metadata=metadata,
+    )
+
+
+@dg.graph
+def dispatch() -> None:
+    """Fire slots at their instant and record them."""
+    dispatch_slots()
+
+
+graph_run_job = dispatch.to_job(
+    name="graph_run_job",
+    description=(
+        "A batch of one slot of a user schedule (one partition per schedule), an approved "
+        "slot, or a trigger-now launched from the UI for a partition."
+    ),
+    partitions_def=schedule_partitions,
+    executor_def=dg.in_process_executor,
+)
+
+dispatch_batch_job = dispatch.to_job(
+    name="dispatch_batch_job",
+    description=(
+        "A batch of many scheduled slots, each fired at its instant (run key batch:{id}:{attempt})."
+    ),
+    executor_def=dg.in_process_executor,
+)

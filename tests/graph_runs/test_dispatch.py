@@ -1,0 +1,186 @@
+"""graph_runs.dispatch, batches and firing: a dispatch run fires its batch at each instant.
+
+Batches are claimed by the real sensor tick and run in-process against the real local
+execution API over HTTP and a real schedules database. The clock is fixed
+(``ClockResource.fixed_now``): the dispatch run's clock starts there and moves only when it
+sleeps, so "fired at the instant, not before" is checked to the microsecond.
+"""
+
+from decimal import Decimal
+from typing import Any
+
+import dagster as dg
+import sqlalchemy as sa
+
+from graph_runs.budgets import set_budget
+from graph_runs.http.execution_client import Outcome
+from graph_runs.ledger import record_outcome
+from graph_runs.tables import charge_receipts, dispatch_batches, run_ledger, schedules
+from tests.conftest import RunningApi
+from tests.dagster_helpers import apply_partitions, launch, make_resources, tick
+from tests.helpers import at, make_grant, make_schedule
+
+CREATED = at("2026-11-22T09:59:30Z")
+# Created after 10:00: a every-minute schedule's first slot is 10:01.
+LATE = at("2026-11-22T10:00:05Z")
+
+
+def rows(engine: sa.Engine) -> list[Any]:
+    with engine.connect() as conn:
+        return list(conn.execute(sa.select(run_ledger).order_by(run_ledger.c.scheduled_for)))
+
+
+def count(engine: sa.Engine, table: sa.Table) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+
+
+def claim(
+    instance: dg.DagsterInstance, database_url: str, api: RunningApi, now: str
+) -> tuple[dict[str, Any], list[dg.RunRequest]]:
+    resources = make_resources(database_url, api, now)
+    result = tick(instance, resources, None)
+    apply_partitions(instance, result)
+    return resources, list(result.run_requests or [])
+
+
+def test_a_dispatch_run_of_200_slots_executes_and_bills_each_once(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
+) -> None:
+    with engine.begin() as conn:
+        grants = [make_grant(conn, CREATED, owner=owner) for owner in ("alice", "bob")]
+        for n in range(200):
+            make_schedule(conn, CREATED, grants[n % 2], input={"n": n})
+    resources, requests = claim(instance, database_url, execution_api, "2026-11-22T10:00:01Z")
+    (request,) = requests
+    assert request.tags["graph_runs/batch_size"] == "200" and request.partition_key is None
+    run = launch(instance, resources, request)
+    assert run.success
+    assert execution_api.store.executions == 200
+    assert count(engine, charge_receipts) == 200
+    fired = rows(engine)
+    assert {r.status for r in fired} == {"succeeded"}
+    assert {r.dagster_run_id for r in fired} == {run.run_id}
+    with engine.connect() as conn:
+        receipts = conn.execute(sa.select(charge_receipts.c.graph_run_id)).scalars().all()
+        batch = conn.execute(sa.select(dispatch_batches)).one()
+    assert sorted(receipts) == sorted(r.id for r in fired)
+    assert (batch.status, batch.size, batch.dagster_run_id) == ("done", 200, run.run_id)
+    # One event per slot, each on its schedule's partition of scheduled_graph_runs.
+    events = run.asset_materializations_for_node("dispatch_slots")
+    assert sorted(e.partition or "" for e in events) == sorted(r.schedule_id for r in fired)
+    # The run again (a daemon retrying the request) fires nothing and bills nothing.
+    assert launch(instance, resources, request).success
+    assert execution_api.store.executions == 200 and count(engine, charge_receipts) == 200
+
+
+def test_a_slot_is_claimed_ahead_and_fired_at_its_instant_not_before(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
+) -> None:
+    with engine.begin() as conn:
+        grant = make_grant(conn, LATE)
+        make_schedule(conn, LATE, grant, jitter_seconds=0)
+    # 10:00:09 is 51 s ahead of 10:01: beyond the lookahead (30 s interval + 20 s).
+    _, early = claim(instance, database_url, execution_api, "2026-11-22T10:00:09Z")
+    assert early == [] and rows(engine) == []
+    # 10:00:10 is 50 s ahead: claimed now, its run requested now.
+    resources, (request,) = claim(instance, database_url, execution_api, "2026-11-22T10:00:10Z")
+    (row,) = rows(engine)
+    assert (row.status, row.due_at) == ("pending", at("2026-11-22T10:01:00Z"))
+    assert launch(instance, resources, request).success
+    (row,) = rows(engine)
+    assert row.status == "succeeded"
+    # The run started at 10:00:10 on its clock and slept until the instant, exactly.
+    assert row.started_at == at("2026-11-22T10:01:00Z")
+
+
+def test_overlap_is_decided_at_the_instant_not_when_claimed(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
+) -> None:
+    """Claimed 40 s ahead while the previous run still went; that run ends before the instant."""
+    with engine.begin() as conn:
+        grant = make_grant(conn, LATE)
+        going = make_schedule(conn, LATE, grant)  # overlap skip
+        still = make_schedule(conn, LATE, grant)
+    resources, (first,) = claim(instance, database_url, execution_api, "2026-11-22T10:00:30Z")
+    with engine.begin() as conn:
+        # Both 10:01 slots fired elsewhere and are still running at 10:01:20...
+        conn.execute(run_ledger.update().values(status="running", dagster_run_id="elsewhere"))
+        conn.execute(dispatch_batches.update().values(status="done"))
+    resources, (second,) = claim(instance, database_url, execution_api, "2026-11-22T10:01:20Z")
+    assert [r.status for r in rows(engine)].count("pending") == 2  # nothing decided yet
+    (ended,) = [r for r in rows(engine) if r.schedule_id == going["id"] and r.dagster_run_id]
+    with engine.begin() as conn:
+        # ...and one of them ends before 10:02.
+        record_outcome(
+            conn,
+            ended.id,
+            Outcome(status="succeeded", api_run_id="api-x"),
+            dagster_run_id="elsewhere",
+            now=at("2026-11-22T10:01:40Z"),
+        )
+    run = launch(instance, resources, second)
+    assert run.success
+    by_schedule = {(r.schedule_id, r.scheduled_for): r for r in rows(engine)}
+    fired = by_schedule[(going["id"], at("2026-11-22T10:02:00Z"))]
+    skipped = by_schedule[(still["id"], at("2026-11-22T10:02:00Z"))]
+    assert (fired.status, fired.started_at) == ("succeeded", at("2026-11-22T10:02:00Z"))
+    assert (skipped.status, skipped.error_code) == ("skipped_overlap", "skipped_overlap")
+    with engine.connect() as conn:
+        totals = dict(conn.execute(sa.select(schedules.c.id, schedules.c.runs_total)).all())
+    # The skipped slot is not a run of its schedule.
+    assert (totals[going["id"]], totals[still["id"]]) == (2, 1)
+    assert execution_api.store.executions == 1
+
+
+def test_a_budget_reached_after_the_claim_skips_the_slot_at_its_instant(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
+) -> None:
+    with engine.begin() as conn:
+        grant = make_grant(conn, LATE)
+        make_schedule(conn, LATE, grant)
+    resources, (request,) = claim(instance, database_url, execution_api, "2026-11-22T10:00:30Z")
+    with engine.begin() as conn:
+        set_budget(
+            conn,
+            billing_account="alice-billing",
+            period="month",
+            limit_usd=Decimal("0"),
+            now=at("2026-11-22T10:00:40Z"),
+            by="finance",
+        )
+    assert launch(instance, resources, request).success
+    (row,) = rows(engine)
+    assert (row.status, row.error_code) == ("skipped_budget", "skipped_budget")
+    assert "alice-billing" in row.error_message
+    assert execution_api.store.executions == 0
+
+
+def test_a_poll_timeout_keeps_the_api_run_and_the_next_attempt_resumes_it(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
+) -> None:
+    """Review defect: a poll that timed out dropped the API run id.
+
+    No receipt was ever written, though the API run went on (and cost money).
+    """
+    with engine.begin() as conn:
+        grant = make_grant(conn, LATE, scopes=["graph:execute:sleep"])
+        make_schedule(conn, LATE, grant, graph_id="sleep", input={"seconds": 30}, timeout_seconds=1)
+    resources, (request,) = claim(instance, database_url, execution_api, "2026-11-22T10:00:30Z")
+    resources["execution_api"] = resources["execution_api"].model_copy(
+        update={"poll_interval_seconds": 0.05}
+    )
+    first = launch(instance, resources, request)
+    assert not first.success
+    (row,) = rows(engine)
+    assert (row.status, row.api_run_id is not None) == ("running", True)
+    assert count(engine, charge_receipts) == 0
+    # The Dagster run ended with the slot unrecorded: the next tick dispatches attempt 2.
+    execution_api.store.clock.now += 60  # meanwhile the API run finished
+    instance.report_run_failed(instance.get_run_by_id(first.run_id))  # type: ignore[arg-type]
+    (again,) = tick(instance, resources, None).run_requests or []
+    assert again.run_key is not None and again.run_key.endswith(":2")
+    assert launch(instance, resources, again).success
+    (row,) = rows(engine)
+    assert (row.status, row.dispatch_attempts) == ("succeeded", 2)
+    assert execution_api.store.executions == 1 and count(engine, charge_receipts) == 1
