@@ -25,7 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from graph_runs import batches, slot_status
-from graph_runs.core.statuses import CANCELLING, FAILED, RUNNING, SUCCEEDED
+from graph_runs.core.statuses import CANCELLING, FAILED
 from graph_runs.firing import Firing, decide_and_fire
 from graph_runs.http.concurrent_calls import Call, CallSession, ConcurrentCaller, Result
 from graph_runs.http.execution_client import Outcome
@@ -342,14 +342,3 @@ def summary(report: Report) -> str:
         f"batch {report.batch_id} attempt {report.attempt}: fired {report.fired}; "
         f"{statuses}; {len(report.unrecorded)} without an outcome yet"
     )
-
-
-__all__ = [
-    "RUNNING",
-    "SUCCEEDED",
-    "DispatchLimits",
-    "Dispatcher",
-    "Recorded",
-    "Report",
-    "summary",
-]

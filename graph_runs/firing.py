@@ -180,7 +180,9 @@ def decide_and_fire(
             message="a newer slot came due while this run was in flight (overlap cancel_other)",
         )
     to_fire = [r for r in rows if r.id not in held and r.status in (PENDING, RUNNING)]
-    decided.held["cancelled"] += sum(r.status == CANCELLING for r in rows)
+    stopped = sum(r.status == CANCELLING for r in rows)
+    if stopped:
+        decided.held["cancelled"] += stopped
     grants = _grants(conn, {r.grant_id for r in to_fire})
     ready: list[tuple[Any, Grant | None]] = []
     for row in to_fire:
