@@ -180,24 +180,18 @@ def insert_new(conn: sa.Connection, rows: list[dict[str, Any]]) -> int:
     return insert_ignoring_conflicts(conn, run_ledger, rows)
 
 
-def _record_runs(
-    conn: sa.Connection, source: str, by: str, run_ids_by_ledger_id: Mapping[str, str]
-) -> None:
+def launch_approved(conn: sa.Connection, run_ids_by_ledger_id: Mapping[str, str]) -> None:
+    """Record each approved slot's launched run: ``awaiting_approval`` -> ``queued``."""
     if run_ids_by_ledger_id:
         _move_rows(
             conn,
-            [source],
+            [AWAITING_APPROVAL],
             QUEUED,
-            by,
+            "launch_approved",
             run_ledger.c.id == sa.bindparam("b_id"),
             values={"dagster_run_id": sa.bindparam("b_run")},
             params=[{"b_id": k, "b_run": v} for k, v in run_ids_by_ledger_id.items()],
         )
-
-
-def launch_approved(conn: sa.Connection, run_ids_by_ledger_id: Mapping[str, str]) -> None:
-    """Record each approved slot's launched run: ``awaiting_approval`` -> ``queued``."""
-    _record_runs(conn, AWAITING_APPROVAL, "launch_approved", run_ids_by_ledger_id)
 
 
 def release(conn: sa.Connection, ledger_ids: list[str]) -> int:

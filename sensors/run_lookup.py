@@ -15,19 +15,29 @@ RUN_LOOKUP_CHUNK = 500
 SUBMITTED = [status for status in dg.DagsterRunStatus if status != dg.DagsterRunStatus.NOT_STARTED]
 
 
-def existing_runs(instance: dg.DagsterInstance, ledger_ids: list[str]) -> dict[str, str]:
-    """Submitted Dagster runs' ids by ledger id, looked up in batches by tag, not per row."""
+def _submitted_runs_by_tag(
+    instance: dg.DagsterInstance, tag: str, values: list[str]
+) -> dict[str, str]:
+    """Submitted Dagster runs' ids by the value of ``tag``, looked up in batches, not per value."""
     found: dict[str, str] = {}
-    for start in range(0, len(ledger_ids), RUN_LOOKUP_CHUNK):
-        chunk = ledger_ids[start : start + RUN_LOOKUP_CHUNK]
-        records = instance.get_run_records(
-            dg.RunsFilter(tags={ledger.LEDGER_ID_TAG: chunk}, statuses=SUBMITTED)
-        )
+    for start in range(0, len(values), RUN_LOOKUP_CHUNK):
+        chunk = values[start : start + RUN_LOOKUP_CHUNK]
+        records = instance.get_run_records(dg.RunsFilter(tags={tag: chunk}, statuses=SUBMITTED))
         for record in records:
-            ledger_id = record.dagster_run.tags.get(ledger.LEDGER_ID_TAG)
-            if ledger_id:
-                found.setdefault(ledger_id, record.dagster_run.run_id)
+            value = record.dagster_run.tags.get(tag)
+            if value:
+                found.setdefault(value, record.dagster_run.run_id)
     return found
+
+
+def existing_runs(instance: dg.DagsterInstance, ledger_ids: list[str]) -> dict[str, str]:
+    """Submitted Dagster runs' ids by ledger id."""
+    return _submitted_runs_by_tag(instance, ledger.LEDGER_ID_TAG, ledger_ids)
+
+
+def existing_batch_runs(instance: dg.DagsterInstance, run_keys: list[str]) -> dict[str, str]:
+    """Submitted Dagster runs' ids by batch run key."""
+    return _submitted_runs_by_tag(instance, BATCH_RUN_KEY_TAG, run_keys)
 
 
 def run_statuses(instance: dg.DagsterInstance, run_ids: list[str]) -> dict[str, str]:
@@ -38,18 +48,3 @@ def run_statuses(instance: dg.DagsterInstance, run_ids: list[str]) -> dict[str, 
         for record in instance.get_run_records(dg.RunsFilter(run_ids=chunk)):
             statuses[record.dagster_run.run_id] = record.dagster_run.status.value
     return statuses
-
-
-def existing_batch_runs(instance: dg.DagsterInstance, run_keys: list[str]) -> dict[str, str]:
-    """Submitted Dagster runs' ids by batch run key, looked up in batches by tag."""
-    found: dict[str, str] = {}
-    for start in range(0, len(run_keys), RUN_LOOKUP_CHUNK):
-        chunk = run_keys[start : start + RUN_LOOKUP_CHUNK]
-        records = instance.get_run_records(
-            dg.RunsFilter(tags={BATCH_RUN_KEY_TAG: chunk}, statuses=SUBMITTED)
-        )
-        for record in records:
-            key = record.dagster_run.tags.get(BATCH_RUN_KEY_TAG)
-            if key:
-                found.setdefault(key, record.dagster_run.run_id)
-    return found

@@ -15,14 +15,12 @@ import dagster as dg
 from graph_runs import batches, ledger
 from graph_runs.batches import BATCH_ATTEMPT_TAG, BATCH_ID_TAG
 from graph_runs.core.cron import format_utc
-from graph_runs.core.statuses import NEVER_RAN, SUCCEEDED
+from graph_runs.core.statuses import SUCCEEDED
 from graph_runs.dispatch import Dispatcher, Recorded, Report, summary
 from graph_runs.errors import Conflict, NotFound
 from graph_runs.firing import Firing
-from graph_runs.grants import GrantDenied
-from graph_runs.http.execution_client import Outcome
 from graph_runs.jobs.partitions import SLOT_ASSET_KEY, schedule_partitions
-from graph_runs.jobs.single import GraphRunRequest, start_single
+from graph_runs.jobs.single import GraphRunRequest, checked_body, start_single
 from resources import (
     ClockResource,
     DatabaseResource,
@@ -147,29 +145,8 @@ def _checked(
     row: Any,
 ) -> list[Firing]:
     """The slot, started in this run, if its grant allows it; recorded failed otherwise."""
-    ticket = ledger.Ticket.from_row(row)
-    if row.status in NEVER_RAN:
-        context.log.warning(
-            f"{ticket.label} not calling the execution API: the slot is {row.status} "
-            f"({row.error_code}: {row.error_message})"
-        )
-        return []
-    try:
-        grant = grants.check(row.grant_id, row.graph_id, clock.now())
-    except GrantDenied as denied:
-        with database.transaction() as conn:
-            ledger.record_outcome(
-                conn,
-                row.id,
-                Outcome(status="failed", error_code=denied.code, error_message=denied.message),
-                dagster_run_id=context.run_id,
-                now=clock.now(),
-            )
-        raise dg.Failure(
-            description=f"{ticket.label} {denied.code}: {denied.message}",
-            metadata={"error_code": denied.code, "ledger_id": row.id},
-        ) from None
-    return [Firing(row, ledger.request_body(row, grant.connection_ids))]
+    body = checked_body(context, database, grants, clock, row)
+    return [] if body is None else [Firing(row, body)]
 
 
 @dg.op(

@@ -94,6 +94,43 @@ def start_single(
     return row
 
 
+def checked_body(
+    context: dg.OpExecutionContext,
+    database: DatabaseResource,
+    grants: GrantsResource,
+    clock: ClockResource,
+    row: Any,
+) -> dict[str, Any] | None:
+    """The request body of a row started in this run, if it is to call the API at all.
+
+    None for a slot cancelled before its run started; a grant that does not allow the run
+    is recorded as the row's failed outcome, and fails the run naming its code.
+    """
+    ticket = ledger.Ticket.from_row(row)
+    if row.status in NEVER_RAN:
+        context.log.warning(
+            f"{ticket.label} not calling the execution API: the slot is {row.status} "
+            f"({row.error_code}: {row.error_message})"
+        )
+        return None
+    try:
+        grant = grants.check(row.grant_id, row.graph_id, clock.now())
+    except GrantDenied as denied:
+        context.log.error(f"{ticket.label} grant check failed: {denied.code}: {denied.message}")
+        outcome = Outcome(
+            status=ledger.FAILED, error_code=denied.code, error_message=denied.message
+        )
+        with database.transaction() as conn:
+            ledger.record_outcome(
+                conn, row.id, outcome, dagster_run_id=context.run_id, now=clock.now()
+            )
+        raise dg.Failure(
+            description=f"{ticket.label} {denied.code}: {denied.message}",
+            metadata={"error_code": denied.code, "ledger_id": row.id},
+        ) from None
+    return ledger.request_body(row, grant.connection_ids)
+
+
 @dg.op(
     description="Find the run's ledger row and check its grant before any API call.",
     out=dg.Out(dict, is_required=False),
@@ -116,34 +153,13 @@ def check_grant(
     except (Conflict, NotFound) as exc:
         raise dg.Failure(description=str(exc)) from None
     ticket = ledger.Ticket.from_row(row)
-    if row.status in NEVER_RAN:
-        context.log.warning(
-            f"{ticket.label} not calling the execution API: the slot is {row.status} "
-            f"({row.error_code}: {row.error_message})"
-        )
+    body = checked_body(context, database, grants, clock, row)
+    if body is None:
         return
-    try:
-        grant = grants.check(row.grant_id, row.graph_id, clock.now())
-    except GrantDenied as denied:
-        context.log.error(f"{ticket.label} grant check failed: {denied.code}: {denied.message}")
-        outcome = Outcome(
-            status=ledger.FAILED, error_code=denied.code, error_message=denied.message
-        )
-        with database.transaction() as conn:
-            ledger.record_outcome(
-                conn, row.id, outcome, dagster_run_id=context.run_id, now=clock.now()
-            )
-        raise dg.Failure(
-            description=f"{ticket.label} {denied.code}: {denied.message}",
-            metadata={"error_code": denied.code, "ledger_id": row.id},
-        ) from None
-    context.log.info(f"{ticket.label} grant {grant.id} allows the run; calling the execution API")
-    yield dg.Output(
-        {
-            "ticket": ticket.as_dict(),
-            "body": ledger.request_body(row, grant.connection_ids),
-        }
+    context.log.info(
+        f"{ticket.label} grant {row.grant_id} allows the run; calling the execution API"
     )
+    yield dg.Output({"ticket": ticket.as_dict(), "body": body})
 
 
 @dg.op(
