@@ -14,6 +14,7 @@ A run of an older attempt may no longer renew the lease, so it stops firing. Aft
 """
 
 import datetime as dt
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,9 @@ UNFINISHED = (PENDING, QUEUED, RUNNING, CANCELLING)
 DEFAULT_MAX_ATTEMPTS = 3
 DISPATCH_LOST = "dispatch_lost"
 MAX_BATCHED_PER_TICK = 20_000
+# Fewest slots worth a dispatch run of their own when a burst is spread over several runs:
+# a run costs a process and seconds of CPU to start.
+MIN_SPREAD_SLOTS = 250
 BATCH_ID_TAG = f"{TAG_PREFIX}batch_id"
 BATCH_ATTEMPT_TAG = f"{TAG_PREFIX}batch_attempt"
 BATCH_RUN_KEY_TAG = f"{TAG_PREFIX}batch_run_key"
@@ -88,12 +92,17 @@ def form_batches(
     now: dt.datetime,
     horizon: dt.datetime,
     batch_size: int,
+    parallel_runs: int = 1,
     limit: int = MAX_BATCHED_PER_TICK,
 ) -> list[Batch]:
     """Put claimed slots due by ``horizon`` into new batches, earliest instant first.
 
-    Reads only the partial index of unbatched ``pending`` rows. A batch of one slot of a
-    schedule keeps the schedule as its partition key, so its run shows on that partition.
+    Batches are of at most ``batch_size`` slots, of equal size, and at least
+    ``parallel_runs`` of them when there are ``MIN_SPREAD_SLOTS`` slots for each: one
+    dispatch run is one process, and 1,000 slots fired by four runs side by side finish
+    sooner than by one. Reads only the partial index of unbatched ``pending`` rows. A batch
+    of one slot of a schedule keeps the schedule as its partition key, so its run shows on
+    that partition.
     """
     due = sa.func.coalesce(run_ledger.c.due_at, run_ledger.c.created_at)
     rows = list(
@@ -107,8 +116,10 @@ def form_batches(
     )
     batches: list[Batch] = []
     assignments: dict[str, list[str]] = {}
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
+    runs = max(math.ceil(len(rows) / batch_size), min(parallel_runs, len(rows) // MIN_SPREAD_SLOTS))
+    size = math.ceil(len(rows) / runs) if rows else batch_size
+    for start in range(0, len(rows), size):
+        chunk = rows[start : start + size]
         batch = Batch(
             id=new_id("batch"),
             attempt=1,

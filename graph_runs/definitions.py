@@ -58,8 +58,10 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 batch_size=settings.dispatch.batch_size,
                 max_concurrent_calls=settings.dispatch.max_concurrent_calls,
                 max_calls_per_account=settings.dispatch.max_calls_per_account,
+                parallel_runs=settings.dispatch.parallel_runs,
                 slot_asset_events=settings.dispatch.slot_asset_events,
                 launch_allowance_seconds=settings.dispatch.launch_allowance_seconds,
+                lease_seconds=settings.dispatch.lease_seconds,
             ),
             "schedule_limits": ScheduleLimitsResource(
                 min_interval_seconds=limits.min_interval_seconds,

@@ -184,23 +184,67 @@ def claim_due_slots(
         )
     slot_status.insert_new(conn, ledger_rows)
     open_approvals(conn, gated, now)
-    if updates:
-        conn.execute(
-            schedules.update()
-            .where(schedules.c.id == sa.bindparam("b_id"))
-            .values(
-                next_run_at=sa.bindparam("b_next"),
-                slot_cursor=sa.bindparam("b_cursor", type_=UTCDateTime),
-                status=sa.bindparam("b_status"),
-                runs_total=schedules.c.runs_total + sa.bindparam("b_fired"),
-                last_run_at=sa.func.coalesce(
-                    sa.bindparam("b_last", type_=UTCDateTime), schedules.c.last_run_at
-                ),
-                updated_at=sa.bindparam("b_now"),
-            ),
-            updates,
-        )
+    _advance(conn, updates)
     return result
+
+
+# One statement for every claimed schedule, its values passed as arrays: the driver sends an
+# executemany as one statement per row, a fifth of a 1,000-slot tick, and a VALUES list is
+# compiled anew for every length. The ANY(ids) lets the planner find the rows by primary
+# key; joined to unnest() alone it hashed the whole table.
+_ADVANCE_ON_POSTGRES = sa.text(
+    """
+    UPDATE schedules SET
+        next_run_at = v.next_run_at,
+        slot_cursor = v.slot_cursor,
+        status = v.status,
+        runs_total = schedules.runs_total + v.fired,
+        last_run_at = coalesce(v.last_run_at, schedules.last_run_at),
+        updated_at = :now
+    FROM unnest(
+        CAST(:ids AS text[]), CAST(:next_run_at AS timestamptz[]),
+        CAST(:slot_cursor AS timestamptz[]), CAST(:status AS text[]),
+        CAST(:fired AS integer[]), CAST(:last_run_at AS timestamptz[])
+    ) AS v(id, next_run_at, slot_cursor, status, fired, last_run_at)
+    WHERE schedules.id = v.id AND schedules.id = ANY(CAST(:ids AS text[]))
+    """
+)
+
+
+def _advance(conn: sa.Connection, updates: list[dict[str, Any]]) -> None:
+    """Move each claimed schedule past its claimed slots: next slot, cursor, counters."""
+    if not updates:
+        return
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            _ADVANCE_ON_POSTGRES,
+            {
+                "ids": [u["b_id"] for u in updates],
+                "next_run_at": [u["b_next"] for u in updates],
+                "slot_cursor": [u["b_cursor"] for u in updates],
+                "status": [u["b_status"] for u in updates],
+                "fired": [u["b_fired"] for u in updates],
+                "last_run_at": [u["b_last"] for u in updates],
+                "now": updates[0]["b_now"],
+            },
+        )
+        return
+    # SQLite is in-process: an executemany costs little there.
+    conn.execute(
+        schedules.update()
+        .where(schedules.c.id == sa.bindparam("b_id"))
+        .values(
+            next_run_at=sa.bindparam("b_next"),
+            slot_cursor=sa.bindparam("b_cursor", type_=UTCDateTime),
+            status=sa.bindparam("b_status"),
+            runs_total=schedules.c.runs_total + sa.bindparam("b_fired"),
+            last_run_at=sa.func.coalesce(
+                sa.bindparam("b_last", type_=UTCDateTime), schedules.c.last_run_at
+            ),
+            updated_at=sa.bindparam("b_now"),
+        ),
+        updates,
+    )
 
 
 def _due_ids(conn: sa.Connection, horizon: dt.datetime, limit: int) -> list[str]:

@@ -21,17 +21,18 @@ class DispatchResource(dg.ConfigurableResource):
     batch_size: int = DEFAULTS.batch_size
     max_concurrent_calls: int = DEFAULTS.max_concurrent_calls
     max_calls_per_account: int = DEFAULTS.max_calls_per_account
+    parallel_runs: int = DEFAULTS.parallel_runs
     slot_asset_events: bool = DEFAULTS.slot_asset_events
     launch_allowance_seconds: int = DEFAULTS.launch_allowance_seconds
-    lease_seconds: int = 60
-    heartbeat_seconds: float = 15.0
+    lease_seconds: int = DEFAULTS.lease_seconds
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
 
     def limits(self) -> DispatchLimits:
         """The dispatch run's pacing."""
         return DispatchLimits(
             lease=dt.timedelta(seconds=self.lease_seconds),
-            heartbeat_seconds=self.heartbeat_seconds,
+            # Four beats per lease: a run survives three missed renewals.
+            heartbeat_seconds=self.lease_seconds / 4,
         )
 
     def lookahead(self, sensor_interval_seconds: int) -> dt.timedelta:

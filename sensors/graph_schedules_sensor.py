@@ -260,7 +260,11 @@ def graph_schedules_tick(
             conn, now=now, schedule_limits=schedule_limits.limits(), tick_limits=tick_limits
         )
         formed = batches.form_batches(
-            conn, now=now, horizon=now + tick_limits.lookahead, batch_size=dispatch.batch_size
+            conn,
+            now=now,
+            horizon=now + tick_limits.lookahead,
+            batch_size=dispatch.batch_size,
+            parallel_runs=dispatch.parallel_runs,
         )
     if claim.cancelled_for_overlap:
         # Overlap cancel_other: stop the older runs now, before the new slot's run is asked

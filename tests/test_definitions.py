@@ -4,9 +4,10 @@ Loads the module as Dagster would; no database is touched at import.
 """
 
 import dagster as dg
+import pytest
 
 from graph_runs.definitions import build_definitions
-from graph_runs.settings import load_settings
+from graph_runs.settings import SettingsError, load_settings
 
 
 def test_definitions_load_with_the_documented_names(tmp_path) -> None:
@@ -37,3 +38,23 @@ def test_module_entry_point_exposes_defs() -> None:
     from graph_runs import definitions
 
     assert isinstance(definitions.defs, dg.Definitions)
+
+
+def test_dispatch_settings_reach_the_resource_and_the_lease_paces_the_heartbeat(tmp_path) -> None:
+    settings = load_settings(
+        {
+            "GRAPH_RUNS_HOME": str(tmp_path),
+            "GRAPH_RUNS_BATCH_SIZE": "250",
+            "GRAPH_RUNS_PARALLEL_DISPATCH_RUNS": "8",
+            "GRAPH_RUNS_DISPATCH_LEASE_SECONDS": "20",
+        }
+    )
+    dispatch = build_definitions(settings).resources["dispatch"]
+    assert (dispatch.batch_size, dispatch.parallel_runs) == (250, 8)  # type: ignore[union-attr]
+    limits = dispatch.limits()  # type: ignore[union-attr]
+    assert (limits.lease.total_seconds(), limits.heartbeat_seconds) == (20, 5)
+
+
+def test_a_lease_too_short_to_renew_is_refused_by_name(tmp_path) -> None:
+    with pytest.raises(SettingsError, match="GRAPH_RUNS_DISPATCH_LEASE_SECONDS must be at least 5"):
+        load_settings({"GRAPH_RUNS_HOME": str(tmp_path), "GRAPH_RUNS_DISPATCH_LEASE_SECONDS": "2"})

@@ -47,6 +47,23 @@ def _iterate_from(expression: str, start: dt.datetime) -> croniter:
     return candidates
 
 
+@functools.lru_cache(maxsize=4096)
+def cron_schedule(expression: str, timezone: str = "UTC") -> "CronSchedule":
+    """A shared, immutable ``CronSchedule`` for ``expression`` in ``timezone``.
+
+    A tick revalidates thousands of rows that use a handful of expressions, and parsing is
+    most of their cost.
+    """
+    return CronSchedule(expression, timezone)
+
+
+@functools.lru_cache(maxsize=16_384)
+def _next_fire(expression: str, timezone: str, after: dt.datetime) -> dt.datetime:
+    # Thousands of schedules due at one instant share an expression and a cursor, so they
+    # ask the same question; the answer is a pure function of the three.
+    return cron_schedule(expression, timezone)._first_after(after)
+
+
 class CronError(ValueError):
     """A cron expression or time zone graph-runs cannot use."""
 
@@ -95,13 +112,15 @@ class CronSchedule:
         self.zone = parse_timezone(timezone)
         self.hour_is_wildcard = fields[1].startswith("*")
         try:
-            self.next_after(dt.datetime(2000, 1, 1, tzinfo=UTC))
+            self._first_after(dt.datetime(2000, 1, 1, tzinfo=UTC))
         except CronError:
             raise CronError(f"{expression!r} never fires") from None
 
     def next_after(self, after: dt.datetime) -> dt.datetime:
         """The first fire instant strictly after ``after`` (aware), in UTC."""
-        after = after.astimezone(UTC)
+        return _next_fire(self.expression, self.timezone, after.astimezone(UTC))
+
+    def _first_after(self, after: dt.datetime) -> dt.datetime:
         local = after.astimezone(self.zone).replace(tzinfo=None)
         if self._offset(after - _DST_SLACK) == self._offset(after + _DST_SLACK):
             # No shift near ``after``: no earlier wall-clock time can map to a later instant,

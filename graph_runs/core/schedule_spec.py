@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import pydantic
 
-from graph_runs.core.cron import CronError, CronSchedule, parse_timezone
+from graph_runs.core.cron import CronError, CronSchedule, cron_schedule, parse_timezone
 from graph_runs.core.money import micros_to_usd, usd_to_micros
 from graph_runs.core.policies import (
     DEFAULT_APPROVAL_TIMEOUT,
@@ -105,7 +105,7 @@ class ScheduleSpec(pydantic.BaseModel):
 
     def cron_schedule(self) -> CronSchedule | None:
         """The parsed cron schedule, or None for a one-time schedule."""
-        return None if self.cron is None else CronSchedule(self.cron, self.timezone)
+        return None if self.cron is None else cron_schedule(self.cron, self.timezone)
 
     def policies(self) -> Policies:
         """The policies this spec sets."""
@@ -141,7 +141,7 @@ def validate_spec(raw: dict[str, Any], limits: ScheduleLimits, now: dt.datetime)
         raise InvalidInput(field, first["msg"].removeprefix("Value error, ")) from None
     if spec.cron is not None:
         try:
-            CronSchedule(spec.cron, spec.timezone)  # raises on a bad expression or zone
+            cron_schedule(spec.cron, spec.timezone)  # raises on a bad expression or zone
         except CronError as exc:
             raise InvalidInput("cron", str(exc)) from None
         # Fire instants are whole minutes, so no expression fires more often than every 60 s:
@@ -181,7 +181,7 @@ def validate_spec(raw: dict[str, Any], limits: ScheduleLimits, now: dt.datetime)
 
 @functools.lru_cache(maxsize=8192)
 def _min_interval_seconds(expression: str, timezone: str, now: dt.datetime) -> float:
-    return CronSchedule(expression, timezone).min_interval(now).total_seconds()
+    return cron_schedule(expression, timezone).min_interval(now).total_seconds()
 
 
 def row_as_raw(row: Any) -> dict[str, Any]:

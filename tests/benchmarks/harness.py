@@ -27,7 +27,7 @@ import httpx
 import sqlalchemy as sa
 
 from graph_runs.http.concurrent_calls import Call, ConcurrentCaller
-from graph_runs.tables import execution_grants, run_ledger, schedules
+from graph_runs.tables import dispatch_batches, execution_grants, run_ledger, schedules
 from tests.conftest import API_TOKEN
 
 REPO = Path(__file__).resolve().parents[2]
@@ -251,6 +251,7 @@ def reset_due(engine: sa.Engine, due_at: dt.datetime) -> None:
     """Undo a claim of ``insert_schedules``'s due schedules, so the next round claims anew."""
     with engine.begin() as conn:
         conn.execute(run_ledger.delete())
+        conn.execute(dispatch_batches.delete())
         conn.execute(
             schedules.update()
             .where(schedules.c.cron == "* * * * *")

@@ -1,8 +1,10 @@
 """graph_runs.db and migrations/: the migration builds exactly tables.py.
 
-The schema check names its fix, and the due query reads the partial index. Real SQLite and
-PostgreSQL.
+The schema check names its fix, the due query reads the partial index, and the batched
+insert skips conflicts, counts exactly and keeps every type. Real SQLite and PostgreSQL.
 """
+
+import datetime as dt
 
 import pytest
 import sqlalchemy as sa
@@ -13,11 +15,12 @@ from graph_runs.db import (
     SchemaError,
     check_schema,
     head_revision,
+    insert_ignoring_conflicts,
     make_engine,
     normalize_url,
     upgrade,
 )
-from graph_runs.tables import ACTIVE_SCHEDULE, metadata, schedules
+from graph_runs.tables import ACTIVE_SCHEDULE, execution_grants, metadata, schedules
 from tests.helpers import at
 
 
@@ -104,3 +107,45 @@ def test_a_schedule_written_before_0002_keeps_firing_with_the_defaults(tmp_path)
         claim_at(conn, at("2026-11-22T10:00:05Z"))
         assert ledger_statuses(conn, "sch_old") == [("2026-11-22T10:00:00Z", "pending")]
     engine.dispose()
+
+
+def _grant(grant_id: str, **values: object) -> dict[str, object]:
+    return {
+        "id": grant_id, "owner": "alice", "billing_account": "acct", "created_at":
+        at("2026-11-22T10:00:00Z"), "scopes": ["graph:execute:*"], "connection_ids": [],
+        **values,
+    }  # fmt: skip
+
+
+def test_batched_insert_skips_conflicts_counts_exactly_and_keeps_types(
+    engine: sa.Engine,
+) -> None:
+    expires = at("2026-12-01T00:00:00Z")
+    with engine.begin() as conn:
+        assert insert_ignoring_conflicts(conn, execution_grants, [_grant("grt_1")]) == 1
+        rows = [
+            _grant("grt_1"),  # a conflict: skipped, not counted
+            _grant("grt_2", scopes=["graph:execute:a", "graph:execute:b"], expires_at=expires),
+            _grant("grt_3", connection_ids=[{"nested": [1, None, "\u00e9"]}]),
+            _grant("grt_4", expires_at=None),  # grt_2 and grt_4 name a column grt_3 leaves out
+        ]
+        assert insert_ignoring_conflicts(conn, execution_grants, rows) == 3
+        stored = {
+            r.id: r
+            for r in conn.execute(sa.select(execution_grants).order_by(execution_grants.c.id))
+        }
+    assert sorted(stored) == ["grt_1", "grt_2", "grt_3", "grt_4"]
+    assert stored["grt_2"].scopes == ["graph:execute:a", "graph:execute:b"]
+    assert stored["grt_2"].expires_at == expires
+    assert stored["grt_3"].connection_ids == [{"nested": [1, None, "\u00e9"]}]
+    assert stored["grt_4"].expires_at is None
+
+
+def test_batched_insert_refuses_a_naive_time_and_writes_nothing(engine: sa.Engine) -> None:
+    rows = [_grant("grt_1"), _grant("grt_2", created_at=dt.datetime(2026, 11, 22, 10))]
+    # SQLAlchemy wraps the type's error on SQLite; on Postgres the values are processed first.
+    with pytest.raises((ValueError, sa.exc.StatementError), match="naive datetime"):
+        with engine.begin() as conn:
+            insert_ignoring_conflicts(conn, execution_grants, rows)
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(execution_grants)).scalar() == 0

@@ -1,5 +1,7 @@
 """graph_runs.dispatch, batches and firing: a dispatch run fires its batch at each instant.
 
+A burst is spread over several runs of equal size.
+
 Batches are claimed by the real sensor tick and run in-process against the real local
 execution API over HTTP and a real schedules database. The clock is fixed
 (``ClockResource.fixed_now``): the dispatch run's clock starts there and moves only when it
@@ -10,12 +12,14 @@ from decimal import Decimal
 from typing import Any
 
 import dagster as dg
+import pytest
 import sqlalchemy as sa
 
 from graph_runs.budgets import set_budget
 from graph_runs.http.execution_client import Outcome
 from graph_runs.ledger import record_outcome
 from graph_runs.tables import charge_receipts, dispatch_batches, run_ledger, schedules
+from resources.dispatch import DispatchResource
 from tests.conftest import RunningApi
 from tests.dagster_helpers import apply_partitions, launch, make_resources, tick
 from tests.helpers import at, make_grant, make_schedule
@@ -72,6 +76,31 @@ def test_a_dispatch_run_of_200_slots_executes_and_bills_each_once(
     # The run again (a daemon retrying the request) fires nothing and bills nothing.
     assert launch(instance, resources, request).success
     assert execution_api.store.executions == 200 and count(engine, charge_receipts) == 200
+
+
+@pytest.mark.parametrize(("batch_size", "sizes"), [(2500, [300, 300]), (250, [200] * 3)])
+def test_a_burst_is_spread_over_runs_of_equal_size_within_the_batch_size(
+    engine: sa.Engine,
+    database_url: str,
+    instance: dg.DagsterInstance,
+    batch_size: int,
+    sizes: list[int],
+) -> None:
+    # 600 slots at one instant: two runs of 300 under the default four parallel runs (250
+    # slots at least each), or three of 200 under a batch size of 250, never 250 + 250 + 100.
+    with engine.begin() as conn:
+        grants = [make_grant(conn, CREATED, owner=f"owner-{i}") for i in range(6)]
+        for n in range(600):
+            make_schedule(conn, CREATED, grants[n % 6], input={"n": n})
+    resources = make_resources(database_url, None, "2026-11-22T10:00:01Z")
+    resources["dispatch"] = DispatchResource(batch_size=batch_size, parallel_runs=4)
+    requests = tick(instance, resources, None).run_requests or []
+    assert [int(r.tags["graph_runs/batch_size"]) for r in requests] == sizes
+    with engine.connect() as conn:
+        per_batch = conn.execute(
+            sa.select(sa.func.count()).select_from(run_ledger).group_by(run_ledger.c.batch_id)
+        ).scalars()
+        assert sorted(per_batch) == sizes
 
 
 def test_a_slot_is_claimed_ahead_and_fired_at_its_instant_not_before(

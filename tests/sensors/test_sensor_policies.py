@@ -1,19 +1,23 @@
 """sensors.graph_schedules_sensor with scheduling policies, against a real Dagster instance.
 
 Pausing cancels a batched slot before its run fires it, a batch whose run dies is
-dispatched again and, after its last attempt, settled dispatch_lost, a buffered slot gets
+dispatched again and, after its last attempt, settled dispatch_lost, a run that stops
+renewing its lease is replaced while Dagster still calls it STARTED, a buffered slot gets
 its run once the running one ends, cancel_other cancels the older slot, and a run launched
 for a partition from the UI is a trigger-now. Real SQLite and PostgreSQL databases, the
 real local execution API, runs executed in-process.
 """
 
+import datetime as dt
+
 import dagster as dg
 import sqlalchemy as sa
 
+from graph_runs import batches
 from graph_runs.core.schedule_spec import ScheduleLimits
 from graph_runs.jobs import graph_run_job
 from graph_runs.schedules import pause_schedule
-from graph_runs.tables import charge_receipts, run_ledger
+from graph_runs.tables import charge_receipts, dispatch_batches, run_ledger
 from graph_runs.triggers import backfill_schedule, trigger_schedule
 from tests.conftest import RunningApi
 from tests.dagster_helpers import apply_partitions, daemon_run, launch, make_resources, tick
@@ -84,6 +88,42 @@ def test_a_batch_whose_run_dies_is_dispatched_again_then_settled_dispatch_lost(
         ("2026-11-22T10:02:00Z", "pending"),
     ]
     assert len(later.run_requests or []) == 1
+
+
+def test_a_started_run_that_stops_renewing_its_lease_is_replaced_and_fires_nothing_after(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
+) -> None:
+    """Dagster still says STARTED (no run monitoring): only the lease shows the run is gone."""
+    view = new_schedule(engine)
+    resources = make_resources(database_url, execution_api, "2026-11-22T10:00:31Z")
+    first = tick(instance, resources, None)
+    apply_partitions(instance, first)
+    (request,) = first.run_requests or []
+    run = daemon_run(instance, request, dg.DagsterRunStatus.STARTED)
+    with engine.begin() as conn:
+        (batch_id,) = conn.execute(sa.select(dispatch_batches.c.id)).scalars()
+        # The worker takes its lease (60 s) at 10:00:31, then hangs or dies unseen.
+        assert batches.take_lease(
+            conn, batch_id, 1, dagster_run_id=run.run_id,
+            now=at("2026-11-22T10:00:31Z"), lease=dt.timedelta(seconds=60),
+        )  # fmt: skip
+
+    def requests_at(now: str) -> list[dg.RunRequest]:
+        """This batch's run requests (the next minute's slot has a batch of its own)."""
+        result = tick(instance, make_resources(database_url, None, now), None)
+        return [r for r in result.run_requests or [] if r.tags[batches.BATCH_ID_TAG] == batch_id]
+
+    assert requests_at("2026-11-22T10:01:30Z") == []  # the lease holds until 10:01:31
+    (again,) = requests_at("2026-11-22T10:01:32Z")
+    assert again.run_key == f"batch:{batch_id}:2"
+    # The old worker wakes: its attempt is over, so it fires nothing.
+    later = make_resources(database_url, execution_api, "2026-11-22T10:01:33Z")
+    zombie = launch(instance, later, request)
+    assert zombie.success and execution_api.store.executions == 0
+    assert statuses(engine, view["id"])[0] == ("2026-11-22T10:01:00Z", "pending")
+    assert launch(instance, later, again).success
+    assert statuses(engine, view["id"])[0] == ("2026-11-22T10:01:00Z", "succeeded")
+    assert execution_api.store.executions == 1
 
 
 def test_a_buffered_slot_runs_after_the_long_run_ends(
