@@ -17,6 +17,7 @@ from graph_runs.settings import (
     DATABASE_URL_VAR,
     EXECUTION_API_TOKEN_VAR,
     Settings,
+    check_secrets,
     load_settings,
 )
 from resources import (
@@ -72,4 +73,5 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     )
 
 
+check_secrets()
 defs = build_definitions(load_settings())

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from graph_runs.core.schedule_spec import ScheduleLimits
+from graph_runs.http.execution_client import token_problem
 
 DATABASE_URL_VAR = "GRAPH_RUNS_DATABASE_URL"
 EXECUTION_API_URL_VAR = "GRAPH_RUNS_EXECUTION_API_URL"
@@ -124,6 +125,20 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     if raw in ("0", "false", "no", "off"):
         return False
     raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
+def check_secrets(environ: Mapping[str, str] | None = None) -> None:
+    """Refuse, when the code location loads, a secret that could never be sent.
+
+    The error names the variable, never the value. The secret itself still reaches the
+    resources only through ``EnvVar``.
+    """
+    env = os.environ if environ is None else environ
+    token = env.get(EXECUTION_API_TOKEN_VAR)
+    if token is not None:
+        problem = token_problem(token)
+        if problem is not None:
+            raise SettingsError(problem)
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:

@@ -1,6 +1,7 @@
 """The execution API client as a Dagster resource; the token arrives through ``EnvVar``."""
 
 import dagster as dg
+import pydantic
 
 from graph_runs.http.concurrent_calls import ConcurrentCaller
 from graph_runs.http.execution_client import ExecutionApiClient, RetryPolicy
@@ -10,7 +11,8 @@ class ExecutionApiResource(dg.ConfigurableResource):
     """Where the app's execution API lives and how hard to retry it."""
 
     base_url: str
-    token: str
+    # Kept out of every repr: a resource's repr can reach a log or the UI.
+    token: str = pydantic.Field(repr=False)
     max_attempts: int = 5
     backoff_base_seconds: float = 0.5
     backoff_max_seconds: float = 30.0

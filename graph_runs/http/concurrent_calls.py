@@ -23,12 +23,17 @@ from typing import Any
 
 import httpx
 
+from graph_runs.http import contract
 from graph_runs.http.execution_client import (
-    TERMINAL_STATUSES,
     ExecutionApiError,
     Outcome,
     Retrying,
     RetryPolicy,
+    authorization,
+    invalid_response,
+    is_terminal,
+    run_url,
+    runs_url,
 )
 
 
@@ -58,7 +63,7 @@ class ConcurrentCaller:
     """Calls the execution API for many graph runs at once, within per-account bounds."""
 
     base_url: str
-    token: str
+    token: str = field(repr=False)
     max_concurrent: int = 50
     max_per_account: int = 10
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -90,40 +95,40 @@ class ConcurrentCaller:
     async def _obtain(self, http: httpx.AsyncClient, call: Call, dagster_run_id: str) -> Outcome:
         deadline = self.clock() + (call.timeout_seconds or self.default_run_timeout_seconds)
         headers = {
-            "Authorization": f"Bearer {self.token}",
+            "Authorization": authorization(self.token),
             "Idempotency-Key": call.idempotency_key,
             "X-Dagster-Run-Id": dagster_run_id,
             "Content-Type": "application/json",
         }
-        url = f"{self.base_url.rstrip('/')}/api/internal/graphs/{call.graph_id}/runs"
+        url = runs_url(self.base_url, call.graph_id)
         attempts = 0
         run_id = call.api_run_id
-        if run_id is None:
-            content = json.dumps(call.body, sort_keys=True, separators=(",", ":")).encode()
-            response, attempts = await self._send(http, "POST", url, headers, content, None)
-            payload = response.json()
-            if response.status_code == 200:
-                return Outcome.from_terminal(payload, attempts)
-            run_id = payload["run_id"]
-        while True:
-            if self.clock() >= deadline:
-                raise ExecutionApiError(
-                    "timeout",
-                    f"run {run_id} was not terminal within the timeout",
-                    http_status=None,
-                    attempts=attempts,
-                    api_run_id=run_id,
+        try:
+            if run_id is None:
+                content = json.dumps(call.body, sort_keys=True, separators=(",", ":")).encode()
+                response, attempts = await self._send(http, "POST", url, headers, content, None)
+                if response.status_code == 200:
+                    return Outcome.from_terminal(contract.terminal(response.text), attempts)
+                run_id = contract.accepted(response.text).run_id
+            while True:
+                if self.clock() >= deadline:
+                    raise ExecutionApiError(
+                        "timeout",
+                        f"run {run_id} was not terminal within the timeout",
+                        http_status=None,
+                        attempts=attempts,
+                        api_run_id=run_id,
+                    )
+                if attempts:  # a resumed call polls at once; a new one waits after submitting
+                    await self.sleep(self.poll_interval_seconds)
+                response, polls = await self._send(
+                    http, "GET", run_url(url, run_id), headers, None, run_id
                 )
-            if attempts:  # a resumed call polls at once; a new one waits after submitting
-                await self.sleep(self.poll_interval_seconds)
-            response, polls = await self._send(
-                http, "GET", f"{url}/{run_id}", headers, None, run_id
-            )
-            attempts += polls
-            if response.status_code == 200:
-                payload = response.json()
-                if payload.get("status") in TERMINAL_STATUSES:
-                    return Outcome.from_terminal(payload, attempts)
+                attempts += polls
+                if response.status_code == 200 and is_terminal(response.text):
+                    return Outcome.from_terminal(contract.terminal(response.text), attempts)
+        except contract.InvalidResponse as exc:
+            raise invalid_response(exc, attempts, run_id) from None
 
     async def _send(
         self,
@@ -174,7 +179,7 @@ class CallSession:
             except ExecutionApiError as exc:
                 return Result(call, error=exc)
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                # An answer off the contract ends this call only, never the others.
+                # Off the contract in a way the checks did not name: this call ends, no other.
                 return Result(call, error=_malformed(exc))
         return Result(call, outcome=outcome)
 

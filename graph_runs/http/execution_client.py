@@ -8,19 +8,23 @@ and the sleep are injectable so that tests never wait on the wall clock.
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
+
+from graph_runs.core.text import MAX_ERROR_CODE, MAX_ERROR_MESSAGE, bounded
+from graph_runs.http import contract
 
 logger = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
-TERMINAL_STATUSES = frozenset({"succeeded", "failed"})
 
 
 @dataclass(frozen=True)
@@ -59,17 +63,32 @@ class Outcome:
     usage: Usage | None = None
     attempts: int = 1
 
+    def __post_init__(self) -> None:
+        # Whatever made this outcome (the API, an exception, a row), what is stored of its
+        # error is bounded and escaped: a 2.8 MB message or a faked line stops here.
+        object.__setattr__(self, "error_code", bounded(self.error_code, MAX_ERROR_CODE))
+        object.__setattr__(self, "error_message", bounded(self.error_message, MAX_ERROR_MESSAGE))
+
     @classmethod
-    def from_terminal(cls, body: Mapping[str, Any], attempts: int) -> "Outcome":
-        """Parse a 200 answer's body."""
-        error = body.get("error") or {}
+    def from_terminal(cls, answer: contract.Terminal, attempts: int) -> "Outcome":
+        """The outcome of a checked 200 answer."""
+        error = answer.error or contract.ApiError()
+        usage = answer.usage
         return cls(
-            status=body["status"],
-            api_run_id=body.get("run_id"),
-            output=body.get("output"),
-            error_code=error.get("code"),
-            error_message=error.get("message"),
-            usage=Usage.from_json(body.get("usage")),
+            status=answer.status,
+            api_run_id=answer.run_id,
+            output=answer.output,
+            error_code=error.code,
+            error_message=error.message,
+            usage=None
+            if usage is None
+            else Usage(
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                total_tokens=usage.total_tokens,
+                cost_usd=usage.cost_usd,
+                model=usage.model,
+            ),
             attempts=attempts,
         )
 
@@ -116,6 +135,8 @@ class ExecutionApiError(Exception):
         attempts: int,
         api_run_id: str | None = None,
     ) -> None:
+        code = bounded(code, MAX_ERROR_CODE) or "unknown"
+        message = bounded(message) or ""
         super().__init__(message)
         self.code = code
         self.message = message
@@ -169,7 +190,7 @@ class ExecutionApiClient:
     """Submits graph runs and waits for their outcome."""
 
     base_url: str
-    token: str
+    token: str = field(repr=False)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     request_timeout_seconds: float = 30.0
     poll_interval_seconds: float = 2.0
@@ -197,34 +218,35 @@ class ExecutionApiClient:
         deadline = self.clock() + (timeout_seconds or self.default_run_timeout_seconds)
         content = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
         headers = {
-            "Authorization": f"Bearer {self.token}",
+            "Authorization": authorization(self.token),
             "Idempotency-Key": idempotency_key,
             "X-Dagster-Run-Id": dagster_run_id,
             "Content-Type": "application/json",
         }
-        url = f"{self.base_url.rstrip('/')}/api/internal/graphs/{graph_id}/runs"
+        url = runs_url(self.base_url, graph_id)
         with httpx.Client(transport=self.transport, timeout=self.request_timeout_seconds) as http:
             response, attempts = self._send(http, "POST", url, headers, content)
-            payload = response.json()
-            if response.status_code == 200:
-                return Outcome.from_terminal(payload, attempts)
-            run_id = payload["run_id"]
-            poll_url = f"{url}/{run_id}"
-            while True:
-                if self.clock() >= deadline:
-                    raise ExecutionApiError(
-                        "timeout",
-                        f"run {run_id} was not terminal within the timeout",
-                        http_status=None,
-                        attempts=attempts,
-                    )
-                self.sleep(self.poll_interval_seconds)
-                response, polls = self._send(http, "GET", poll_url, headers, None)
-                attempts += polls - 1
+            run_id: str | None = None
+            try:
                 if response.status_code == 200:
-                    payload = response.json()
-                    if payload.get("status") in TERMINAL_STATUSES:
-                        return Outcome.from_terminal(payload, attempts)
+                    return Outcome.from_terminal(contract.terminal(response.text), attempts)
+                run_id = contract.accepted(response.text).run_id
+                while True:
+                    if self.clock() >= deadline:
+                        raise ExecutionApiError(
+                            "timeout",
+                            f"run {run_id} was not terminal within the timeout",
+                            http_status=None,
+                            attempts=attempts,
+                            api_run_id=run_id,
+                        )
+                    self.sleep(self.poll_interval_seconds)
+                    response, polls = self._send(http, "GET", run_url(url, run_id), headers, None)
+                    attempts += polls - 1
+                    if response.status_code == 200 and is_terminal(response.text):
+                        return Outcome.from_terminal(contract.terminal(response.text), attempts)
+            except contract.InvalidResponse as exc:
+                raise invalid_response(exc, attempts, run_id) from None
 
     def _send(
         self,
@@ -281,8 +303,12 @@ class Retrying:
         return self._delay(attempt, _retry_after(response, self.wall_clock()))
 
     def after_error(self, exc: Exception, attempt: int) -> float:
-        """The seconds to wait after a timeout or a transport error."""
-        self.last_problem, self.last_status = f"{type(exc).__name__}: {exc}", None
+        """The seconds to wait after a timeout or a transport error.
+
+        Only the error's type is kept: the text of an httpx error can quote the request,
+        headers included, and what is kept here is stored, logged and shown.
+        """
+        self.last_problem, self.last_status = type(exc).__name__, None
         return self._delay(attempt, None)
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
@@ -306,14 +332,90 @@ class Retrying:
         return delay
 
 
+TOKEN_VAR = "GRAPH_RUNS_EXECUTION_API_TOKEN"
+_TOKEN = re.compile(r"^[\x21-\x7e]+$")
+
+
+def token_problem(token: str) -> str | None:
+    """What makes ``token`` unusable in a header, naming its variable and never its value.
+
+    Surrounding whitespace (a secret mounted from a file ends in a newline) is not a
+    problem: it is stripped.
+    """
+    if not _TOKEN.match(token.strip()):
+        return (
+            f"{TOKEN_VAR} must be printable ASCII without spaces (surrounding whitespace "
+            "is stripped)"
+        )
+    return None
+
+
+def authorization(token: str) -> str:
+    """The Authorization header's value.
+
+    Raises:
+        ExecutionApiError: ``invalid_token``, naming the variable and not the value.
+    """
+    problem = token_problem(token)
+    if problem is not None:
+        raise ExecutionApiError("invalid_token", problem, http_status=None, attempts=0)
+    return f"Bearer {token.strip()}"
+
+
 def _refusal(response: httpx.Response, attempt: int, api_run_id: str | None) -> ExecutionApiError:
     """The error for an answer that is not retried (400, 401, 403, 404, 409, 422)."""
-    try:
-        error = response.json().get("error") or {}
-    except (ValueError, AttributeError):
-        error = {}
-    code = error.get("code") or f"http_{response.status_code}"
-    message = error.get("message") or response.text[:500] or f"HTTP {response.status_code}"
+    error = contract.error_of(response.text)
+    code = error.code or f"http_{response.status_code}"
+    message = error.message or contract.excerpt(response.text) or f"HTTP {response.status_code}"
     return ExecutionApiError(
         code, message, http_status=response.status_code, attempts=attempt, api_run_id=api_run_id
+    )
+
+
+def _segment(value: str) -> str:
+    """``value`` as exactly one path segment.
+
+    Slashes are escaped, and so are ``.`` and ``..``, which a client or a proxy would
+    otherwise resolve against the path before them.
+    """
+    segment = quote(value, safe="")
+    return "%2E" * len(segment) if segment in (".", "..") else segment
+
+
+def runs_url(base_url: str, graph_id: str) -> str:
+    """The submission URL of ``graph_id``."""
+    return f"{base_url.rstrip('/')}/api/internal/graphs/{_segment(graph_id)}/runs"
+
+
+def run_url(runs: str, run_id: str) -> str:
+    """The poll URL of an API run (whose id the contract checked)."""
+    return f"{runs}/{_segment(run_id)}"
+
+
+def is_terminal(text: str) -> bool:
+    """Whether a poll's 200 answer says the run ended.
+
+    An answer off the contract is not trusted to end anything and is polled again, so an
+    API run that still runs is never given up on for one bad answer. A terminal answer is
+    then checked in full.
+    """
+    try:
+        return contract.polled_status(text) in contract.TERMINAL
+    except contract.InvalidResponse as exc:
+        logger.warning("polling: %s; polling again", exc)
+        return False
+
+
+def invalid_response(
+    exc: contract.InvalidResponse, attempts: int, api_run_id: str | None
+) -> ExecutionApiError:
+    """An answer off the contract, as the error a caller records: code ``invalid_response``.
+
+    The error carries no ``api_run_id`` (which would mean "still running, poll it again"):
+    a terminal answer that fails its check ended the run, and the API will not answer
+    differently. Its id, if known, is named in the message.
+    """
+    where = f"run {api_run_id}: " if api_run_id else ""
+    return ExecutionApiError(
+        "invalid_response", f"{where}{exc}", http_status=None, attempts=attempts
     )
