@@ -28,6 +28,10 @@ def period_start(period: str, now: dt.datetime) -> dt.datetime:
     return now.astimezone(dt.UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
+# A month's limit far beyond real spend, and within what micro-dollars in a BIGINT carry.
+MAX_BUDGET_USD = Decimal(1_000_000_000)
+
+
 def set_budget(
     conn: sa.Connection,
     *,
@@ -43,6 +47,8 @@ def set_budget(
         raise InvalidInput("billing_account", "is required")
     if limit_usd < 0:
         raise InvalidInput("limit_usd", "must be zero or more")
+    if limit_usd > MAX_BUDGET_USD:
+        raise InvalidInput("limit_usd", f"must be at most {MAX_BUDGET_USD} USD")
     values = {
         "billing_account": billing_account,
         "period": period,

@@ -29,6 +29,7 @@ from graph_runs.core.ledger_rows import slot_row
 from graph_runs.core.schedule_spec import ScheduleLimits, cursor_of, spec_from_row
 from graph_runs.core.slot_plan import ScheduleState, plan_slots
 from graph_runs.core.statuses import AWAITING_APPROVAL, BUFFERED, FIRING, MISSED, PENDING
+from graph_runs.core.text import bounded
 from graph_runs.errors import InvalidInput
 from graph_runs.in_flight import InFlight, cancel_in_flight, in_flight_counts
 from graph_runs.tables import (
@@ -113,31 +114,38 @@ def claim_due_slots(
     updates: list[dict[str, Any]] = []
     for row in rows:
         result.schedules_seen += 1
+        going = in_flight.get(row.id, InFlight())
         try:
             spec = spec_from_row(row, schedule_limits, now)
+            plan = plan_slots(
+                spec.cron_schedule(),
+                spec.run_at,
+                ScheduleState(
+                    schedule_id=row.id,
+                    policies=spec.policies(),
+                    cursor=cursor_of(row, spec, now),
+                    runs_so_far=row.runs_total,
+                    in_flight=going.active,
+                    buffered=going.buffered,
+                    budget_block=over_budget.get(accounts.get(row.grant_id, "")),
+                ),
+                now=now,
+                on_time_grace=tick_limits.on_time_grace,
+                max_slots=tick_limits.max_slots_per_schedule,
+                # A gated slot opens its approval when it comes due, not ahead of it.
+                horizon=now if spec.requires_approval else horizon,
+            )
         except InvalidInput as exc:
             _mark_invalid(conn, row.id, str(exc), now)
             result.invalid.append((row.id, str(exc)))
             continue
-        going = in_flight.get(row.id, InFlight())
-        plan = plan_slots(
-            spec.cron_schedule(),
-            spec.run_at,
-            ScheduleState(
-                schedule_id=row.id,
-                policies=spec.policies(),
-                cursor=cursor_of(row, spec, now),
-                runs_so_far=row.runs_total,
-                in_flight=going.active,
-                buffered=going.buffered,
-                budget_block=over_budget.get(accounts.get(row.grant_id, "")),
-            ),
-            now=now,
-            on_time_grace=tick_limits.on_time_grace,
-            max_slots=tick_limits.max_slots_per_schedule,
-            # A gated slot opens its approval when it comes due, not ahead of it.
-            horizon=now if spec.requires_approval else horizon,
-        )
+        except (ArithmeticError, ValueError, TypeError, OSError, RecursionError) as exc:
+            # A value validation let through (another application's row, an edge of a
+            # type) must cost this schedule its slots, never the tick every other one.
+            problem = f"cannot be planned: {type(exc).__name__}: {bounded(exc, 300)}"
+            _mark_invalid(conn, row.id, problem, now)
+            result.invalid.append((row.id, problem))
+            continue
         if plan.cancel_in_flight:
             cancelled = cancel_in_flight(
                 conn,
@@ -281,13 +289,13 @@ def _load_rows(conn: sa.Connection, ids: list[str]) -> tuple[list[Any], list[tup
     query = sa.select(schedules).where(schedules.c.id.in_(ids))
     try:
         return list(conn.execute(query)), []
-    except (ValueError, TypeError, sa.exc.StatementError) as exc:
+    except (ValueError, TypeError, RecursionError, sa.exc.StatementError) as exc:
         logger.warning("a due schedule row cannot be decoded (%s); reading rows one by one", exc)
     rows, broken = [], []
     for schedule_id in ids:
         try:
             rows.append(conn.execute(query.where(schedules.c.id == schedule_id)).one())
-        except (ValueError, TypeError, sa.exc.StatementError) as exc:
+        except (ValueError, TypeError, RecursionError, sa.exc.StatementError) as exc:
             broken.append((schedule_id, f"row cannot be decoded: {exc}"))
     return rows, broken
 
@@ -307,7 +315,7 @@ def _mark_invalid(conn: sa.Connection, schedule_id: str, problem: str, now: dt.d
     conn.execute(
         schedules.update()
         .where(schedules.c.id == schedule_id)
-        .values(status="error", last_error=problem[:2000], updated_at=now)
+        .values(status="error", last_error=bounded(problem), updated_at=now)
     )
     audit(
         conn,
@@ -316,7 +324,7 @@ def _mark_invalid(conn: sa.Connection, schedule_id: str, problem: str, now: dt.d
         action="schedule.invalid",
         entity_type="schedule",
         entity_id=schedule_id,
-        detail={"error": problem[:2000]},
+        detail={"error": bounded(problem)},
     )
 
 

@@ -25,7 +25,7 @@ from graph_runs.core.cron import format_utc
 from graph_runs.core.ids import new_id
 from graph_runs.core.ledger_rows import manual_key, schedule_run_row, slot_key
 from graph_runs.core.policies import OVERLAP_POLICIES
-from graph_runs.core.schedule_spec import ScheduleLimits, spec_from_row
+from graph_runs.core.schedule_spec import EARLIEST, LATEST, ScheduleLimits, spec_from_row
 from graph_runs.core.slot_plan import overlap_status
 from graph_runs.core.statuses import BUFFERED, FIRING, NEVER_RAN, QUEUED
 from graph_runs.errors import InvalidInput
@@ -160,6 +160,11 @@ def backfill_schedule(
     Returns how many slots will run and how many already had a run, slot by slot.
     """
     policy = _overlap(overlap)
+    for name, instant in (("from", start), ("to", end)):
+        if not EARLIEST <= instant < LATEST:
+            raise InvalidInput(
+                name, f"must be from {EARLIEST:%Y-%m-%d} to before {LATEST:%Y-%m-%d}"
+            )
     if end < start:
         raise InvalidInput("to", "is before from")
     if end > now:

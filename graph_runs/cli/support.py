@@ -73,6 +73,8 @@ def json_object(field: str, value: str | None) -> dict[str, Any]:
         parsed = json.loads(value)
     except ValueError as exc:
         raise InvalidInput(field, f"is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidInput(field, "is nested too deep to read") from None
     if not isinstance(parsed, dict):
         raise InvalidInput(field, "must be a JSON object")
     return parsed

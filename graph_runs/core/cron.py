@@ -68,11 +68,21 @@ class CronError(ValueError):
     """A cron expression or time zone graph-runs cannot use."""
 
 
+# IANA names: letters, digits and ``_+-`` in at most three ``/``-separated parts.
+_ZONE_NAME = re.compile(r"^[A-Za-z0-9_+-]{1,30}(/[A-Za-z0-9_+-]{1,30}){0,2}$")
+
+
 def parse_timezone(name: str) -> ZoneInfo:
-    """Return the IANA zone ``name`` or raise CronError."""
+    """Return the IANA zone ``name`` or raise CronError.
+
+    The name is checked before the zone database is opened: a folder of it (``America``)
+    or an over-long name raises OSError there, which is no answer about a time zone.
+    """
+    if not isinstance(name, str) or not _ZONE_NAME.match(name):
+        raise CronError(f"unknown IANA time zone {name!r:.60}")
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise CronError(f"unknown IANA time zone {name!r}") from None
 
 

@@ -7,6 +7,7 @@ straight into the table (the sensor revalidates those before firing them).
 import datetime as dt
 import functools
 import json
+import math
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
@@ -26,6 +27,17 @@ from graph_runs.errors import InvalidInput
 
 # Fields whose change moves the slots themselves, so next_run_at is recomputed from now.
 TIMING_FIELDS = ("cron", "timezone", "run_at", "jitter_seconds", "start_at")
+
+
+# The documented range of every number and instant a schedule holds (README, "Security and
+# failure model"): far beyond real use, far inside what date arithmetic, money in
+# micro-dollars and the database's integers can carry.
+MAX_RUNS = 1_000_000_000
+MAX_PAUSE_AFTER_FAILURES = 1_000_000
+MAX_COST_USD = Decimal(1_000_000)
+EARLIEST = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+LATEST = dt.datetime(2200, 1, 1, tzinfo=dt.UTC)
+MAX_INPUT_DEPTH = 32
 
 
 @dataclass(frozen=True)
@@ -60,7 +72,9 @@ class ScheduleSpec(pydantic.BaseModel):
     timezone: str = "UTC"
     run_at: dt.datetime | None = None
     grant_id: str = pydantic.Field(min_length=1, max_length=40)
-    max_cost_usd: Decimal | None = pydantic.Field(default=None, ge=0, max_digits=14)
+    max_cost_usd: Decimal | None = pydantic.Field(
+        default=None, ge=0, le=MAX_COST_USD, allow_inf_nan=False
+    )
     timeout_seconds: int | None = pydantic.Field(default=None, gt=0, le=7 * 24 * 3600)
     external_id: str | None = pydantic.Field(default=None, min_length=1, max_length=200)
     overlap: Literal["skip", "buffer_one", "allow_all", "cancel_other"] = "skip"
@@ -73,8 +87,10 @@ class ScheduleSpec(pydantic.BaseModel):
     jitter_seconds: int = pydantic.Field(default=0, ge=0, le=int(MAX_DURATION.total_seconds()))
     start_at: dt.datetime | None = None
     end_at: dt.datetime | None = None
-    max_runs: int | None = pydantic.Field(default=None, ge=1)
-    pause_after_failures: int = pydantic.Field(default=DEFAULT_PAUSE_AFTER_FAILURES, ge=0)
+    max_runs: int | None = pydantic.Field(default=None, ge=1, le=MAX_RUNS)
+    pause_after_failures: int = pydantic.Field(
+        default=DEFAULT_PAUSE_AFTER_FAILURES, ge=0, le=MAX_PAUSE_AFTER_FAILURES
+    )
     requires_approval: bool = False
     approval_timeout_seconds: int = pydantic.Field(
         default=int(DEFAULT_APPROVAL_TIMEOUT.total_seconds()),
@@ -95,7 +111,16 @@ class ScheduleSpec(pydantic.BaseModel):
     @pydantic.field_validator("run_at", "start_at", "end_at")
     @classmethod
     def _utc(cls, value: dt.datetime | None) -> dt.datetime | None:
-        return _aware(value)
+        value = _aware(value)
+        if value is not None and not EARLIEST <= value < LATEST:
+            raise ValueError(f"must be from {EARLIEST:%Y-%m-%d} to before {LATEST:%Y-%m-%d}")
+        return value
+
+    @pydantic.field_validator("input")
+    @classmethod
+    def _plain_json(cls, value: dict[str, Any]) -> dict[str, Any]:
+        check_json(value)
+        return value
 
     @pydantic.model_validator(mode="after")
     def _one_timing(self) -> "ScheduleSpec":
@@ -127,6 +152,33 @@ class ScheduleSpec(pydantic.BaseModel):
             None if self.max_cost_usd is None else usd_to_micros(self.max_cost_usd)
         )
         return values
+
+
+def check_json(value: Any, depth: int = 0) -> None:
+    """Refuse what JSON cannot carry faithfully; raises ValueError.
+
+    NaN and infinities, NUL characters, lone surrogates, and nesting deeper than
+    ``MAX_INPUT_DEPTH``: each is accepted by Python's json and refused, or changed, by a
+    database or a peer further on.
+    """
+    if depth > MAX_INPUT_DEPTH:
+        raise ValueError(f"is nested deeper than {MAX_INPUT_DEPTH} levels")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("holds a number that is not finite (NaN or infinity)")
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("holds a NUL character")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("holds a lone surrogate, which is not text") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_json(key, depth + 1)
+            check_json(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            check_json(item, depth + 1)
 
 
 def validate_spec(raw: dict[str, Any], limits: ScheduleLimits, now: dt.datetime) -> ScheduleSpec:

@@ -5,6 +5,7 @@ No Dagster here: the claim is the database half of the sensor tick.
 
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from graph_runs.core.schedule_spec import ScheduleLimits
@@ -231,3 +232,59 @@ def test_deleting_a_schedule_cancels_its_slots_not_yet_handed_to_dagster(
         delete_schedule(conn, view["id"], now=at("2026-11-22T10:01:02Z"))
         assert pending_rows(conn) == []
     assert ledger(engine) == [("2026-11-22T10:01:00Z", "cancelled")]
+
+
+HOSTILE: dict[str, dict[str, Any]] = {
+    "a folder of the zone database": {"timezone": "America"},
+    "an over-long zone": {"timezone": "Europe/" + "x" * 56},
+    "a zone path": {"timezone": "../../etc/passwd"},
+    "run_at in year 9999": {"cron": None, "run_at": at("9999-12-31T23:59:00Z")},
+    "start_at in year 1": {"start_at": at("0001-01-01T00:00:00Z"), "catchup": "all"},
+    "a largest max_runs": {"max_runs": 2**31 - 1},
+    "a largest pause_after_failures": {"pause_after_failures": 2**31 - 1},
+    "a largest catch-up window": {"catchup_window_seconds": 2**31 - 1, "catchup": "all"},
+    "a largest jitter": {"jitter_seconds": 2**31 - 1},
+}
+
+
+def test_no_content_of_one_row_stops_the_claim_of_the_others(engine: sa.Engine) -> None:
+    view = setup_schedule(engine)
+    ids = {
+        name: insert_raw(engine, view["grant_id"], id=f"sch_hostile_{i}", **values)
+        for i, (name, values) in enumerate(sorted(HOSTILE.items()))
+    }
+    result = claim(engine, "2026-11-22T10:05:10Z")
+    invalid = dict(result.invalid)
+    for name, schedule_id in ids.items():
+        row = schedule_row(engine, schedule_id)
+        # Either planned as any row is, or marked error with a readable, bounded reason.
+        assert row.status in ("active", "error"), name
+        if row.status == "error":
+            assert invalid[schedule_id] and len(row.last_error) <= 2000, name
+            assert "\n" not in row.last_error, name
+    assert "zone" in invalid[ids["a folder of the zone database"]]
+    with engine.connect() as conn:
+        fired = conn.execute(
+            sa.select(run_ledger.c.scheduled_for).where(run_ledger.c.schedule_id == view["id"])
+        ).scalars()
+        assert at("2026-11-22T10:05:00Z") in list(fired)
+
+
+def test_input_nested_15000_deep_marks_its_row_error_and_the_others_fire(
+    engine: sa.Engine,
+) -> None:
+    if engine.dialect.name == "postgresql":
+        pytest.skip("Postgres refuses to store JSON nested this deep: no such row exists there")
+    view = setup_schedule(engine)
+    deep = insert_raw(engine, view["grant_id"], id="sch_deep")
+    with engine.begin() as conn:  # as another application's driver would write it
+        conn.execute(
+            sa.text("UPDATE schedules SET input = :deep WHERE id = 'sch_deep'"),
+            {"deep": "[" * 15_000 + "]" * 15_000},
+        )
+    result = claim(engine, "2026-11-22T10:05:10Z")
+    assert [sid for sid, _ in result.invalid] == [deep]
+    assert schedule_row(engine, view["id"]).status == "active"
+    with engine.connect() as conn:
+        status = conn.execute(sa.select(schedules.c.status).where(schedules.c.id == deep)).scalar()
+    assert status == "error"

@@ -14,6 +14,9 @@ def test_budgets_set_and_list(cli) -> None:
     assert [b["billing_account"] for b in listed] == ["acme"]
     code, _, err = cli("budgets", "set", "--billing-account", "acme", "--limit-usd", "lots")
     assert (code, err) == (2, "error: limit_usd: 'lots' is not a number\n")
+    for huge in ("1e30", "9" * 14):  # past what micro-dollars in a BIGINT carry: no traceback
+        code, _, err = cli("budgets", "set", "--billing-account", "acme", "--limit-usd", huge)
+        assert (code, err) == (2, "error: limit_usd: must be at most 1000000000 USD\n")
 
 
 def test_billing_report_json_and_bad_range(cli) -> None:

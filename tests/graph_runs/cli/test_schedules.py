@@ -122,6 +122,9 @@ def test_policies_external_ids_upsert_trigger_and_backfill(cli, cli_grant) -> No
     assert len(described["running"]) == 4 and len(described["recent_actions"]) == 4
     code, _, err = cli("schedules", "backfill", created["id"], "--from", "x", "--to", "y")
     assert (code, err) == (2, "error: from: 'x' is not an ISO 8601 time\n")
+    year_one = ["--from", "0001-01-01T00:00:00Z", "--to", "0001-01-02T00:00:00Z"]
+    code, _, err = cli("schedules", "backfill", created["id"], *year_one)
+    assert (code, err) == (2, "error: from: must be from 2000-01-01 to before 2200-01-01\n")
     code, _, err = cli("schedules", "create", "--owner", "alice", "--graph", "g",
                        "--grant", grant_id, "--cron", "* * * * *", "--jitter", "soon")  # fmt: skip
     assert (code, err.split(";")[0]) == (2, "error: jitter: 'soon' is not a duration")
@@ -132,10 +135,27 @@ def test_policies_external_ids_upsert_trigger_and_backfill(cli, cli_grant) -> No
     [
         (["--cron", "0 9 * *"], "error: cron: '0 9 * *' is not a 5-field cron expression"),
         (["--cron", "0 9 * * *", "--timezone", "Europe/Nowhere"], "error: timezone: unknown IANA"),
+        # A folder of the zone database, and a name too long for a file: not a traceback.
+        (["--cron", "0 9 * * *", "--timezone", "America"], "error: timezone: unknown IANA"),
+        (["--cron", "0 9 * * *", "--timezone", "x" * 300], "error: timezone: unknown IANA"),
         (["--cron", "0 9 * * *", "--input", "{oops"], "error: input: is not valid JSON"),
         (["--cron", "0 9 * * *", "--run-at", "tomorrow"], "error: run_at: 'tomorrow' is not"),
         (["--cron", "0 9 * * *", "--max-cost-usd", "lots"], "error: max_cost_usd: 'lots'"),
         (["--cron", "0 9 * * *", "--timeout-seconds", "x"], "error: Invalid value for '--timeout"),
+        # Values at the edges of their types: one line each, never a traceback.
+        (["--cron", "0 9 * * *", "--max-runs", "9" * 20], "error: max_runs: Input should be"),
+        (["--cron", "0 9 * * *", "--pause-after-failures", "9" * 20], "error: pause_after_fai"),
+        (["--cron", "0 9 * * *", "--max-cost-usd", "9" * 14], "error: max_cost_usd: Input"),
+        (["--cron", "0 9 * * *", "--start-at", "0001-01-01T00:00:00Z"], "error: start_at: must"),
+        (["--run-at", "9999-12-31T23:59:59Z"], "error: run_at: must be from 2000-01-01"),
+        (["--cron", "0 9 * * *", "--input", '{"a": NaN}'], "error: input: holds a number"),
+        (["--cron", "0 9 * * *", "--input", '{"a": "\\u0000"}'], "error: input: holds a NUL"),
+        (["--cron", "0 9 * * *", "--input", '{"a": "\\ud800"}'], "error: input: holds a lone"),
+        (["--cron", "0 9 * * *", "--input", "[" * 15_000 + "]" * 15_000], "error: input: is nes"),
+        (
+            ["--cron", "0 9 * * *", "--input", '{"a":' + "[" * 40 + "]" * 40 + "}"],
+            "error: input: is",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(
