@@ -64,6 +64,34 @@ def _next_fire(expression: str, timezone: str, after: dt.datetime) -> dt.datetim
     return cron_schedule(expression, timezone)._first_after(after)
 
 
+# The window whose offset shifts ``shortest_gap`` examines: two years of today's rules.
+_REFERENCE_START = dt.datetime(2026, 1, 1, tzinfo=UTC)
+_REFERENCE_END = dt.datetime(2028, 1, 1, tzinfo=UTC)
+
+
+def offset_shifts(zone: ZoneInfo, start: dt.datetime, end: dt.datetime) -> list[dt.datetime]:
+    """The instants in ``[start, end)`` at which ``zone``'s UTC offset changes, to the second.
+
+    Read day by day, then bisected: zoneinfo does not list its transitions, and no zone
+    shifts twice in a day.
+    """
+    shifts = []
+    day = dt.timedelta(days=1)
+    at = start
+    while at < end:
+        if at.astimezone(zone).utcoffset() != (at + day).astimezone(zone).utcoffset():
+            low, high = at, at + day
+            while high - low > dt.timedelta(seconds=1):
+                mid = low + (high - low) / 2
+                if mid.astimezone(zone).utcoffset() == low.astimezone(zone).utcoffset():
+                    low = mid
+                else:
+                    high = mid
+            shifts.append(high)
+        at += day
+    return shifts
+
+
 class CronError(ValueError):
     """A cron expression or time zone graph-runs cannot use."""
 
@@ -186,6 +214,37 @@ class CronSchedule:
     def is_fire_time(self, instant: dt.datetime) -> bool:
         """Whether ``instant`` is one of this schedule's fire instants."""
         return self.next_after(instant - dt.timedelta(microseconds=1)) == instant
+
+    def shortest_gap(self) -> dt.timedelta:
+        """The shortest gap between consecutive fires, the same whenever it is asked.
+
+        Judged over the expression's pattern (its first 200 fires after a fixed instant)
+        and around every shift of its zone's offset in a fixed reference window, where a
+        repeated or skipped hour brings two fires closer: a schedule accepted in March is
+        then not refused in October, when a shift comes within reach of a sample.
+        """
+        shortest = self.min_interval(_REFERENCE_START)
+        for shift in offset_shifts(self.zone, _REFERENCE_START, _REFERENCE_END):
+            fires = self.fires_within(shift - _DST_SLACK, shift + _DST_SLACK)
+            for earlier, later in zip(fires, fires[1:], strict=False):
+                shortest = min(shortest, later - earlier)
+        return shortest
+
+    def fires_within(self, start: dt.datetime, end: dt.datetime) -> list[dt.datetime]:
+        """Every fire instant in ``[start, end]``, oldest first.
+
+        One pass over the wall-clock candidates: ``fires_between`` asks ``next_after`` once
+        per fire, which near a shift rescans hours of candidates each time.
+        """
+        local = start.astimezone(self.zone).replace(tzinfo=None)
+        stop = end.astimezone(self.zone).replace(tzinfo=None) + _DST_SLACK
+        candidates = _iterate_from(self.expression, local - _DST_SLACK)
+        found: set[dt.datetime] = set()
+        while True:
+            naive = self._next(candidates, start)
+            if naive > stop:
+                return sorted(found)
+            found.update(i for i in self._instants(naive) if start <= i <= end)
 
     def min_interval(self, after: dt.datetime, samples: int = 200) -> dt.timedelta:
         """The shortest gap between consecutive fires among the next ``samples`` fires."""

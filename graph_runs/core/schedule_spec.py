@@ -201,7 +201,7 @@ def validate_spec(raw: dict[str, Any], limits: ScheduleLimits, now: dt.datetime)
         # upcoming fires. Cached, because the sensor revalidates every due row on every tick
         # and many rows share an expression.
         shortest = (
-            _min_interval_seconds(spec.cron, spec.timezone, now)
+            _min_interval_seconds(spec.cron, spec.timezone)
             if limits.min_interval_seconds > 60 or spec.jitter_seconds >= 60
             else None
         )
@@ -232,8 +232,8 @@ def validate_spec(raw: dict[str, Any], limits: ScheduleLimits, now: dt.datetime)
 
 
 @functools.lru_cache(maxsize=8192)
-def _min_interval_seconds(expression: str, timezone: str, now: dt.datetime) -> float:
-    return cron_schedule(expression, timezone).min_interval(now).total_seconds()
+def _min_interval_seconds(expression: str, timezone: str) -> float:
+    return cron_schedule(expression, timezone).shortest_gap().total_seconds()
 
 
 def row_as_raw(row: Any) -> dict[str, Any]:

@@ -1,11 +1,17 @@
 """graph_runs.core.cron: fire instants at exact UTC times, across daylight-saving changes.
 
-Pure functions; no database, no Dagster.
+Pure functions; no database, no Dagster. The shortest gap between fires, which the
+minimum-interval and jitter checks use, is judged with the zone's shifts and is the same
+whenever it is asked.
 """
+
+import datetime as dt
 
 import pytest
 
-from graph_runs.core.cron import CronError, CronSchedule, format_utc
+from graph_runs.core.cron import CronError, CronSchedule, format_utc, offset_shifts
+from graph_runs.core.schedule_spec import ScheduleLimits, validate_spec
+from graph_runs.errors import InvalidInput
 from tests.helpers import at
 
 
@@ -116,3 +122,48 @@ def test_schedules_of_one_expression_share_its_parse_but_not_their_position() ->
     for _ in range(2):
         with pytest.raises(CronError, match="never fires"):
             CronSchedule("0 0 30 2 *", "UTC")
+
+
+@pytest.mark.parametrize(
+    ("expression", "zone", "shortest_minutes"),
+    [
+        # 02:30 does not exist on the spring-forward day: it fires at 03:00, 30 min before
+        # 03:30, where every other day has an hour between the two.
+        ("30 2,3 * * *", "America/New_York", 30),
+        ("*/7 1-3 * * *", "America/New_York", 4),
+        ("0 * * * *", "Europe/Berlin", 60),
+    ],
+)
+def test_the_shortest_gap_counts_the_zone_shifts_and_not_the_day_it_is_asked(
+    expression: str, zone: str, shortest_minutes: int
+) -> None:
+    schedule = CronSchedule(expression, zone)
+    assert schedule.shortest_gap() == dt.timedelta(minutes=shortest_minutes)
+    # The same verdict in November, when 200 fires from now stop short of the March
+    # shift, as in March, when they reach it: a schedule accepted once stays accepted.
+    raw = {"owner": "a", "graph_id": "g", "grant_id": "grt_1", "cron": expression}
+    limits = ScheduleLimits(min_interval_seconds=3600)
+    verdicts = set()
+    for now in ("2026-11-22T00:00:00Z", "2027-03-05T00:00:00Z", "2027-10-30T00:00:00Z"):
+        try:
+            validate_spec({**raw, "timezone": zone}, limits, at(now))
+            verdicts.add("accepted")
+        except InvalidInput as exc:
+            verdicts.add(str(exc))
+    assert len(verdicts) == 1
+    assert (verdicts == {"accepted"}) == (shortest_minutes >= 60)
+
+
+def test_fires_within_a_window_are_the_fires_one_by_one_around_every_shift() -> None:
+    for expression, zone in [
+        ("*/7 1-3 * * *", "America/New_York"),
+        ("15 1 * * *", "Europe/London"),
+    ]:
+        schedule = CronSchedule(expression, zone)
+        for shift in offset_shifts(
+            schedule.zone, at("2026-01-01T00:00:00Z"), at("2027-01-01T00:00:00Z")
+        ):
+            start, end = shift - dt.timedelta(hours=3), shift + dt.timedelta(hours=3)
+            assert schedule.fires_within(start, end) == schedule.fires_between(
+                start, end, limit=999
+            )
