@@ -1,17 +1,21 @@
 """The approvals webhook: review tools post decisions to ``POST /webhooks/approvals``.
 
 A delivery is trusted only if it is signed and fresh. The sender computes
-``HMAC-SHA256(secret, f"{timestamp}.{body}")`` over the raw body and sends it as
-``X-Graph-Runs-Signature: sha256=<hex>``, with the Unix time in ``X-Graph-Runs-Timestamp``
-and its own unique id in ``X-Graph-Runs-Delivery``. Signing the timestamp with the body means
-an old delivery cannot be made fresh; recording delivery ids means a fresh one cannot be sent
-twice. The body is ``{"approval_id", "decision": "approve"|"reject", "by", "note"?}``.
+``HMAC-SHA256(secret, f"{timestamp}.{delivery id}.{body}")`` over the raw body and sends it
+as ``X-Graph-Runs-Signature: sha256=<hex>``, with the Unix time in
+``X-Graph-Runs-Timestamp`` and its own unique id in ``X-Graph-Runs-Delivery``. Signing the
+timestamp means an old delivery cannot be made fresh; signing the delivery id means a
+captured delivery cannot spend another id; recording delivery ids means a fresh one cannot
+be sent twice. Ids are kept for twice the timestamp tolerance, as long as a delivery
+carrying them could still be fresh. The body is
+``{"approval_id", "decision": "approve"|"reject", "by", "note"?}``.
 
 Answers: 200 with the approval; 400 for a body that names a bad field; 401 for a bad or
 missing signature or a timestamp more than 5 minutes off; 404 for an unknown approval;
 409 for a replayed delivery id or an approval that is no longer pending (nothing changes);
-413 for a body over 64 KiB. The delivery id is recorded in the decision's transaction, so a
-delivery is either acted on and remembered, or neither.
+413 for a body over 64 KiB, read no further than that (before authentication, a body is
+the only thing an unauthenticated sender controls). The delivery id is recorded in the
+decision's transaction, so a delivery is either acted on and remembered, or neither.
 """
 
 import datetime as dt
@@ -38,12 +42,41 @@ DELIVERY_HEADER = "X-Graph-Runs-Delivery"
 MAX_SKEW = dt.timedelta(minutes=5)
 MAX_BODY_BYTES = 64 * 1024
 MIN_SECRET_LENGTH = 16
+# A delivery id is remembered while a delivery carrying it could still pass the timestamp
+# check: its timestamp was at most MAX_SKEW from its receipt, and is judged against MAX_SKEW.
+KEEP_DELIVERIES = 2 * MAX_SKEW
 
 
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    """The signature header's value for ``body`` sent at ``timestamp`` (Unix seconds)."""
-    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
-    return "sha256=" + digest.hexdigest()
+def sign(secret: str, timestamp: str, delivery_id: str, body: bytes) -> str:
+    """The signature header's value for ``body`` sent at ``timestamp`` (Unix seconds).
+
+    Headers are bytes read as latin-1: encoding them back gives the bytes the sender
+    signed (timestamps and delivery ids are ASCII).
+    """
+    signed = f"{timestamp}.{delivery_id}.".encode("latin-1", "replace") + body
+    return "sha256=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+
+
+def _signed(secret: str, timestamp: str, delivery_id: str, body: bytes, signature: str) -> bool:
+    # Header values arrive as latin-1 text; compared as bytes, a header of any characters is
+    # a mismatch (401), never a TypeError (500) before authentication.
+    expected = sign(secret, timestamp, delivery_id, body).encode()
+    return hmac.compare_digest(expected, signature.encode("latin-1", "replace"))
+
+
+async def _body_within(request: Request, limit: int) -> bytes | None:
+    """The body, or None as soon as it passes ``limit`` bytes: never read whole first."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
@@ -77,6 +110,12 @@ def create_app(engine: sa.Engine, secret: str, clock: Callable[[], dt.datetime])
     def decide(delivery_id: str, data: dict[str, Any], now: dt.datetime) -> JSONResponse:
         try:
             with engine.begin() as conn:
+                # Ids older than any delivery that could still be fresh protect nothing.
+                conn.execute(
+                    webhook_deliveries.delete().where(
+                        webhook_deliveries.c.received_at < now - KEEP_DELIVERIES
+                    )
+                )
                 # Inserted first: a concurrent replay waits on this key, then finds it taken.
                 conn.execute(
                     webhook_deliveries.insert().values(
@@ -106,12 +145,13 @@ def create_app(engine: sa.Engine, secret: str, clock: Callable[[], dt.datetime])
         return JSONResponse({"approval": view})
 
     async def approvals_webhook(request: Request) -> JSONResponse:
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
+        body = await _body_within(request, MAX_BODY_BYTES)
+        if body is None:
             return _error(413, "too_large", f"the body is over {MAX_BODY_BYTES} bytes")
         timestamp = request.headers.get(TIMESTAMP_HEADER, "")
         signature = request.headers.get(SIGNATURE_HEADER, "")
-        if not hmac.compare_digest(sign(secret, timestamp, body), signature):
+        delivery_id = request.headers.get(DELIVERY_HEADER, "")
+        if not _signed(secret, timestamp, delivery_id, body, signature):
             return _error(401, "bad_signature", f"{SIGNATURE_HEADER} does not match the body")
         now = clock()
         try:
@@ -122,7 +162,6 @@ def create_app(engine: sa.Engine, secret: str, clock: Callable[[], dt.datetime])
             return _error(
                 401, "stale_timestamp", f"{TIMESTAMP_HEADER} is more than 5 minutes from now"
             )
-        delivery_id = request.headers.get(DELIVERY_HEADER, "")
         if not 1 <= len(delivery_id) <= 200:
             return _error(400, "invalid_input", f"{DELIVERY_HEADER} is required", field="delivery")
         try:

@@ -1,11 +1,14 @@
 """graph_runs.http.webhooks: signed approval decisions over real HTTP, on SQLite and PostgreSQL.
 
 The Starlette app is served by uvicorn on a free loopback port; requests are signed the way a
-review tool would sign them, with the clock the app judges timestamps by passed in.
+review tool would sign them, with the clock the app judges timestamps by passed in. Raw
+sockets send what a well-behaved client would not: an announced 400 MiB body, a chunked
+body that never ends, a signature header of non-ASCII bytes.
 """
 
 import datetime as dt
 import json
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -54,7 +57,7 @@ def post(
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     timestamp = str(int(sent.timestamp()))
     headers = {
-        SIGNATURE_HEADER: sign(secret, timestamp, raw),
+        SIGNATURE_HEADER: sign(secret, timestamp, delivery, raw),
         TIMESTAMP_HEADER: timestamp,
         DELIVERY_HEADER: delivery,
         "Content-Type": "application/json",
@@ -103,7 +106,7 @@ def test_bad_signature_is_401_and_changes_nothing(
         webhook,
         content=raw.replace(b"mallory", b"alice!!"),
         headers={
-            SIGNATURE_HEADER: sign(SECRET, timestamp, raw),
+            SIGNATURE_HEADER: sign(SECRET, timestamp, "dlv-2", raw),
             TIMESTAMP_HEADER: timestamp,
             DELIVERY_HEADER: "dlv-2",
         },
@@ -175,3 +178,75 @@ def test_short_secret_is_refused(engine: sa.Engine) -> None:
     with pytest.raises(InvalidInput) as caught:
         create_app(engine, "short", clock=lambda: NOW)
     assert caught.value.field == "webhook_secret"
+
+
+def _raw_exchange(url: str, head: bytes, body_parts: list[bytes]) -> bytes:
+    """Send a request byte for byte, without finishing it, and read the first answer."""
+    parsed = httpx.URL(url)
+    with socket.create_connection((parsed.host, parsed.port), timeout=10) as sock:
+        sock.sendall(head)
+        for part in body_parts:
+            sock.sendall(part)
+        return sock.recv(4096)
+
+
+def test_an_oversized_body_is_refused_before_it_is_read_whole(webhook: str) -> None:
+    path = httpx.URL(webhook).raw_path
+    # 400 MiB announced, 1 KiB sent: the answer comes without waiting for the rest.
+    declared = b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 419430400\r\n\r\n"
+    assert _raw_exchange(webhook, declared, [b"x" * 1024]).startswith(b"HTTP/1.1 413")
+    # Chunked, no length: answered once just over 64 KiB has arrived, the body unfinished.
+    chunked = b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunk = b"%x\r\n" % (16 * 1024) + b"y" * (16 * 1024) + b"\r\n"
+    assert _raw_exchange(webhook, chunked, [chunk] * 5).startswith(b"HTTP/1.1 413")
+
+
+def test_the_delivery_id_is_signed_so_a_captured_delivery_spends_no_other_id(
+    engine: sa.Engine, webhook: str, approval_id: str
+) -> None:
+    body = json.dumps({"approval_id": approval_id, "decision": "approve", "by": "bob"}).encode()
+    timestamp = str(int(NOW.timestamp()))
+    captured = sign(SECRET, timestamp, "dlv-100", body)
+    respent = httpx.post(
+        webhook,
+        content=body,
+        headers={
+            SIGNATURE_HEADER: captured,
+            TIMESTAMP_HEADER: timestamp,
+            DELIVERY_HEADER: "dlv-101",
+        },
+    )
+    assert respent.status_code == 401 and respent.json()["error"]["code"] == "bad_signature"
+    assert status_of(engine, approval_id) == "pending"
+
+
+def test_a_signature_header_of_any_bytes_is_a_401_not_a_500(webhook: str) -> None:
+    response = httpx.post(
+        webhook,
+        content=b"{}",
+        headers={SIGNATURE_HEADER.encode(): "sha256=\xe9\xff".encode("latin-1")},
+    )
+    assert response.status_code == 401 and response.json()["error"]["code"] == "bad_signature"
+
+
+def test_delivery_ids_are_kept_while_they_could_be_replayed_and_pruned_after(
+    engine: sa.Engine, approval_id: str
+) -> None:
+    clock = {"now": NOW}
+    with serving(create_app(engine, SECRET, clock=lambda: clock["now"])) as url:
+        hook = f"{url}/webhooks/approvals"
+        missing = {"approval_id": "appr_nope", "decision": "approve", "by": "bob"}
+        with engine.begin() as conn:  # two ids remembered from earlier deliveries
+            for delivery, age in (("dlv-old", 11), ("dlv-recent", 9)):
+                conn.execute(
+                    webhook_deliveries.insert().values(
+                        id=delivery, received_at=NOW - dt.timedelta(minutes=age),
+                        approval_id="appr_x", decision="approve",
+                    )
+                )  # fmt: skip
+        body = {"approval_id": approval_id, "decision": "approve", "by": "bob"}
+        assert post(hook, body, delivery="dlv-new").status_code == 200
+        assert post(hook, missing, delivery="dlv-recent").status_code == 409
+    with engine.connect() as conn:
+        kept = sorted(conn.execute(sa.select(webhook_deliveries.c.id)).scalars())
+    assert kept == ["dlv-new", "dlv-recent"]
