@@ -192,7 +192,7 @@ def decide_and_fire(
             try:
                 if grant is None:
                     raise GrantDenied("grant_missing", f"grant {row.grant_id} does not exist")
-                grant.check(row.graph_id, now)
+                grant.check(row.graph_id, now, owner=row.owner)
             except GrantDenied as denied:
                 decided.denied.append((row, denied.code, denied.message))
                 continue

@@ -55,8 +55,16 @@ class Grant:
         """Whether the grant's scopes allow executing ``graph_id``."""
         return f"{SCOPE_PREFIX}{graph_id}" in self.scopes or f"{SCOPE_PREFIX}*" in self.scopes
 
-    def check(self, graph_id: str, now: dt.datetime) -> None:
-        """Raise GrantDenied unless this grant allows running ``graph_id`` at ``now``."""
+    def check(self, graph_id: str, now: dt.datetime, *, owner: str) -> None:
+        """Raise GrantDenied unless this grant allows ``owner`` to run ``graph_id`` at ``now``.
+
+        The owner is the schedule's (or, for an ad-hoc run, the grant's own): a row another
+        application wrote may name someone else's grant, and must not bill them.
+        """
+        if self.owner != owner:
+            raise GrantDenied(
+                "grant_not_owner", f"grant {self.id} is not held by the run's owner {owner!r}"
+            )
         if self.revoked_at is not None:
             raise GrantDenied("grant_revoked", f"grant {self.id} was revoked at {self.revoked_at}")
         if self.expires_at is not None and self.expires_at <= now:

@@ -25,7 +25,13 @@ from graph_runs.core.cron import format_utc
 from graph_runs.core.ids import new_id
 from graph_runs.core.ledger_rows import manual_key, schedule_run_row, slot_key
 from graph_runs.core.policies import OVERLAP_POLICIES
-from graph_runs.core.schedule_spec import EARLIEST, LATEST, ScheduleLimits, spec_from_row
+from graph_runs.core.schedule_spec import (
+    EARLIEST,
+    LATEST,
+    UNLIMITED,
+    ScheduleLimits,
+    spec_from_row,
+)
 from graph_runs.core.slot_plan import overlap_status
 from graph_runs.core.statuses import BUFFERED, FIRING, NEVER_RAN, QUEUED
 from graph_runs.errors import InvalidInput
@@ -117,6 +123,9 @@ def trigger_schedule(
     ``created`` false.
     """
     row = schedule_row(conn, schedule_id)
+    # Revalidated as the sensor would, whatever the row's status (``error`` included): the
+    # row may be another application's, and a trigger is no way around the checks.
+    spec_from_row(row, UNLIMITED, now)
     key = manual_key(schedule_id, request_key or new_id("trg"))
     existing = conn.execute(
         sa.select(run_ledger).where(run_ledger.c.idempotency_key == key)
@@ -282,6 +291,7 @@ def start_partition_run(
     is a trigger-now. Its key names the root run, so re-executing it reuses the row.
     """
     row = schedule_row(conn, schedule_id)
+    spec_from_row(row, UNLIMITED, now)  # as for any trigger: raises InvalidInput
     key = manual_key(schedule_id, f"dagster:{root_run_id}")
     _insert_manual(
         conn, row, key, QUEUED, now, "dagster", requested_by, dagster_run_id=dagster_run_id

@@ -18,10 +18,10 @@ class GrantsResource(dg.ConfigurableResource):
         with self.database.engine().connect() as conn:
             return get_grant(conn, grant_id)
 
-    def check(self, grant_id: str, graph_id: str, now: dt.datetime) -> Grant:
-        """The grant if it allows running ``graph_id`` now; raise GrantDenied otherwise."""
+    def check(self, grant_id: str, graph_id: str, now: dt.datetime, *, owner: str) -> Grant:
+        """The grant if it allows ``owner`` to run ``graph_id`` now; raise GrantDenied."""
         grant = self.get(grant_id)
         if grant is None:
             raise GrantDenied("grant_missing", f"grant {grant_id} does not exist")
-        grant.check(graph_id, now)
+        grant.check(graph_id, now, owner=owner)
         return grant

@@ -38,6 +38,10 @@ MAX_COST_USD = Decimal(1_000_000)
 EARLIEST = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 LATEST = dt.datetime(2200, 1, 1, tzinfo=dt.UTC)
 MAX_INPUT_DEPTH = 32
+# A graph id goes into the execution API's URL path: letters, digits and ``_.:-``, starting
+# with a letter or digit (so never ``.`` or ``..``), at most 200 characters.
+GRAPH_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$"
+MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,7 @@ class ScheduleSpec(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
 
     owner: str = pydantic.Field(min_length=1, max_length=200)
-    graph_id: str = pydantic.Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:\-]+$")
+    graph_id: str = pydantic.Field(pattern=GRAPH_ID_PATTERN)
     input: dict[str, Any] = pydantic.Field(default_factory=dict)
     cron: str | None = None
     timezone: str = "UTC"
@@ -75,7 +79,7 @@ class ScheduleSpec(pydantic.BaseModel):
     max_cost_usd: Decimal | None = pydantic.Field(
         default=None, ge=0, le=MAX_COST_USD, allow_inf_nan=False
     )
-    timeout_seconds: int | None = pydantic.Field(default=None, gt=0, le=7 * 24 * 3600)
+    timeout_seconds: int | None = pydantic.Field(default=None, gt=0, le=MAX_TIMEOUT_SECONDS)
     external_id: str | None = pydantic.Field(default=None, min_length=1, max_length=200)
     overlap: Literal["skip", "buffer_one", "allow_all", "cancel_other"] = "skip"
     catchup: Literal["none", "latest", "all"] = "latest"
@@ -179,6 +183,41 @@ def check_json(value: Any, depth: int = 0) -> None:
     elif isinstance(value, list):
         for item in value:
             check_json(item, depth + 1)
+
+
+class RunRequestSpec(pydantic.BaseModel):
+    """A run asked for outside any schedule: the same checks as a schedule's fields."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    idempotency_key: str = pydantic.Field(min_length=1, max_length=200)
+    graph_id: str = pydantic.Field(pattern=GRAPH_ID_PATTERN)
+    grant_id: str = pydantic.Field(min_length=1, max_length=40)
+    input: dict[str, Any] = pydantic.Field(default_factory=dict)
+    max_cost_usd: Decimal | None = pydantic.Field(
+        default=None, ge=0, le=MAX_COST_USD, allow_inf_nan=False
+    )
+    timeout_seconds: int | None = pydantic.Field(default=None, gt=0, le=MAX_TIMEOUT_SECONDS)
+
+    @pydantic.field_validator("input")
+    @classmethod
+    def _plain_json(cls, value: dict[str, Any]) -> dict[str, Any]:
+        check_json(value)
+        return value
+
+
+def validate_run_request(raw: dict[str, Any], limits: ScheduleLimits) -> RunRequestSpec:
+    """Validate an ad-hoc run's request as a schedule's would be; raise InvalidInput."""
+    try:
+        request = RunRequestSpec.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "request"
+        raise InvalidInput(field, first["msg"].removeprefix("Value error, ")) from None
+    size = len(json.dumps(request.input, separators=(",", ":")).encode())
+    if size > limits.max_input_bytes:
+        raise InvalidInput("input", f"is {size} bytes; the limit is {limits.max_input_bytes}")
+    return request
 
 
 def validate_spec(raw: dict[str, Any], limits: ScheduleLimits, now: dt.datetime) -> ScheduleSpec:

@@ -15,9 +15,10 @@ import dagster as dg
 from graph_runs import batches, ledger
 from graph_runs.batches import BATCH_ATTEMPT_TAG, BATCH_ID_TAG
 from graph_runs.core.cron import format_utc
+from graph_runs.core.schedule_spec import ScheduleLimits
 from graph_runs.core.statuses import SUCCEEDED
 from graph_runs.dispatch import Dispatcher, Recorded, Report, summary
-from graph_runs.errors import Conflict, NotFound
+from graph_runs.errors import Conflict, InvalidInput, NotFound
 from graph_runs.firing import Firing
 from graph_runs.jobs.partitions import SLOT_ASSET_KEY, schedule_partitions
 from graph_runs.jobs.single import GraphRunRequest, checked_body, start_single
@@ -27,6 +28,7 @@ from resources import (
     DispatchResource,
     ExecutionApiResource,
     GrantsResource,
+    ScheduleLimitsResource,
 )
 
 MAX_SLOTS_LISTED = 500
@@ -105,11 +107,12 @@ def _single_firing(
     database: DatabaseResource,
     grants: GrantsResource,
     clock: ClockResource,
+    limits: ScheduleLimits,
 ) -> list[Firing]:
     """The one slot of a run launched with a ledger row (approved) or for a partition."""
     try:
-        row = start_single(context, config, database, grants, clock)
-    except (Conflict, NotFound) as exc:
+        row = start_single(context, config, database, grants, clock, limits)
+    except (Conflict, NotFound, InvalidInput) as exc:
         raise dg.Failure(description=str(exc)) from None
     return _checked(context, database, grants, clock, row)
 
@@ -164,6 +167,7 @@ def dispatch_slots(
     execution_api: ExecutionApiResource,
     clock: ClockResource,
     dispatch: DispatchResource,
+    schedule_limits: ScheduleLimitsResource,
 ) -> dg.Output[dict[str, Any]]:
     """Fail, naming them, if any slot failed or was left without an outcome."""
     now_fn, sleep = clock.timer()
@@ -191,7 +195,7 @@ def dispatch_slots(
                 "fires nothing"
             )
     else:
-        firings = _single_firing(context, config, database, grants, clock)
+        firings = _single_firing(context, config, database, grants, clock, schedule_limits.limits())
         report = asyncio.run(dispatcher.run_started(firings)) if firings else Report()
     context.log.info(summary(report))
     metadata: dict[str, Any] = {

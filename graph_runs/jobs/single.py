@@ -13,12 +13,19 @@ from typing import Any
 import dagster as dg
 
 from graph_runs import ledger
+from graph_runs.core.schedule_spec import ScheduleLimits, validate_run_request
 from graph_runs.core.statuses import NEVER_RAN
-from graph_runs.errors import Conflict, NotFound
+from graph_runs.errors import Conflict, InvalidInput, NotFound
 from graph_runs.grants import GrantDenied
 from graph_runs.http.execution_client import ExecutionApiError, Outcome
 from graph_runs.triggers import start_partition_run
-from resources import ClockResource, DatabaseResource, ExecutionApiResource, GrantsResource
+from resources import (
+    ClockResource,
+    DatabaseResource,
+    ExecutionApiResource,
+    GrantsResource,
+    ScheduleLimitsResource,
+)
 
 
 class GraphRunRequest(dg.Config):
@@ -39,6 +46,7 @@ def start_single(
     database: DatabaseResource,
     grants: GrantsResource,
     clock: ClockResource,
+    limits: ScheduleLimits,
 ) -> Any:
     """Find the run's ledger row (creating it for an ad-hoc request) and mark it running."""
     now = clock.now()
@@ -70,6 +78,21 @@ def start_single(
                 f"{', '.join(missing)} (see README, 'Immediate runs')"
             )
         )
+    try:
+        # The same checks as a schedule's: this id goes into the API's URL, this input to it.
+        validate_run_request(
+            {
+                "idempotency_key": config.idempotency_key,
+                "graph_id": config.graph_id,
+                "grant_id": config.grant_id,
+                "input": config.input,
+                "max_cost_usd": config.max_cost_usd,
+                "timeout_seconds": config.timeout_seconds,
+            },
+            limits,
+        )
+    except InvalidInput as exc:
+        raise dg.Failure(description=f"the ad-hoc run's request is refused: {exc}") from None
     grant = grants.get(config.grant_id)
     request = ledger.AdhocRequest(
         idempotency_key=config.idempotency_key,
@@ -114,7 +137,7 @@ def checked_body(
         )
         return None
     try:
-        grant = grants.check(row.grant_id, row.graph_id, clock.now())
+        grant = grants.check(row.grant_id, row.graph_id, clock.now(), owner=row.owner)
     except GrantDenied as denied:
         context.log.error(f"{ticket.label} grant check failed: {denied.code}: {denied.message}")
         outcome = Outcome(
@@ -141,6 +164,7 @@ def check_grant(
     database: DatabaseResource,
     grants: GrantsResource,
     clock: ClockResource,
+    schedule_limits: ScheduleLimitsResource,
 ) -> Iterator[dg.Output[dict[str, Any]]]:
     """Fail fast, recording why, when the grant is missing, expired, revoked or out of scope.
 
@@ -149,8 +173,8 @@ def check_grant(
     skipped, and the run ends without charging anyone.
     """
     try:
-        row = start_single(context, config, database, grants, clock)
-    except (Conflict, NotFound) as exc:
+        row = start_single(context, config, database, grants, clock, schedule_limits.limits())
+    except (Conflict, NotFound, InvalidInput) as exc:
         raise dg.Failure(description=str(exc)) from None
     ticket = ledger.Ticket.from_row(row)
     body = checked_body(context, database, grants, clock, row)

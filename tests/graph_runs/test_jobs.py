@@ -1,10 +1,12 @@
 """graph_runs.jobs: grant check, execution API call, outcome, counters and receipt.
 
 A lone slot is a dispatch batch of one on its schedule's partition; ad-hoc runs are one run
-per request. Jobs run in-process on instance_for_test against the real local execution API
+per request, held to a schedule's checks. A slot whose schedule names another owner's grant
+bills nobody. Jobs run in-process on instance_for_test against the real local execution API
 over HTTP and a real schedules database.
 """
 
+import json
 from typing import Any
 
 import dagster as dg
@@ -17,6 +19,7 @@ from graph_runs.grants import revoke_grant
 from graph_runs.jobs import graph_run_adhoc_job
 from graph_runs.schedules import get_schedule
 from graph_runs.tables import charge_receipts, execution_grants, run_ledger, schedules
+from resources import ScheduleLimitsResource
 from tests.conftest import RunningApi
 from tests.dagster_helpers import apply_partitions, launch, make_resources, tick
 from tests.helpers import at, make_grant, make_schedule
@@ -270,3 +273,73 @@ def test_adhoc_runs_with_one_key_execute_once(
     )
     tags = instance.get_run_by_id(runs[0].run_id).tags  # type: ignore[union-attr]
     assert tags["graph_runs/ledger_id"] == row.id and tags["graph_runs/owner"] == "alice"
+
+
+@pytest.mark.parametrize("neighbours", [0, 2], ids=["alone", "in a batch"])
+def test_a_schedule_naming_another_owners_grant_fails_without_calling_the_api(
+    engine: sa.Engine,
+    database_url: str,
+    instance: dg.DagsterInstance,
+    execution_api: RunningApi,
+    neighbours: int,
+) -> None:
+    with engine.begin() as conn:
+        alices = make_grant(conn, CREATED)
+        for _ in range(neighbours):
+            make_schedule(conn, CREATED, alices)
+        stolen = make_schedule(conn, CREATED, alices)
+        # Another application writes mallory in as the owner of a schedule on alice's grant.
+        conn.execute(
+            schedules.update().where(schedules.c.id == stolen["id"]).values(owner="mallory")
+        )
+    resources = make_resources(database_url, execution_api, NOW)
+    result = tick(instance, resources, None)
+    apply_partitions(instance, result)
+    (request,) = result.run_requests or []
+    run = launch(instance, resources, request)
+    assert not run.success
+    with engine.connect() as conn:
+        rows = {r.schedule_id: r for r in conn.execute(sa.select(run_ledger))}
+    assert (rows[stolen["id"]].status, rows[stolen["id"]].error_code) == (
+        "failed",
+        "grant_not_owner",
+    )
+    # alice's own schedules fire; mallory's bills nobody.
+    assert execution_api.store.executions == neighbours == count(engine, charge_receipts)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"graph_id": ".."}, "graph_id"),
+        ({"graph_id": "echo/../../admin"}, "graph_id"),
+        ({"input": {"blob": "x" * 200}}, "input"),
+        ({"input": {"deep": json.loads("[" * 40 + "]" * 40)}}, "input"),  # 41 levels
+        ({"max_cost_usd": "1e20"}, "max_cost_usd"),
+    ],
+)
+def test_adhoc_requests_are_held_to_the_checks_of_a_schedule(
+    engine: sa.Engine,
+    database_url: str,
+    instance: dg.DagsterInstance,
+    execution_api: RunningApi,
+    change: dict[str, Any],
+    field: str,
+) -> None:
+    with engine.begin() as conn:
+        grant = make_grant(conn, CREATED)
+    request = {"idempotency_key": "req-1", "graph_id": "echo", "grant_id": grant.id, **change}
+    resources = {
+        **make_resources(database_url, execution_api, NOW),
+        "schedule_limits": ScheduleLimitsResource(max_input_bytes=100),
+    }
+    run = graph_run_adhoc_job.execute_in_process(
+        run_config={"ops": {"check_grant": {"config": request}}},
+        instance=instance,
+        resources=resources,
+        raise_on_error=False,
+    )
+    assert not run.success
+    (failure,) = [e for e in run.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert f"refused: {field}:" in str(failure.event_specific_data)
+    assert count(engine, run_ledger) == 0 and execution_api.store.executions == 0

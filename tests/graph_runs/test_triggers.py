@@ -1,7 +1,7 @@
 """graph_runs.triggers: trigger now and backfill write ledger rows once per slot or request.
 
 Real SQLite and PostgreSQL databases; the sensor (tested elsewhere) turns these rows into
-Dagster runs like any scheduled slot.
+Dagster runs like any scheduled slot. A trigger revalidates the row as the sensor would.
 """
 
 import pytest
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from graph_runs.core.schedule_spec import ScheduleLimits
 from graph_runs.errors import InvalidInput, NotFound
 from graph_runs.schedules import delete_schedule, pause_schedule
-from graph_runs.tables import run_ledger
+from graph_runs.tables import run_ledger, schedules
 from graph_runs.triggers import backfill_schedule, trigger_schedule
 from tests.helpers import at, claim_at, ledger_statuses, make_grant, make_schedule
 
@@ -107,3 +107,25 @@ def test_backfill_refuses_the_future_huge_ranges_and_unknown_schedules(engine: s
         with pytest.raises(NotFound):
             trigger_schedule(conn, view["id"], now=NOW)
         assert conn.execute(sa.select(sa.func.count()).select_from(run_ledger)).scalar_one() == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [({"graph_id": ".."}, "graph_id"), ({"timezone": "America"}, "timezone")],
+)
+def test_trigger_now_revalidates_the_row_even_one_marked_error(
+    engine: sa.Engine, change: dict[str, str], field: str
+) -> None:
+    with engine.begin() as conn:
+        view = make_schedule(conn, CREATED, make_grant(conn, CREATED), cron="0 9 * * *")
+        # Another application rewrites the row; the sensor has already marked it error.
+        conn.execute(
+            schedules.update()
+            .where(schedules.c.id == view["id"])
+            .values(status="error", last_error="bad row", **change)
+        )
+    with pytest.raises(InvalidInput) as caught, engine.begin() as conn:
+        trigger_schedule(conn, view["id"], now=NOW, request_key="k1")
+    assert caught.value.field == field
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(run_ledger)).scalar() == 0

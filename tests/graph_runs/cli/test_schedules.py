@@ -142,6 +142,9 @@ def test_policies_external_ids_upsert_trigger_and_backfill(cli, cli_grant) -> No
         (["--cron", "0 9 * * *", "--run-at", "tomorrow"], "error: run_at: 'tomorrow' is not"),
         (["--cron", "0 9 * * *", "--max-cost-usd", "lots"], "error: max_cost_usd: 'lots'"),
         (["--cron", "0 9 * * *", "--timeout-seconds", "x"], "error: Invalid value for '--timeout"),
+        # A graph id is one URL path segment at the API: never "..", never a slash.
+        (["--graph", "..", "--cron", "0 9 * * *"], "error: graph_id: String should match"),
+        (["--graph", "a/../b", "--cron", "0 9 * * *"], "error: graph_id: String should match"),
         # Values at the edges of their types: one line each, never a traceback.
         (["--cron", "0 9 * * *", "--max-runs", "9" * 20], "error: max_runs: Input should be"),
         (["--cron", "0 9 * * *", "--pause-after-failures", "9" * 20], "error: pause_after_fai"),
