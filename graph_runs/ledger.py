@@ -171,11 +171,20 @@ def start_run(conn: sa.Connection, ledger_id: str, *, dagster_run_id: str, now: 
         # run launched any other way (by hand, with the ledger tag) must not slip past.
         raise Conflict(f"graph run {ledger_id} is waiting for approval; it was not approved")
     if row.status == FAILED and row.schedule_id is not None:
-        # A failed slot being run again is no longer failed; its new outcome counts anew.
+        # A failed slot being run again is no longer failed; its new outcome counts anew,
+        # in the failure count and in the streak that pauses the schedule: one slot rerun
+        # three times is one failure, not three.
         conn.execute(
             schedules.update()
             .where(schedules.c.id == row.schedule_id)
-            .values(runs_failed=schedules.c.runs_failed - 1, updated_at=now)
+            .values(
+                runs_failed=schedules.c.runs_failed - 1,
+                consecutive_failures=sa.case(
+                    (schedules.c.consecutive_failures > 0, schedules.c.consecutive_failures - 1),
+                    else_=0,
+                ),
+                updated_at=now,
+            )
         )
     slot_status.start(conn, row, dagster_run_id=dagster_run_id, now=now)
     return get_run(conn, ledger_id)
