@@ -25,7 +25,7 @@ from graph_runs.core.statuses import AWAITING_APPROVAL
 from graph_runs.db import SchemaError
 from graph_runs.jobs import SCHEDULE_PARTITIONS_NAME, graph_run_job
 from resources import ClockResource, DatabaseResource
-from sensors.run_lookup import existing_runs
+from sensors.run_lookup import existing_runs_tagged
 
 MAX_TIMEOUTS_PER_TICK = 1_000
 MAX_LAUNCHES_PER_TICK = 500
@@ -50,7 +50,12 @@ def _launches(
         candidates = approval_gate.to_launch(conn, MAX_LAUNCHES_PER_TICK)
     if not candidates:
         return [], 0, 0
-    found = existing_runs(context.instance, [row.id for _, row in candidates])
+    # Only a run this sensor asked for (tagged with the approval) is the approval's launch:
+    # a run launched by hand with the slot's ledger tag was refused, and must not stand in.
+    by_approval = existing_runs_tagged(
+        context.instance, APPROVAL_ID_TAG, [approval.id for approval, _ in candidates]
+    )
+    found = {row.id: by_approval[a.id] for a, row in candidates if a.id in by_approval}
     launched = {
         approval.id: (row.id, found[row.id]) for approval, row in candidates if row.id in found
     }

@@ -1,4 +1,4 @@
-"""Looking up Dagster runs in batches: by the ledger row or dispatch batch they run, or by id.
+"""Looking up Dagster runs in batches: by a tag (the approval or dispatch batch they run), or by id.
 
 Both sensors match ledger rows to Dagster runs; one query per row would make a tick's cost
 follow the rows it looks at times the storage's round trip.
@@ -6,7 +6,6 @@ follow the rows it looks at times the storage's round trip.
 
 import dagster as dg
 
-from graph_runs import ledger
 from graph_runs.batches import BATCH_RUN_KEY_TAG
 
 RUN_LOOKUP_CHUNK = 500
@@ -30,9 +29,11 @@ def _submitted_runs_by_tag(
     return found
 
 
-def existing_runs(instance: dg.DagsterInstance, ledger_ids: list[str]) -> dict[str, str]:
-    """Submitted Dagster runs' ids by ledger id."""
-    return _submitted_runs_by_tag(instance, ledger.LEDGER_ID_TAG, ledger_ids)
+def existing_runs_tagged(
+    instance: dg.DagsterInstance, tag: str, values: list[str]
+) -> dict[str, str]:
+    """Submitted Dagster runs' ids by the value of ``tag``."""
+    return _submitted_runs_by_tag(instance, tag, values)
 
 
 def existing_batch_runs(instance: dg.DagsterInstance, run_keys: list[str]) -> dict[str, str]:

@@ -1,5 +1,7 @@
 """sensors.graph_run_approvals_sensor: approved slots run once, rejected and timed-out never do.
 
+A refused launch by hand is never taken for the approved slot's own.
+
 Both sensors are evaluated with build_sensor_context on instance_for_test, a real schedules
 database (SQLite file and PostgreSQL) and a fixed clock; the runs requested are executed
 in-process against the real local execution API, as the daemon would launch them.
@@ -177,3 +179,27 @@ def test_slot_approved_after_its_account_reached_the_budget_is_skipped_budget(
     assert isinstance(
         approvals_tick(instance, make_resources(database_url, None, DUE)), dg.SkipReason
     )
+
+
+def test_a_refused_hand_launch_is_not_taken_for_the_approved_slots_launch(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
+) -> None:
+    approval = gated_slot(engine, database_url, instance)
+    resources = make_resources(database_url, execution_api, "2026-11-22T10:05:00Z")
+    row = ledger_row(engine)
+    # Someone launches the gated slot by hand, with its ledger tag: refused, as it must be.
+    by_hand = dg.RunRequest(
+        run_key=None,
+        partition_key=approval["schedule_id"],
+        tags={"graph_runs/ledger_id": row.id},
+    )
+    refused = launch(instance, resources, by_hand)
+    assert not refused.success
+    decide(engine, approval["id"], "approve")
+    result = approvals_tick(instance, resources)
+    assert isinstance(result, dg.SensorResult)
+    (request,) = result.run_requests or []
+    assert request.tags[APPROVAL_ID_TAG] == approval["id"]
+    assert launch(instance, resources, request).success
+    assert ledger_row(engine).status == "succeeded"
+    assert len(execution_api.store.runs) == 1
