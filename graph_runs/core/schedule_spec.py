@@ -10,7 +10,7 @@ import json
 import math
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 
@@ -44,6 +44,15 @@ GRAPH_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$"
 MAX_TIMEOUT_SECONDS = 7 * 24 * 3600
 
 
+def _plain_json(value: dict[str, Any]) -> dict[str, Any]:
+    check_json(value)
+    return value
+
+
+# A run's input: a JSON object that JSON can carry faithfully (see ``check_json``).
+JsonObject = Annotated[dict[str, Any], pydantic.AfterValidator(_plain_json)]
+
+
 @dataclass(frozen=True)
 class ScheduleLimits:
     """Operator-set bounds on what users may schedule."""
@@ -71,7 +80,7 @@ class ScheduleSpec(pydantic.BaseModel):
 
     owner: str = pydantic.Field(min_length=1, max_length=200)
     graph_id: str = pydantic.Field(pattern=GRAPH_ID_PATTERN)
-    input: dict[str, Any] = pydantic.Field(default_factory=dict)
+    input: JsonObject = pydantic.Field(default_factory=dict)
     cron: str | None = None
     timezone: str = "UTC"
     run_at: dt.datetime | None = None
@@ -118,12 +127,6 @@ class ScheduleSpec(pydantic.BaseModel):
         value = _aware(value)
         if value is not None and not EARLIEST <= value < LATEST:
             raise ValueError(f"must be from {EARLIEST:%Y-%m-%d} to before {LATEST:%Y-%m-%d}")
-        return value
-
-    @pydantic.field_validator("input")
-    @classmethod
-    def _plain_json(cls, value: dict[str, Any]) -> dict[str, Any]:
-        check_json(value)
         return value
 
     @pydantic.model_validator(mode="after")
@@ -193,17 +196,11 @@ class RunRequestSpec(pydantic.BaseModel):
     idempotency_key: str = pydantic.Field(min_length=1, max_length=200)
     graph_id: str = pydantic.Field(pattern=GRAPH_ID_PATTERN)
     grant_id: str = pydantic.Field(min_length=1, max_length=40)
-    input: dict[str, Any] = pydantic.Field(default_factory=dict)
+    input: JsonObject = pydantic.Field(default_factory=dict)
     max_cost_usd: Decimal | None = pydantic.Field(
         default=None, ge=0, le=MAX_COST_USD, allow_inf_nan=False
     )
     timeout_seconds: int | None = pydantic.Field(default=None, gt=0, le=MAX_TIMEOUT_SECONDS)
-
-    @pydantic.field_validator("input")
-    @classmethod
-    def _plain_json(cls, value: dict[str, Any]) -> dict[str, Any]:
-        check_json(value)
-        return value
 
 
 def validate_run_request(raw: dict[str, Any], limits: ScheduleLimits) -> RunRequestSpec:
@@ -211,13 +208,24 @@ def validate_run_request(raw: dict[str, Any], limits: ScheduleLimits) -> RunRequ
     try:
         request = RunRequestSpec.model_validate(raw)
     except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "request"
-        raise InvalidInput(field, first["msg"].removeprefix("Value error, ")) from None
-    size = len(json.dumps(request.input, separators=(",", ":")).encode())
+        raise _first_error(exc, "request") from None
+    _check_input_size(request.input, limits)
+    return request
+
+
+def _first_error(exc: pydantic.ValidationError, whole: str) -> InvalidInput:
+    """The first problem pydantic found, as InvalidInput naming its field."""
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or whole
+    if field == "cron" or (field == "schedule" and "cron" in first["msg"]):
+        field = "cron"
+    return InvalidInput(field, first["msg"].removeprefix("Value error, "))
+
+
+def _check_input_size(value: dict[str, Any], limits: ScheduleLimits) -> None:
+    size = len(json.dumps(value, separators=(",", ":")).encode())
     if size > limits.max_input_bytes:
         raise InvalidInput("input", f"is {size} bytes; the limit is {limits.max_input_bytes}")
-    return request
 
 
 def validate_spec(raw: dict[str, Any], limits: ScheduleLimits, now: dt.datetime) -> ScheduleSpec:
@@ -225,11 +233,7 @@ def validate_spec(raw: dict[str, Any], limits: ScheduleLimits, now: dt.datetime)
     try:
         spec = ScheduleSpec.model_validate(raw)
     except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "schedule"
-        if field == "cron" or (field == "schedule" and "cron" in first["msg"]):
-            field = "cron"
-        raise InvalidInput(field, first["msg"].removeprefix("Value error, ")) from None
+        raise _first_error(exc, "schedule") from None
     if spec.cron is not None:
         try:
             cron_schedule(spec.cron, spec.timezone)  # raises on a bad expression or zone
@@ -264,9 +268,7 @@ def validate_spec(raw: dict[str, Any], limits: ScheduleLimits, now: dt.datetime)
                 raise InvalidInput(name, "applies to cron schedules only; a run_at fires once")
     if spec.start_at and spec.end_at and spec.end_at <= spec.start_at:
         raise InvalidInput("end_at", "must be after start_at")
-    size = len(json.dumps(spec.input, separators=(",", ":")).encode())
-    if size > limits.max_input_bytes:
-        raise InvalidInput("input", f"is {size} bytes; the limit is {limits.max_input_bytes}")
+    _check_input_size(spec.input, limits)
     return spec
 
 
