@@ -14,7 +14,6 @@ run instead of submitting again, so an API run that still runs is never given up
 """
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -29,9 +28,11 @@ from graph_runs.http.execution_client import (
     Outcome,
     Retrying,
     RetryPolicy,
-    authorization,
     invalid_response,
     is_terminal,
+    not_terminal_in_time,
+    request_content,
+    request_headers,
     run_url,
     runs_url,
 )
@@ -94,31 +95,20 @@ class ConcurrentCaller:
 
     async def _obtain(self, http: httpx.AsyncClient, call: Call, dagster_run_id: str) -> Outcome:
         deadline = self.clock() + (call.timeout_seconds or self.default_run_timeout_seconds)
-        headers = {
-            "Authorization": authorization(self.token),
-            "Idempotency-Key": call.idempotency_key,
-            "X-Dagster-Run-Id": dagster_run_id,
-            "Content-Type": "application/json",
-        }
+        headers = request_headers(self.token, call.idempotency_key, dagster_run_id)
         url = runs_url(self.base_url, call.graph_id)
         attempts = 0
         run_id = call.api_run_id
         try:
             if run_id is None:
-                content = json.dumps(call.body, sort_keys=True, separators=(",", ":")).encode()
+                content = request_content(call.body)
                 response, attempts = await self._send(http, "POST", url, headers, content, None)
                 if response.status_code == 200:
                     return Outcome.from_terminal(contract.terminal(response.text), attempts)
                 run_id = contract.accepted(response.text).run_id
             while True:
                 if self.clock() >= deadline:
-                    raise ExecutionApiError(
-                        "timeout",
-                        f"run {run_id} was not terminal within the timeout",
-                        http_status=None,
-                        attempts=attempts,
-                        api_run_id=run_id,
-                    )
+                    raise not_terminal_in_time(run_id, attempts)
                 if attempts:  # a resumed call polls at once; a new one waits after submitting
                     await self.sleep(self.poll_interval_seconds)
                 response, polls = await self._send(

@@ -216,13 +216,8 @@ class ExecutionApiClient:
                 run is not terminal within ``timeout_seconds``.
         """
         deadline = self.clock() + (timeout_seconds or self.default_run_timeout_seconds)
-        content = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-        headers = {
-            "Authorization": authorization(self.token),
-            "Idempotency-Key": idempotency_key,
-            "X-Dagster-Run-Id": dagster_run_id,
-            "Content-Type": "application/json",
-        }
+        content = request_content(body)
+        headers = request_headers(self.token, idempotency_key, dagster_run_id)
         url = runs_url(self.base_url, graph_id)
         with httpx.Client(transport=self.transport, timeout=self.request_timeout_seconds) as http:
             response, attempts = self._send(http, "POST", url, headers, content)
@@ -233,13 +228,7 @@ class ExecutionApiClient:
                 run_id = contract.accepted(response.text).run_id
                 while True:
                     if self.clock() >= deadline:
-                        raise ExecutionApiError(
-                            "timeout",
-                            f"run {run_id} was not terminal within the timeout",
-                            http_status=None,
-                            attempts=attempts,
-                            api_run_id=run_id,
-                        )
+                        raise not_terminal_in_time(run_id, attempts)
                     self.sleep(self.poll_interval_seconds)
                     response, polls = self._send(http, "GET", run_url(url, run_id), headers, None)
                     attempts += polls - 1
@@ -369,6 +358,35 @@ def _refusal(response: httpx.Response, attempt: int, api_run_id: str | None) -> 
     message = error.message or contract.excerpt(response.text) or f"HTTP {response.status_code}"
     return ExecutionApiError(
         code, message, http_status=response.status_code, attempts=attempt, api_run_id=api_run_id
+    )
+
+
+def request_content(body: Mapping[str, Any]) -> bytes:
+    """The request body, byte for byte the same on every attempt.
+
+    The API's idempotency store compares bodies.
+    """
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def request_headers(token: str, idempotency_key: str, dagster_run_id: str) -> dict[str, str]:
+    """The headers of every request of one call (the attempt number is added per send)."""
+    return {
+        "Authorization": authorization(token),
+        "Idempotency-Key": idempotency_key,
+        "X-Dagster-Run-Id": dagster_run_id,
+        "Content-Type": "application/json",
+    }
+
+
+def not_terminal_in_time(run_id: str, attempts: int) -> ExecutionApiError:
+    """The error of a run still going at its deadline; it keeps the run id to resume."""
+    return ExecutionApiError(
+        "timeout",
+        f"run {run_id} was not terminal within the timeout",
+        http_status=None,
+        attempts=attempts,
+        api_run_id=run_id,
     )
 
 
