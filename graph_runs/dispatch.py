@@ -133,7 +133,7 @@ class Dispatcher:
             return report
         heartbeat = asyncio.create_task(self._heartbeat(batch_id, attempt))
         try:
-            await self._fire_all(rows, attempt, report)
+            await self._fire_all(rows, batch_id, attempt, report)
         finally:
             heartbeat.cancel()
         report.lease_lost = self._lost
@@ -156,7 +156,7 @@ class Dispatcher:
 
     # -- the work --------------------------------------------------------------------------
 
-    async def _fire_all(self, rows: list[Any], attempt: int, report: Report) -> None:
+    async def _fire_all(self, rows: list[Any], batch_id: str, attempt: int, report: Report) -> None:
         groups: dict[dt.datetime, list[str]] = {}
         for row in rows:
             groups.setdefault(row.due_at or row.created_at, []).append(row.id)
@@ -166,7 +166,7 @@ class Dispatcher:
                 if not await self._wait_until(due):
                     break
                 now = self.clock()
-                decided = await asyncio.to_thread(self._decide, groups[due], attempt, now)
+                decided = await asyncio.to_thread(self._decide, groups[due], batch_id, attempt, now)
                 report.held.update(decided.held)
                 report.fired += len(decided.firing)
                 if decided.firing and report.first_fired_lag is None:
@@ -184,10 +184,15 @@ class Dispatcher:
                     )
             await self._drain(recorder)
 
-    def _decide(self, ledger_ids: list[str], attempt: int, now: dt.datetime) -> Any:
+    def _decide(self, ledger_ids: list[str], batch_id: str, attempt: int, now: dt.datetime) -> Any:
         with self.engine.begin() as conn:
             return decide_and_fire(
-                conn, ledger_ids, dagster_run_id=self.dagster_run_id, attempt=attempt, now=now
+                conn,
+                ledger_ids,
+                batch_id=batch_id,
+                dagster_run_id=self.dagster_run_id,
+                attempt=attempt,
+                now=now,
             )
 
     async def _wait_until(self, due: dt.datetime) -> bool:

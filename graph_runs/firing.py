@@ -36,6 +36,7 @@ from graph_runs.core.statuses import (
 )
 from graph_runs.grants import Grant, GrantDenied
 from graph_runs.http.execution_client import Outcome
+from graph_runs.in_flight import lock_schedules
 from graph_runs.ledger import record_outcome, request_body
 from graph_runs.tables import execution_grants, run_ledger, schedules
 
@@ -65,25 +66,21 @@ def _chunks(ids: Sequence[str]) -> list[list[str]]:
     return [list(ids[i : i + _CHUNK]) for i in range(0, len(ids), _CHUNK)]
 
 
-def _lock_schedules(conn: sa.Connection, schedule_ids: list[str]) -> dict[str, Any]:
-    """The schedules' rows, locked in id order on Postgres (schedule first, then ledger)."""
-    found: dict[str, Any] = {}
-    for chunk in _chunks(sorted(schedule_ids)):
-        query = (
-            sa.select(schedules.c.id, schedules.c.overlap)
-            .where(schedules.c.id.in_(chunk))
-            .order_by(schedules.c.id)
-        )
-        if conn.dialect.name == "postgresql":
-            query = query.with_for_update()
-        found.update({row.id: row for row in conn.execute(query)})
-    return found
+def _rows(conn: sa.Connection, ledger_ids: list[str], batch_id: str) -> list[Any]:
+    """The rows still in ``batch_id``, as they are now.
 
-
-def _rows(conn: sa.Connection, ledger_ids: list[str]) -> list[Any]:
+    A slot cancelled and then backfilled since the batch was loaded has left it for a batch
+    of its own, which fires it.
+    """
     rows: list[Any] = []
     for chunk in _chunks(ledger_ids):
-        rows.extend(conn.execute(sa.select(run_ledger).where(run_ledger.c.id.in_(chunk))))
+        rows.extend(
+            conn.execute(
+                sa.select(run_ledger).where(
+                    run_ledger.c.id.in_(chunk), run_ledger.c.batch_id == batch_id
+                )
+            )
+        )
     return sorted(rows, key=lambda r: (r.due_at or r.created_at, r.scheduled_for or r.created_at))
 
 
@@ -117,6 +114,7 @@ def decide_and_fire(
     conn: sa.Connection,
     ledger_ids: list[str],
     *,
+    batch_id: str,
     dagster_run_id: str,
     attempt: int,
     now: dt.datetime,
@@ -126,9 +124,9 @@ def decide_and_fire(
     Run in one transaction. Rows are re-read here, so whatever a pause, a cancellation or
     another run did to them since the batch was loaded is seen.
     """
-    rows = _rows(conn, ledger_ids)
-    schedule_rows = _lock_schedules(conn, [r.schedule_id for r in rows if r.schedule_id])
-    rows = _rows(conn, ledger_ids)  # again, now that their schedules are locked
+    rows = _rows(conn, ledger_ids, batch_id)
+    schedule_rows = lock_schedules(conn, [r.schedule_id for r in rows if r.schedule_id])
+    rows = _rows(conn, ledger_ids, batch_id)  # again, now that their schedules are locked
     decided = Decided()
     # Slots fired for the first time by the sensor's claim get the instant's decision; a
     # trigger-now or backfill was decided by its own overlap option when it was asked for.

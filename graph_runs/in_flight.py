@@ -9,13 +9,14 @@ the ledger's size.
 import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
 from graph_runs import slot_status
 from graph_runs.approval_gate import cancel_awaiting
 from graph_runs.core.statuses import BUFFERED, QUEUED, RUNNING
-from graph_runs.tables import IN_FLIGHT_RUN, run_ledger
+from graph_runs.tables import IN_FLIGHT_RUN, run_ledger, schedules
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,29 @@ class InFlight:
 
     active: int = 0
     buffered: int = 0
+
+
+def lock_schedules(conn: sa.Connection, schedule_ids: Iterable[str]) -> dict[str, Any]:
+    """The schedules' rows, locked in id order on Postgres, before their runs are counted.
+
+    Whoever decides a run's overlap status (the claim, a trigger, a backfill, a release of a
+    buffered slot, the instant a slot fires) holds its schedule's row until it commits, so two
+    of them never both see "nothing in flight". Always schedule first, then ledger, in id
+    order: no two lockers wait on each other. SQLite takes the database's one write lock at
+    ``BEGIN IMMEDIATE`` instead.
+    """
+    ids = sorted(set(schedule_ids))
+    found: dict[str, Any] = {}
+    for start in range(0, len(ids), 1000):
+        query = (
+            sa.select(schedules.c.id, schedules.c.overlap)
+            .where(schedules.c.id.in_(ids[start : start + 1000]))
+            .order_by(schedules.c.id)
+        )
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        found.update({row.id: row for row in conn.execute(query)})
+    return found
 
 
 def in_flight_counts(conn: sa.Connection, schedule_ids: Iterable[str]) -> dict[str, InFlight]:
@@ -91,6 +115,7 @@ def release_buffered(conn: sa.Connection) -> list[str]:
     )
     if not buffered:
         return []
+    lock_schedules(conn, (row.schedule_id for row in buffered))
     counts = in_flight_counts(conn, (row.schedule_id for row in buffered))
     released: list[str] = []
     seen: set[str] = set()

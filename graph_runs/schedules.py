@@ -239,28 +239,43 @@ def _apply_spec(
             status="completed" if exhausted else "active",
             last_error=None if row.status == "error" else row.last_error,
         )
-    audit(
-        conn,
-        at=now,
-        actor=actor,
-        action="schedule.update",
-        entity_type="schedule",
-        entity_id=row.id,
-        detail={
-            "changed": sorted(
-                name
-                for name in ScheduleSpec.model_fields
-                if current is None or getattr(spec, name) != getattr(current, name)
-            )
-        },
+    changed = sorted(
+        name
+        for name in ScheduleSpec.model_fields
+        if current is None or getattr(spec, name) != getattr(current, name)
     )
-    conn.execute(schedules.update().where(schedules.c.id == row.id).values(**values))
+    # The change and its audit entry stand or fall together, whatever the caller does with
+    # its transaction after an error; the entry is written last, once the change is made.
+    try:
+        with conn.begin_nested():
+            conn.execute(schedules.update().where(schedules.c.id == row.id).values(**values))
+            audit(
+                conn,
+                at=now,
+                actor=actor,
+                action="schedule.update",
+                entity_type="schedule",
+                entity_id=row.id,
+                detail={"changed": changed},
+            )
+    except sa.exc.IntegrityError:
+        # Another writer took the same external id between our check and our update.
+        raise Conflict(
+            f"{spec.owner} already has a schedule with external id {spec.external_id!r}"
+        ) from None
     return get_schedule(conn, row.id), True
 
 
-def schedule_row(conn: sa.Connection, schedule_id: str) -> Any:
-    """The schedules row, unless deleted; raises NotFound."""
-    row = conn.execute(sa.select(schedules).where(schedules.c.id == schedule_id)).one_or_none()
+def schedule_row(conn: sa.Connection, schedule_id: str, *, lock: bool = False) -> Any:
+    """The schedules row, unless deleted; raises NotFound.
+
+    With ``lock``, the row is held until the transaction ends (on Postgres; SQLite's write
+    transactions are serial), as ``in_flight.lock_schedules`` explains.
+    """
+    query = sa.select(schedules).where(schedules.c.id == schedule_id)
+    if lock and conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    row = conn.execute(query).one_or_none()
     if row is None or row.status == "deleted":
         raise NotFound(f"schedule {schedule_id} not found")
     return row

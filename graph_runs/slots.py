@@ -16,7 +16,7 @@ Nothing here imports Dagster, so the tick's logic is tested at exact instants wi
 import datetime as dt
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,16 +88,19 @@ def claim_due_slots(
     now: dt.datetime,
     schedule_limits: ScheduleLimits,
     tick_limits: TickLimits = TickLimits(),
+    schedule_ids: Collection[str] | None = None,
 ) -> ClaimResult:
     """Write every due slot into the ledger and advance ``next_run_at``, in ``conn``'s transaction.
 
     Due means enabled, active, and ``next_run_at`` at or before ``now``, or missing (a row
     that another application inserted; its first slot is computed from ``created_at``).
     Each slot's status comes from ``slot_plan.plan_slots``: catch-up, overlap, bounds.
+    ``schedule_ids`` limits the claim to those schedules (a backfill brings its schedule up
+    to date first).
     """
     result = ClaimResult()
     horizon = now + tick_limits.lookahead
-    ids = _due_ids(conn, horizon, tick_limits.max_schedules)
+    ids = _due_ids(conn, horizon, tick_limits.max_schedules, schedule_ids)
     result.more_due = len(ids) > tick_limits.max_schedules
     ids = ids[: tick_limits.max_schedules]
     if not ids:
@@ -255,7 +258,12 @@ def _advance(conn: sa.Connection, updates: list[dict[str, Any]]) -> None:
     )
 
 
-def _due_ids(conn: sa.Connection, horizon: dt.datetime, limit: int) -> list[str]:
+def _due_ids(
+    conn: sa.Connection,
+    horizon: dt.datetime,
+    limit: int,
+    among: Collection[str] | None = None,
+) -> list[str]:
     """Ids of due schedules, oldest slot first, read from the partial index alone.
 
     Two queries rather than one with OR, so that each is an index range scan. On Postgres the
@@ -273,6 +281,8 @@ def _due_ids(conn: sa.Connection, horizon: dt.datetime, limit: int) -> list[str]
     ]
     ids: list[str] = []
     for query in queries:
+        if among is not None:
+            query = query.where(schedules.c.id.in_(sorted(among)))
         if locked:
             query = query.with_for_update(skip_locked=True)
         ids.extend(conn.execute(query).scalars())

@@ -39,6 +39,7 @@ from graph_runs.grants import billing_account_of
 from graph_runs.in_flight import InFlight, cancel_in_flight, in_flight_counts
 from graph_runs.ledger import start_run
 from graph_runs.schedules import schedule_row
+from graph_runs.slots import claim_due_slots
 from graph_runs.tables import audit, run_ledger
 
 # The overlap policy a trigger or backfill uses unless told otherwise: the user asked for
@@ -107,6 +108,40 @@ class _Overlap:
         return status, reason
 
 
+# Claims a backfill makes of its schedule's own due slots before it runs what never ran.
+_MAX_CATCH_UP_CLAIMS = 10
+
+
+def _up_to_date(conn: sa.Connection, row: Any, limits: ScheduleLimits, now: dt.datetime) -> Any:
+    """The schedule's row (locked by the caller) once its own slots due by ``now`` are claimed.
+
+    The sensor's claim owns the slots after a schedule's cursor: it would count, cancel (under
+    cancel_other) or complete the schedule on a slot a backfill had written there. So the
+    backfill first claims them, as the sensor's next tick would, under the schedule's own
+    policies; then it runs those of its range that never ran (missed, say) like any other.
+    A paused schedule is not claimed: resume records its slots, and keeps a backfill's.
+    """
+    for _ in range(_MAX_CATCH_UP_CLAIMS):
+        if not _claimable(row, now):
+            return row
+        claim_due_slots(conn, now=now, schedule_limits=limits, schedule_ids=[row.id])
+        row = schedule_row(conn, row.id)
+    if _claimable(row, now):
+        raise InvalidInput(
+            "to",
+            f"the schedule's own slots are claimed up to {format_utc(row.slot_cursor)} only; "
+            "backfill after the sensor's next ticks",
+        )
+    return row
+
+
+def _claimable(row: Any, now: dt.datetime) -> bool:
+    """The sensor would claim slots of this schedule if it ticked now."""
+    return bool(row.enabled and row.status == "active") and (
+        row.next_run_at is None or row.next_run_at <= now
+    )
+
+
 def trigger_schedule(
     conn: sa.Connection,
     schedule_id: str,
@@ -122,7 +157,7 @@ def trigger_schedule(
     The same ``request_key`` twice is one run: the second call returns the first row with
     ``created`` false.
     """
-    row = schedule_row(conn, schedule_id)
+    row = schedule_row(conn, schedule_id, lock=True)
     # Revalidated as the sensor would, whatever the row's status (``error`` included): the
     # row may be another application's, and a trigger is no way around the checks.
     spec_from_row(row, UNLIMITED, now)
@@ -178,7 +213,7 @@ def backfill_schedule(
         raise InvalidInput("to", "is before from")
     if end > now:
         raise InvalidInput("to", f"{format_utc(end)} is in the future; backfill fills the past")
-    row = schedule_row(conn, schedule_id)
+    row = schedule_row(conn, schedule_id, lock=True)
     spec = spec_from_row(row, limits, now)
     cron = spec.cron_schedule()
     if cron is None:
@@ -191,6 +226,7 @@ def backfill_schedule(
             "from",
             f"the range holds more than {MAX_BACKFILL_SLOTS} slots; backfill it in parts",
         )
+    row = _up_to_date(conn, row, limits, now)
     existing = {
         r.scheduled_for: r
         for r in conn.execute(

@@ -78,3 +78,10 @@ def set_run_status(
         .values(status=status, dagster_run_id=dagster_run_id)
     )
     return str(row.id)
+
+
+def waiting_on_a_lock(engine: sa.Engine, pid: int) -> bool:
+    """Whether the Postgres backend ``pid`` is blocked on a lock right now."""
+    with engine.connect() as conn:
+        query = sa.text("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :pid")
+        return conn.execute(query, {"pid": pid}).scalar_one_or_none() == "Lock"

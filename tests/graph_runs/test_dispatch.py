@@ -16,9 +16,13 @@ import pytest
 import sqlalchemy as sa
 
 from graph_runs.budgets import set_budget
+from graph_runs.core.schedule_spec import ScheduleLimits
+from graph_runs.firing import decide_and_fire
 from graph_runs.http.execution_client import Outcome
 from graph_runs.ledger import record_outcome
+from graph_runs.schedules import pause_schedule
 from graph_runs.tables import charge_receipts, dispatch_batches, run_ledger, schedules
+from graph_runs.triggers import backfill_schedule
 from resources.dispatch import DispatchResource
 from tests.conftest import RunningApi
 from tests.dagster_helpers import apply_partitions, launch, make_resources, tick
@@ -213,3 +217,50 @@ def test_a_poll_timeout_keeps_the_api_run_and_the_next_attempt_resumes_it(
     (row,) = rows(engine)
     assert (row.status, row.dispatch_attempts) == ("succeeded", 2)
     assert execution_api.store.executions == 1 and count(engine, charge_receipts) == 1
+
+
+def test_a_slot_paused_then_backfilled_fires_once_in_its_new_batch(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
+) -> None:
+    """Review defect: pause, then backfill, while the slot's first batch was being worked.
+
+    The first batch's run had loaded the slot before the pause; deciding at the instant, it
+    re-read the row by id, found it ``pending`` again (revived by the backfill) and fired it,
+    though it now belonged to the backfill's batch, which fired it too.
+    """
+    with engine.begin() as conn:
+        grant = make_grant(conn, LATE)
+        view = make_schedule(conn, LATE, grant, jitter_seconds=0)
+    resources, (first,) = claim(instance, database_url, execution_api, "2026-11-22T10:00:30Z")
+    (row,) = rows(engine)
+    with engine.begin() as conn:
+        pause_schedule(conn, view["id"], now=at("2026-11-22T10:00:40Z"), note="hold")
+        report = backfill_schedule(
+            conn,
+            view["id"],
+            start=at("2026-11-22T10:01:00Z"),
+            end=at("2026-11-22T10:01:00Z"),
+            now=at("2026-11-22T10:01:30Z"),
+            limits=ScheduleLimits(),
+        )
+    assert report["ran"] == 1
+    resources, requests = claim(instance, database_url, execution_api, "2026-11-22T10:01:31Z")
+    # The first batch has no run yet, so it is asked for again, beside the backfill's.
+    (second,) = [r for r in requests if r.run_key != first.run_key]
+    # The first batch's run, which loaded the slot before the pause, decides its instant now.
+    with engine.begin() as conn:
+        decided = decide_and_fire(
+            conn,
+            [row.id],
+            batch_id=first.tags["graph_runs/batch_id"],
+            dagster_run_id="first-run",
+            attempt=1,
+            now=at("2026-11-22T10:01:00Z"),
+        )
+    assert decided.firing == []
+    assert launch(instance, resources, second).success
+    assert launch(instance, resources, first).success
+    (row,) = rows(engine)
+    assert (row.status, row.trigger_kind) == ("succeeded", "backfill")
+    assert execution_api.store.executions == 1
+    assert count(engine, charge_receipts) == 1

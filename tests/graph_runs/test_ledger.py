@@ -18,7 +18,7 @@ from graph_runs.http.execution_client import Outcome, Usage
 from graph_runs.schedules import pause_schedule
 from graph_runs.slots import claim_due_slots
 from graph_runs.tables import charge_receipts, schedules
-from tests.helpers import at, make_grant, make_schedule
+from tests.helpers import at, make_grant, make_schedule, waiting_on_a_lock
 
 NOW = at("2026-11-22T10:00:30Z")
 USAGE = Usage(prompt_tokens=10, completion_tokens=5, total_tokens=15, cost_usd=Decimal("0.00003"))
@@ -154,12 +154,6 @@ def test_request_body_is_the_contracts_and_stable(engine: sa.Engine) -> None:
     assert row.idempotency_key == f"sched:{schedule_id}:2026-11-22T10:01:00Z"
 
 
-def _waiting_on_a_lock(engine: sa.Engine, pid: int) -> bool:
-    with engine.connect() as conn:
-        query = sa.text("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :pid")
-        return conn.execute(query, {"pid": pid}).scalar_one_or_none() == "Lock"
-
-
 def test_an_outcome_and_a_pause_take_their_locks_in_one_order(engine: sa.Engine) -> None:
     """A worker records an outcome while ``pause --terminate`` cancels the same run.
 
@@ -192,7 +186,7 @@ def test_an_outcome_and_a_pause_take_their_locks_in_one_order(engine: sa.Engine)
             return
         thread.start()
         for _ in range(500):  # at most about 10 s
-            if "error" in worker or ("pid" in worker and _waiting_on_a_lock(engine, worker["pid"])):
+            if "error" in worker or ("pid" in worker and waiting_on_a_lock(engine, worker["pid"])):
                 break
             time.sleep(0.02)
         assert "pid" in worker and "error" not in worker, worker

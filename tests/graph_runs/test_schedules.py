@@ -141,6 +141,61 @@ def test_external_id_is_unique_per_owner_and_a_second_create_is_a_conflict(
         assert make_schedule(conn, NOW, grant, external_id="digest-1")["id"] != first["id"]
 
 
+def _refuse_schedule_updates(conn: sa.Connection) -> None:
+    """Make the database refuse the next update of a schedule as a uniqueness violation.
+
+    Stands in for another writer taking the same external id between the update's check and
+    its write: the one error the update's statement can meet.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "RAISE EXCEPTION 'taken meanwhile' USING ERRCODE = 'unique_violation'; END $$"
+        )
+        conn.exec_driver_sql(
+            "CREATE TRIGGER refuse BEFORE UPDATE ON schedules "
+            "FOR EACH ROW EXECUTE FUNCTION refuse()"
+        )
+    else:
+        conn.exec_driver_sql(
+            "CREATE TRIGGER refuse BEFORE UPDATE ON schedules "
+            "BEGIN SELECT RAISE(ABORT, 'taken meanwhile'); END"
+        )
+
+
+def test_an_update_the_database_refuses_leaves_no_audit_entry(engine: sa.Engine) -> None:
+    """Review defect: the audit entry was written before the update.
+
+    When the update failed, a caller that went on with its transaction (and committed) kept
+    an entry for a change that never happened.
+    """
+    with engine.begin() as conn:
+        view = make_schedule(conn, NOW, make_grant(conn, NOW), external_id="digest-1")
+        _refuse_schedule_updates(conn)
+    try:
+        with engine.begin() as conn:
+            with pytest.raises(
+                Conflict, match="already has a schedule with external id 'digest-2'"
+            ):
+                update_schedule(
+                    conn, view["id"], {"external_id": "digest-2"}, limits=ScheduleLimits(), now=NOW
+                )
+            # The caller's transaction goes on, and commits.
+    finally:
+        with engine.begin() as conn:  # the Postgres test database outlives this test
+            conn.exec_driver_sql(
+                "DROP TRIGGER refuse"
+                + (" ON schedules" if conn.dialect.name == "postgresql" else "")
+            )
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql("DROP FUNCTION refuse()")
+    with engine.connect() as conn:
+        actions = conn.execute(sa.select(audit_log.c.action)).scalars().all()
+        stored = conn.execute(sa.select(schedules.c.external_id)).scalar_one()
+    assert actions == ["grant.create", "schedule.create"]
+    assert stored == "digest-1"
+
+
 def test_upsert_creates_then_updates_in_place_then_changes_nothing(engine: sa.Engine) -> None:
     with engine.begin() as conn:
         grant = make_grant(conn, NOW)
