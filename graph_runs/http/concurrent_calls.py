@@ -31,6 +31,8 @@ from graph_runs.http.execution_client import (
     invalid_response,
     is_terminal,
     not_terminal_in_time,
+    redact_error,
+    redact_outcome,
     request_content,
     request_headers,
     run_url,
@@ -167,11 +169,11 @@ class CallSession:
             try:
                 outcome = await self._caller._obtain(self._http, call, self._dagster_run_id)
             except ExecutionApiError as exc:
-                return Result(call, error=exc)
+                return Result(call, error=redact_error(exc, self._caller.token))
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 # Off the contract in a way the checks did not name: this call ends, no other.
                 return Result(call, error=_malformed(exc))
-        return Result(call, outcome=outcome)
+        return Result(call, outcome=redact_outcome(outcome, self._caller.token))
 
 
 def _malformed(exc: Exception) -> ExecutionApiError:

@@ -6,6 +6,7 @@ store compares bodies. Attempt number and Dagster run id travel in headers only.
 and the sleep are injectable so that tests never wait on the wall clock.
 """
 
+import dataclasses
 import json
 import logging
 import re
@@ -215,6 +216,20 @@ class ExecutionApiClient:
             ExecutionApiError: on a non-retryable answer, on exhausted retries, or when the
                 run is not terminal within ``timeout_seconds``.
         """
+        try:
+            outcome = self._run(graph_id, body, idempotency_key, dagster_run_id, timeout_seconds)
+        except ExecutionApiError as exc:
+            raise redact_error(exc, self.token) from None
+        return redact_outcome(outcome, self.token)
+
+    def _run(
+        self,
+        graph_id: str,
+        body: Mapping[str, Any],
+        idempotency_key: str,
+        dagster_run_id: str,
+        timeout_seconds: float | None,
+    ) -> Outcome:
         deadline = self.clock() + (timeout_seconds or self.default_run_timeout_seconds)
         content = request_content(body)
         headers = request_headers(self.token, idempotency_key, dagster_run_id)
@@ -319,6 +334,64 @@ class Retrying:
             delay,
         )
         return delay
+
+
+REDACTED = "[redacted]"
+# Shorter tokens (test tokens, say) are not searched for: taking every "t" out of a message
+# would destroy it and protect nothing.
+MIN_REDACTED_CHARS = 8
+
+
+def _secret(token: str) -> str | None:
+    secret = token.strip()
+    return secret if len(secret) >= MIN_REDACTED_CHARS else None
+
+
+def _without(text: str | None, secret: str) -> str | None:
+    return text.replace(secret, REDACTED) if text else text
+
+
+def _json_without(value: Any, secret: str) -> Any:
+    if isinstance(value, str):
+        return value.replace(secret, REDACTED)
+    if isinstance(value, list):
+        return [_json_without(item, secret) for item in value]
+    if isinstance(value, dict):
+        return {
+            _json_without(key, secret): _json_without(item, secret) for key, item in value.items()
+        }
+    return value
+
+
+def redact_outcome(outcome: Outcome, token: str) -> Outcome:
+    """The outcome with the token taken out of every text the API sent.
+
+    An API that echoes the request (its Authorization header included) into an error message
+    or an output would otherwise have the token stored in the ledger, logged and shown.
+    """
+    secret = _secret(token)
+    if secret is None:
+        return outcome
+    return dataclasses.replace(
+        outcome,
+        error_code=_without(outcome.error_code, secret),
+        error_message=_without(outcome.error_message, secret),
+        output=_json_without(outcome.output, secret),
+    )
+
+
+def redact_error(error: "ExecutionApiError", token: str) -> "ExecutionApiError":
+    """The error with the token taken out of its code and message (see ``redact_outcome``)."""
+    secret = _secret(token)
+    if secret is None or (secret not in error.code and secret not in error.message):
+        return error
+    return ExecutionApiError(
+        _without(error.code, secret) or "unknown",
+        _without(error.message, secret) or "",
+        http_status=error.http_status,
+        attempts=error.attempts,
+        api_run_id=error.api_run_id,
+    )
 
 
 TOKEN_VAR = "GRAPH_RUNS_EXECUTION_API_TOKEN"
