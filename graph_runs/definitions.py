@@ -53,6 +53,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             "execution_api": ExecutionApiResource(
                 base_url=settings.execution_api_url,
                 token=dg.EnvVar(EXECUTION_API_TOKEN_VAR),
+                max_attempts=settings.api.max_attempts,
+                request_timeout_seconds=settings.api.request_timeout_seconds,
             ),
             "clock": ClockResource(),
             "dispatch": DispatchResource(

@@ -308,9 +308,21 @@ class Dispatcher:
     # -- the lease -------------------------------------------------------------------------
 
     async def _heartbeat(self, batch_id: str, attempt: int) -> None:
+        renewed_at = self.clock()
         while True:
             await self.sleep(self.limits.heartbeat_seconds)
-            renewed, stopping = await asyncio.to_thread(self._renew, batch_id, attempt)
+            try:
+                renewed, stopping = await asyncio.to_thread(self._renew, batch_id, attempt)
+            except sa.exc.SQLAlchemyError as exc:
+                # The database is away for a moment: keep trying while the lease holds. Once
+                # it may have run out, the sensor may have moved the batch on: fire no more.
+                if self.clock() - renewed_at >= self.limits.lease:
+                    logger.warning("batch %s: lease not renewed in time: firing no more", batch_id)
+                    self._lost = True
+                    return
+                logger.warning("batch %s: could not renew the lease (%s)", batch_id, exc)
+                continue
+            renewed_at = self.clock()
             if not renewed:
                 logger.warning("batch %s moved past attempt %d: firing no more", batch_id, attempt)
                 self._lost = True

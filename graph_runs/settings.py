@@ -30,6 +30,8 @@ SLOT_ASSET_EVENTS_VAR = "GRAPH_RUNS_SLOT_ASSET_EVENTS"
 LAUNCH_ALLOWANCE_VAR = "GRAPH_RUNS_LAUNCH_ALLOWANCE_SECONDS"
 DISPATCH_LEASE_VAR = "GRAPH_RUNS_DISPATCH_LEASE_SECONDS"
 PARALLEL_RUNS_VAR = "GRAPH_RUNS_PARALLEL_DISPATCH_RUNS"
+API_MAX_ATTEMPTS_VAR = "GRAPH_RUNS_API_MAX_ATTEMPTS"
+API_REQUEST_TIMEOUT_VAR = "GRAPH_RUNS_API_REQUEST_TIMEOUT_SECONDS"
 
 DEFAULT_EXECUTION_API_URL = "http://127.0.0.1:8765"
 DEFAULT_SENSOR_INTERVAL_SECONDS = 30
@@ -74,6 +76,22 @@ class DispatchSettings:
 
 
 @dataclass(frozen=True)
+class ApiSettings:
+    """How hard the execution API is retried (README, "Security and failure model").
+
+    Attributes:
+        max_attempts: tries of one request before its slot fails ``api_unavailable``. With
+            the backoff (0.5 s doubling to 30 s) twelve ride out about three minutes of an
+            API that answers 503, hangs or resets: a deploy of the API, not an outage.
+        request_timeout_seconds: how long one request may take before it counts as failed
+            and is retried (with the same idempotency key, so nothing runs twice).
+    """
+
+    max_attempts: int = 12
+    request_timeout_seconds: int = 30
+
+
+@dataclass(frozen=True)
 class Settings:
     """Non-secret configuration taken from the environment.
 
@@ -85,6 +103,7 @@ class Settings:
         sensor_interval_seconds: minimum interval of ``graph_schedules_sensor``.
         schedule_limits: operator-set bounds on what users may schedule.
         dispatch: how slots are batched and fired.
+        api: how hard the execution API is retried.
     """
 
     home: Path
@@ -93,6 +112,7 @@ class Settings:
     sensor_interval_seconds: int
     schedule_limits: ScheduleLimits
     dispatch: DispatchSettings = DispatchSettings()
+    api: ApiSettings = ApiSettings()
 
     @property
     def default_database_url(self) -> str:
@@ -176,6 +196,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                 env, LAUNCH_ALLOWANCE_VAR, dispatch.launch_allowance_seconds, 0
             ),
             lease_seconds=_whole_number(env, DISPATCH_LEASE_VAR, dispatch.lease_seconds, 5),
+        ),
+        api=ApiSettings(
+            max_attempts=_whole_number(env, API_MAX_ATTEMPTS_VAR, ApiSettings.max_attempts, 1),
+            request_timeout_seconds=_whole_number(
+                env, API_REQUEST_TIMEOUT_VAR, ApiSettings.request_timeout_seconds, 1
+            ),
         ),
     )
 

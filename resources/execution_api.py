@@ -13,7 +13,7 @@ class ExecutionApiResource(dg.ConfigurableResource):
     base_url: str
     # Kept out of every repr: a resource's repr can reach a log or the UI.
     token: str = pydantic.Field(repr=False)
-    max_attempts: int = 5
+    max_attempts: int = 12
     backoff_base_seconds: float = 0.5
     backoff_max_seconds: float = 30.0
     request_timeout_seconds: float = 30.0

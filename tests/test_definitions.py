@@ -58,3 +58,23 @@ def test_dispatch_settings_reach_the_resource_and_the_lease_paces_the_heartbeat(
 def test_a_lease_too_short_to_renew_is_refused_by_name(tmp_path) -> None:
     with pytest.raises(SettingsError, match="GRAPH_RUNS_DISPATCH_LEASE_SECONDS must be at least 5"):
         load_settings({"GRAPH_RUNS_HOME": str(tmp_path), "GRAPH_RUNS_DISPATCH_LEASE_SECONDS": "2"})
+
+
+def test_api_retry_settings_reach_the_resource_and_ride_out_minutes_by_default(tmp_path) -> None:
+    defaults = build_definitions(load_settings({"GRAPH_RUNS_HOME": str(tmp_path)}))
+    api = defaults.resources["execution_api"]
+    assert (api.max_attempts, api.request_timeout_seconds) == (12, 30)  # type: ignore[union-attr]
+    # The backoff before the last attempt adds up to about three minutes.
+    policy = api._retry()  # type: ignore[union-attr]
+    assert 170 < sum(policy.delay(n, None) for n in range(1, policy.max_attempts)) < 200
+    settings = load_settings(
+        {
+            "GRAPH_RUNS_HOME": str(tmp_path),
+            "GRAPH_RUNS_API_MAX_ATTEMPTS": "3",
+            "GRAPH_RUNS_API_REQUEST_TIMEOUT_SECONDS": "2",
+        }
+    )
+    api = build_definitions(settings).resources["execution_api"]
+    assert (api.max_attempts, api.request_timeout_seconds) == (3, 2)  # type: ignore[union-attr]
+    with pytest.raises(SettingsError, match="GRAPH_RUNS_API_MAX_ATTEMPTS must be at least 1"):
+        load_settings({"GRAPH_RUNS_HOME": str(tmp_path), "GRAPH_RUNS_API_MAX_ATTEMPTS": "0"})

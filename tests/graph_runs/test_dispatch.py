@@ -8,6 +8,9 @@ execution API over HTTP and a real schedules database. The clock is fixed
 sleeps, so "fired at the instant, not before" is checked to the microsecond.
 """
 
+import asyncio
+import datetime as dt
+import time
 from decimal import Decimal
 from typing import Any
 
@@ -17,7 +20,9 @@ import sqlalchemy as sa
 
 from graph_runs.budgets import set_budget
 from graph_runs.core.schedule_spec import ScheduleLimits
+from graph_runs.dispatch import Dispatcher, DispatchLimits
 from graph_runs.firing import decide_and_fire
+from graph_runs.http.concurrent_calls import ConcurrentCaller
 from graph_runs.http.execution_client import Outcome
 from graph_runs.ledger import record_outcome
 from graph_runs.schedules import pause_schedule
@@ -264,3 +269,91 @@ def test_a_slot_paused_then_backfilled_fires_once_in_its_new_batch(
     assert (row.status, row.trigger_kind) == ("succeeded", "backfill")
     assert execution_api.store.executions == 1
     assert count(engine, charge_receipts) == 1
+
+
+class _RenewalsFail:
+    """The database refuses the first ``failures`` lease renewals, as a dropped connection.
+
+    Later renewals go through and are counted. Taking the lease and closing the batch are
+    other statements, left alone.
+    """
+
+    def __init__(self, engine: sa.Engine, failures: int) -> None:
+        self.failures, self.renewed = failures, 0
+        sa.event.listen(engine, "before_cursor_execute", self)
+
+    def __call__(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if not statement.startswith("UPDATE dispatch_batches SET lease_until"):
+            return
+        if self.failures:
+            self.failures -= 1
+            raise sa.exc.OperationalError(statement, None, ConnectionError("connection lost"))
+        self.renewed += 1
+
+
+class _FastTime:
+    """Time ten times faster than the wall clock, for the run, its caller and the API.
+
+    A run's heartbeat and its calls sleep side by side; a clock that each sleep moves on by
+    hand would run ahead of the heartbeat it tests. Margins are seconds of real time.
+    """
+
+    SPEED = 10
+
+    def __init__(self, start: dt.datetime) -> None:
+        self.start, self.origin = start, time.monotonic()
+
+    def elapsed(self) -> float:
+        return (time.monotonic() - self.origin) * self.SPEED
+
+    def now(self) -> dt.datetime:
+        return self.start + dt.timedelta(seconds=self.elapsed())
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds / self.SPEED)
+
+
+@pytest.mark.parametrize(("failures", "lost"), [(2, False), (100, True)])
+def test_a_lease_renewal_the_database_refuses_is_retried_while_the_lease_holds(
+    engine: sa.Engine,
+    database_url: str,
+    instance: dg.DagsterInstance,
+    execution_api: RunningApi,
+    failures: int,
+    lost: bool,
+) -> None:
+    """Review defect: one failed renewal ended the heartbeat for good, silently.
+
+    The run then fired on with a lease nobody renewed: past its expiry the sensor gave the
+    batch to another run, and both called the API for its slots. Now a refused renewal is
+    tried again at the next beat; once the lease may have run out, the run fires no more.
+    """
+    with engine.begin() as conn:
+        grant = make_grant(conn, LATE, scopes=["graph:execute:sleep"])
+        make_schedule(conn, LATE, grant, graph_id="sleep", input={"seconds": 45}, jitter_seconds=0)
+    claim(instance, database_url, execution_api, "2026-11-22T10:00:30Z")
+    (row,) = rows(engine)
+    fast = _FastTime(at("2026-11-22T10:01:00Z"))  # the run starts at the slot's instant
+    execution_api.store.clock = fast.elapsed
+    renewals = _RenewalsFail(engine, failures)
+    dispatcher = Dispatcher(
+        engine,
+        ConcurrentCaller(
+            execution_api.url,
+            execution_api.token,
+            poll_interval_seconds=5,
+            sleep=fast.sleep,
+            clock=fast.elapsed,
+        ),
+        dagster_run_id="run-1",
+        clock=fast.now,
+        sleep=fast.sleep,
+        # Renewed every 5 s; a lease of 40 s outlasts two refusals by 25 s (2.5 s of real time).
+        limits=DispatchLimits(lease=dt.timedelta(seconds=40), heartbeat_seconds=5),
+    )
+    report = asyncio.run(dispatcher.run_batch(row.batch_id, 1))
+    assert report.lease_lost is lost
+    if not lost:
+        # Renewed again after the two refusals, and the slot ran to its end, recorded.
+        assert renewals.renewed >= 1
+        assert [r.status for r in rows(engine)] == ["succeeded"]
