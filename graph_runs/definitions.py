@@ -13,6 +13,7 @@ from graph_runs.jobs import (
     graph_run_job,
     scheduled_graph_runs,
 )
+from graph_runs.jobs.drift import reconcile_job, reconcile_schedule
 from graph_runs.settings import (
     DATABASE_URL_VAR,
     EXECUTION_API_TOKEN_VAR,
@@ -42,7 +43,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     limits = settings.schedule_limits
     return dg.Definitions(
         assets=[scheduled_graph_runs],
-        jobs=[graph_run_job, dispatch_batch_job, graph_run_adhoc_job],
+        jobs=[graph_run_job, dispatch_batch_job, graph_run_adhoc_job, reconcile_job],
+        schedules=[reconcile_schedule],
         sensors=[
             make_graph_schedules_sensor(settings.sensor_interval_seconds),
             make_graph_run_approvals_sensor(settings.sensor_interval_seconds),

@@ -104,6 +104,7 @@ class Settings:
         schedule_limits: operator-set bounds on what users may schedule.
         dispatch: how slots are batched and fired.
         api: how hard the execution API is retried.
+        dagster_home: ``DAGSTER_HOME``, where the command line finds Dagster's instance.
     """
 
     home: Path
@@ -113,6 +114,7 @@ class Settings:
     schedule_limits: ScheduleLimits
     dispatch: DispatchSettings = DispatchSettings()
     api: ApiSettings = ApiSettings()
+    dagster_home: str | None = None
 
     @property
     def default_database_url(self) -> str:
@@ -197,6 +199,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             ),
             lease_seconds=_whole_number(env, DISPATCH_LEASE_VAR, dispatch.lease_seconds, 5),
         ),
+        dagster_home=env.get("DAGSTER_HOME") or None,
         api=ApiSettings(
             max_attempts=_whole_number(env, API_MAX_ATTEMPTS_VAR, ApiSettings.max_attempts, 1),
             request_timeout_seconds=_whole_number(

@@ -13,8 +13,10 @@ from graph_runs.cli.billing import billing, budgets
 from graph_runs.cli.db import db
 from graph_runs.cli.dev import dev
 from graph_runs.cli.grants import grants
+from graph_runs.cli.reconcile import reconcile_command
 from graph_runs.cli.schedules import schedules
 from graph_runs.cli.servers import execution_api
+from graph_runs.cli.status import status
 from graph_runs.db import SchemaError
 from graph_runs.errors import GraphRunsError
 from graph_runs.settings import SettingsError
@@ -25,14 +27,27 @@ def cli() -> None:
     """graph-runs: users' scheduled AI graph runs, fired exactly once per slot by Dagster."""
 
 
-for group in (db, grants, budgets, billing, approvals, webhooks, schedules, execution_api, dev):
+for group in (
+    db,
+    grants,
+    budgets,
+    billing,
+    approvals,
+    webhooks,
+    schedules,
+    status,
+    reconcile_command,
+    execution_api,
+    dev,
+):
     cli.add_command(group)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; every user error is one line on stderr and exit status 2."""
     try:
-        cli.main(args=argv, prog_name="graph-runs", standalone_mode=False)
+        # Not standalone, click hands back the code of a command's ctx.exit() (a probe's 1).
+        code = cli.main(args=argv, prog_name="graph-runs", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.exceptions.Abort:
@@ -44,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     except (GraphRunsError, SchemaError, SettingsError) as exc:
         click.echo(f"error: {exc}", err=True)
         return 2
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

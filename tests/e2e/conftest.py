@@ -125,3 +125,10 @@ def stack(
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+        # The code server a daemon spawned shares its process group and outlives a SIGTERM
+        # (its heartbeat did not end it either): end whatever of the group is left. The group
+        # is this test's own, made by start_new_session.
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

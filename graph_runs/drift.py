@@ -1,0 +1,439 @@
+"""Drift: what should be (the schedules database) against what is (Dagster, the ledger).
+
+``find_drift`` lists each disagreement as a ``Finding``: its kind, the ids, and the repair.
+``repair`` makes the repairs that are safe, each with one ``audit_log`` entry, and leaves
+the rest for a person, saying so. Dagster's side (partitions, runs) arrives as plain
+``DagsterFacts``, so that this module is tested without Dagster; ``graph_runs.jobs.drift``
+reads them from an instance, for the command line and for the hourly job.
+
+Kinds, and what ``--fix`` does:
+
+- ``partition_missing`` / ``partition_orphaned``: a live schedule without its partition, a
+  partition without a live schedule. Added or deleted (by the caller, which holds Dagster).
+- ``next_run_missing``: an active schedule without ``next_run_at`` (another application's
+  row, say). Set from now, as an update of its timing would.
+- ``next_run_behind``: an active schedule whose next slot is due for longer than its
+  catch-up window: the sensor is not running or not keeping up. Claimed now, under the
+  schedule's policies, as the sensor's next tick would.
+- ``run_ended_unrecorded``: a ledger row not final whose own Dagster run ended or is gone.
+  Settled as the sensor settles it (failed, or cancelled).
+- ``lease_expired``: an open batch whose dispatch run stopped renewing its lease. Left for
+  the sensor, which dispatches the next attempt: if it is not doing so, the daemon is down.
+- ``run_without_row``: a run of graph-runs' jobs that no ledger row or batch points back to
+  (launched by hand with made-up tags, say). Left for a person.
+- ``succeeded_without_receipt`` / ``receipt_without_success``: money the ledger cannot
+  account for. Left for a person: a receipt is never invented or deleted.
+- ``schedule_in_error``: a row that does not validate. Left for a person (its reason is in
+  ``last_error``; fix the row, then ``schedules resume``).
+- ``schedule_on_dead_grant``: an enabled schedule whose grant is revoked or expired. Paused,
+  with a note naming the grant, as revoking the grant does.
+"""
+
+import datetime as dt
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from graph_runs.core.cron import format_utc
+from graph_runs.core.schedule_spec import ScheduleLimits, spec_from_row
+from graph_runs.errors import InvalidInput
+from graph_runs.reconcile import DAGSTER_ENDED, apply_run_statuses, runs_to_reconcile
+from graph_runs.revocation import GRANT_PAUSER
+from graph_runs.schedules import next_due, pause_schedule
+from graph_runs.slots import claim_due_slots
+from graph_runs.tables import (
+    ACTIVE_SCHEDULE,
+    audit,
+    charge_receipts,
+    dispatch_batches,
+    execution_grants,
+    run_ledger,
+    schedules,
+)
+
+ACTOR = "graph-runs reconcile"
+# Most ids one finding lists; the count says how many there are in all.
+MAX_IDS = 100
+# Rows a check reads at most, so that a huge drift is reported, not read whole.
+MAX_ROWS = 10_000
+FIXABLE = frozenset(
+    {
+        "partition_missing",
+        "partition_orphaned",
+        "next_run_missing",
+        "next_run_behind",
+        "run_ended_unrecorded",
+        "schedule_on_dead_grant",
+    }
+)
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """One Dagster run of graph-runs' jobs, as drift needs it."""
+
+    run_id: str
+    job_name: str
+    status: str
+    ledger_id: str | None = None
+    batch_id: str | None = None
+
+
+@dataclass(frozen=True)
+class DagsterFacts:
+    """Dagster's side: the schedule partitions, run statuses, and graph-runs' runs."""
+
+    partitions: frozenset[str]
+    run_statuses: Callable[[list[str]], Mapping[str, str]]
+    runs: Sequence[RunFacts] = ()
+
+
+@dataclass
+class Finding:
+    """One kind of drift: which ids, and what repairs it."""
+
+    kind: str
+    ids: list[str]
+    detail: str
+    repair: str
+    count: int = 0
+    fixable: bool = False
+    repaired: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """For ``--json`` and the job's metadata."""
+        return asdict(self)
+
+
+def _finding(kind: str, ids: Sequence[str], detail: str, repair: str) -> Finding:
+    return Finding(
+        kind=kind,
+        ids=sorted(ids)[:MAX_IDS],
+        detail=detail,
+        repair=repair,
+        count=len(ids),
+        fixable=kind in FIXABLE,
+    )
+
+
+def _partitions(conn: sa.Connection, facts: DagsterFacts) -> list[Finding]:
+    live = set(
+        conn.execute(
+            sa.select(schedules.c.id).where(schedules.c.status != "deleted").limit(MAX_ROWS * 10)
+        ).scalars()
+    )
+    found = []
+    missing = live - facts.partitions
+    if missing:
+        found.append(
+            _finding(
+                "partition_missing",
+                list(missing),
+                "live schedules without their partition of graph_run_schedules",
+                "add the partitions",
+            )
+        )
+    orphaned = facts.partitions - live
+    if orphaned:
+        found.append(
+            _finding(
+                "partition_orphaned",
+                list(orphaned),
+                "partitions of graph_run_schedules without a live schedule",
+                "delete the partitions",
+            )
+        )
+    return found
+
+
+def _schedules(conn: sa.Connection, now: dt.datetime, limits: ScheduleLimits) -> list[Finding]:
+    found = []
+    missing = list(
+        conn.execute(
+            sa.select(schedules.c.id)
+            .where(ACTIVE_SCHEDULE, schedules.c.next_run_at.is_(None))
+            .limit(MAX_ROWS)
+        ).scalars()
+    )
+    if missing:
+        found.append(
+            _finding(
+                "next_run_missing",
+                missing,
+                "active schedules without a next run",
+                "set next_run_at from now",
+            )
+        )
+    behind = []
+    due = conn.execute(
+        sa.select(schedules)
+        .where(ACTIVE_SCHEDULE, schedules.c.next_run_at <= now)
+        .order_by(schedules.c.next_run_at)
+        .limit(MAX_ROWS)
+    )
+    for row in due:
+        try:
+            window = spec_from_row(row, limits, now).policies().catchup_window
+        except InvalidInput:
+            continue  # the sensor marks it error; that is its own finding then
+        if now - row.next_run_at > window:
+            behind.append(row.id)
+    if behind:
+        found.append(
+            _finding(
+                "next_run_behind",
+                behind,
+                "active schedules whose next slot has been due for longer than their "
+                "catch-up window: is the daemon running?",
+                "claim their due slots now, under their policies, as the sensor would",
+            )
+        )
+    in_error = list(
+        conn.execute(
+            sa.select(schedules.c.id).where(schedules.c.status == "error").limit(MAX_ROWS)
+        ).scalars()
+    )
+    if in_error:
+        found.append(
+            _finding(
+                "schedule_in_error",
+                in_error,
+                "schedules that do not validate (see `schedules describe` for the reason)",
+                "left for a person: fix the row, then `schedules resume`",
+            )
+        )
+    dead = list(
+        conn.execute(
+            sa.select(schedules.c.id)
+            .join(execution_grants, execution_grants.c.id == schedules.c.grant_id)
+            .where(
+                schedules.c.enabled,
+                schedules.c.status.in_(["active", "error"]),
+                sa.or_(
+                    execution_grants.c.revoked_at.is_not(None),
+                    execution_grants.c.expires_at <= now,
+                ),
+            )
+            .limit(MAX_ROWS)
+        ).scalars()
+    )
+    if dead:
+        found.append(
+            _finding(
+                "schedule_on_dead_grant",
+                dead,
+                "enabled schedules whose grant is revoked or expired: every slot would fail",
+                "pause them, naming the grant",
+            )
+        )
+    return found
+
+
+def _runs(conn: sa.Connection, now: dt.datetime, facts: DagsterFacts) -> list[Finding]:
+    found = []
+    rows = runs_to_reconcile(conn, MAX_ROWS)
+    statuses = facts.run_statuses(sorted({r.dagster_run_id for r in rows}))
+    ended = [
+        r.id
+        for r in rows
+        if statuses.get(r.dagster_run_id) is None or statuses[r.dagster_run_id] in DAGSTER_ENDED
+    ]
+    if ended:
+        found.append(
+            _finding(
+                "run_ended_unrecorded",
+                ended,
+                "ledger rows not final whose Dagster run ended or is gone",
+                "settle them as the sensor does (failed, or cancelled)",
+            )
+        )
+    expired = list(
+        conn.execute(
+            sa.select(dispatch_batches.c.id)
+            .where(dispatch_batches.c.status == "open", dispatch_batches.c.lease_until < now)
+            .limit(MAX_ROWS)
+        ).scalars()
+    )
+    if expired:
+        found.append(
+            _finding(
+                "lease_expired",
+                expired,
+                "open batches whose dispatch run stopped renewing its lease",
+                "left for the sensor, which dispatches the next attempt: if it has not, "
+                "is the daemon running?",
+            )
+        )
+    ledger_ids = [r.ledger_id for r in facts.runs if r.ledger_id]
+    batch_ids = [r.batch_id for r in facts.runs if r.batch_id]
+    pointed: dict[str, str | None] = {}
+    for start in range(0, len(ledger_ids), 1000):
+        query = sa.select(run_ledger.c.id, run_ledger.c.dagster_run_id).where(
+            run_ledger.c.id.in_(ledger_ids[start : start + 1000])
+        )
+        pointed.update({row.id: row.dagster_run_id for row in conn.execute(query)})
+    known_batches: set[str] = set()
+    for start in range(0, len(batch_ids), 1000):
+        query = sa.select(dispatch_batches.c.id).where(
+            dispatch_batches.c.id.in_(batch_ids[start : start + 1000])
+        )
+        known_batches.update(conn.execute(query).scalars())
+    strays = [
+        r.run_id
+        for r in facts.runs
+        if (r.batch_id is not None and r.batch_id not in known_batches)
+        or (r.batch_id is None and r.ledger_id is not None and r.ledger_id not in pointed)
+        or (r.batch_id is None and r.ledger_id is None and r.job_name != "graph_run_adhoc_job")
+    ]
+    if strays:
+        found.append(
+            _finding(
+                "run_without_row",
+                strays,
+                "runs of graph-runs' jobs that no ledger row or batch points back to",
+                "left for a person: a run launched by hand outside graph-runs?",
+            )
+        )
+    return found
+
+
+def _money(conn: sa.Connection) -> list[Finding]:
+    found = []
+    no_receipt = list(
+        conn.execute(
+            sa.select(run_ledger.c.id)
+            .select_from(
+                run_ledger.outerjoin(
+                    charge_receipts, charge_receipts.c.graph_run_id == run_ledger.c.id
+                )
+            )
+            .where(run_ledger.c.status == "succeeded", charge_receipts.c.graph_run_id.is_(None))
+            .limit(MAX_ROWS)
+        ).scalars()
+    )
+    if no_receipt:
+        found.append(
+            _finding(
+                "succeeded_without_receipt",
+                no_receipt,
+                "succeeded runs whose cost was never recorded",
+                "left for a person: look the run up at the API by its api_run_id",
+            )
+        )
+    stray_receipts = list(
+        conn.execute(
+            sa.select(charge_receipts.c.graph_run_id)
+            .select_from(
+                charge_receipts.outerjoin(
+                    run_ledger, run_ledger.c.id == charge_receipts.c.graph_run_id
+                )
+            )
+            .where(sa.or_(run_ledger.c.id.is_(None), run_ledger.c.status != "succeeded"))
+            .limit(MAX_ROWS)
+        ).scalars()
+    )
+    if stray_receipts:
+        found.append(
+            _finding(
+                "receipt_without_success",
+                stray_receipts,
+                "receipts whose ledger row is missing or not succeeded",
+                "left for a person: a receipt is never deleted",
+            )
+        )
+    return found
+
+
+def find_drift(
+    conn: sa.Connection,
+    *,
+    now: dt.datetime,
+    limits: ScheduleLimits,
+    dagster: DagsterFacts | None,
+) -> list[Finding]:
+    """Every finding, in a fixed order; without ``dagster``, only the database's side."""
+    found = _partitions(conn, dagster) if dagster is not None else []
+    found += _schedules(conn, now, limits)
+    if dagster is not None:
+        found += _runs(conn, now, dagster)
+    return found + _money(conn)
+
+
+def _audit(conn: sa.Connection, now: dt.datetime, finding: Finding, entity: str) -> None:
+    audit(
+        conn,
+        at=now,
+        actor=ACTOR,
+        action=f"reconcile.{finding.kind}",
+        entity_type="schedule" if entity.startswith("sch") else "ledger",
+        entity_id=entity,
+        detail={"repair": finding.repair},
+    )
+
+
+def repair(
+    conn: sa.Connection,
+    findings: list[Finding],
+    *,
+    now: dt.datetime,
+    limits: ScheduleLimits,
+    dagster: DagsterFacts | None,
+) -> None:
+    """Repair what the database holds; fills each finding's ``repaired``.
+
+    Partition findings are the caller's to repair (it holds Dagster); it records them with
+    ``record_partition_repairs``.
+    """
+    for finding in findings:
+        if finding.kind == "next_run_missing":
+            for row in conn.execute(sa.select(schedules).where(schedules.c.id.in_(finding.ids))):
+                try:
+                    spec = spec_from_row(row, limits, now)
+                except InvalidInput:
+                    continue
+                _slot, due = next_due(spec, row.id, now)
+                conn.execute(
+                    schedules.update()
+                    .where(schedules.c.id == row.id, schedules.c.next_run_at.is_(None))
+                    .values(
+                        next_run_at=due,
+                        status="active" if due is not None else "completed",
+                        updated_at=now,
+                    )
+                )
+                _audit(conn, now, finding, row.id)
+                finding.repaired.append(row.id)
+        elif finding.kind == "next_run_behind":
+            claim_due_slots(conn, now=now, schedule_limits=limits, schedule_ids=finding.ids)
+            for schedule_id in finding.ids:
+                _audit(conn, now, finding, schedule_id)
+                finding.repaired.append(schedule_id)
+        elif finding.kind == "run_ended_unrecorded" and dagster is not None:
+            rows = [r for r in runs_to_reconcile(conn, MAX_ROWS) if r.id in set(finding.ids)]
+            statuses = dagster.run_statuses(sorted({r.dagster_run_id for r in rows}))
+            apply_run_statuses(conn, rows, dict(statuses), now=now)
+            for row in rows:
+                _audit(conn, now, finding, row.id)
+                finding.repaired.append(row.id)
+        elif finding.kind == "schedule_on_dead_grant":
+            for schedule_id in finding.ids:
+                grant = conn.execute(
+                    sa.select(schedules.c.grant_id).where(schedules.c.id == schedule_id)
+                ).scalar_one()
+                note = (
+                    f"grant {grant} is revoked or expired (found by reconcile at {format_utc(now)})"
+                )
+                pause_schedule(conn, schedule_id, now=now, note=note, by=GRANT_PAUSER)
+                _audit(conn, now, finding, schedule_id)
+                finding.repaired.append(schedule_id)
+
+
+def record_partition_repairs(
+    conn: sa.Connection, finding: Finding, keys: list[str], *, now: dt.datetime
+) -> None:
+    """One audit entry per partition the caller added or deleted."""
+    for key in keys:
+        _audit(conn, now, finding, key)
+    finding.repaired.extend(keys)

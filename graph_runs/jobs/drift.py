@@ -1,0 +1,156 @@
+"""Drift repair with Dagster's side read from an instance: the command line and the hourly job.
+
+``graph_runs.drift`` finds and repairs; this module gives it Dagster's facts (partitions,
+run statuses, graph-runs' recent runs), repairs the partitions, and runs it all as
+``reconcile_job`` on ``reconcile_schedule`` (hourly), its findings shown as metadata.
+"""
+
+import datetime as dt
+from typing import Any
+
+import dagster as dg
+import sqlalchemy as sa
+
+from graph_runs import drift
+from graph_runs.batches import BATCH_ID_TAG
+from graph_runs.core.schedule_spec import ScheduleLimits
+from graph_runs.jobs.partitions import SCHEDULE_PARTITIONS_NAME
+from graph_runs.ledger import LEDGER_ID_TAG
+from resources import ClockResource, DatabaseResource, ScheduleLimitsResource
+
+OUR_JOBS = ("graph_run_job", "dispatch_batch_job", "graph_run_adhoc_job")
+# Runs looked at for `run_without_row`: those updated within this window.
+RECENT_RUNS = dt.timedelta(days=1)
+MAX_RUNS_LOOKED_AT = 5_000
+CHUNK = 500
+
+
+def dagster_facts(instance: dg.DagsterInstance, now: dt.datetime) -> drift.DagsterFacts:
+    """Dagster's side of the comparison, read in batches."""
+
+    def statuses(run_ids: list[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for start in range(0, len(run_ids), CHUNK):
+            chunk = run_ids[start : start + CHUNK]
+            for record in instance.get_run_records(dg.RunsFilter(run_ids=chunk)):
+                found[record.dagster_run.run_id] = record.dagster_run.status.value
+        return found
+
+    runs = [
+        drift.RunFacts(
+            run_id=record.dagster_run.run_id,
+            job_name=record.dagster_run.job_name,
+            status=record.dagster_run.status.value,
+            ledger_id=record.dagster_run.tags.get(LEDGER_ID_TAG),
+            batch_id=record.dagster_run.tags.get(BATCH_ID_TAG),
+        )
+        for job in OUR_JOBS
+        for record in instance.get_run_records(
+            dg.RunsFilter(job_name=job, updated_after=now - RECENT_RUNS),
+            limit=MAX_RUNS_LOOKED_AT,
+        )
+    ]
+    return drift.DagsterFacts(
+        partitions=frozenset(instance.get_dynamic_partitions(SCHEDULE_PARTITIONS_NAME)),
+        run_statuses=statuses,
+        runs=runs,
+    )
+
+
+def reconcile(
+    engine: sa.Engine,
+    instance: dg.DagsterInstance | None,
+    *,
+    now: dt.datetime,
+    limits: ScheduleLimits,
+    fix: bool,
+) -> list[drift.Finding]:
+    """Find drift, and with ``fix`` repair what is safe; Dagster's side if ``instance``."""
+    facts = dagster_facts(instance, now) if instance is not None else None
+    with engine.begin() as conn:
+        findings = drift.find_drift(conn, now=now, limits=limits, dagster=facts)
+        if not fix:
+            return findings
+        drift.repair(conn, findings, now=now, limits=limits, dagster=facts)
+    if instance is not None:
+        for finding in findings:
+            if finding.kind == "partition_missing":
+                keys = finding.ids
+                instance.add_dynamic_partitions(SCHEDULE_PARTITIONS_NAME, keys)
+            elif finding.kind == "partition_orphaned":
+                keys = finding.ids
+                for key in keys:
+                    instance.delete_dynamic_partition(SCHEDULE_PARTITIONS_NAME, key)
+            else:
+                continue
+            with engine.begin() as conn:
+                drift.record_partition_repairs(conn, finding, keys, now=now)
+    return findings
+
+
+class ReconcileConfig(dg.Config):
+    """Whether the hourly run repairs what is safe, or only reports."""
+
+    fix: bool = True
+
+
+@dg.op
+def reconcile_drift(
+    context: dg.OpExecutionContext,
+    config: ReconcileConfig,
+    database: DatabaseResource,
+    clock: ClockResource,
+    schedule_limits: ScheduleLimitsResource,
+) -> dg.Output[list[dict[str, Any]]]:
+    """Compare the schedules database with Dagster; repair what is safe; report the rest."""
+    findings = reconcile(
+        database.engine(),
+        context.instance,
+        now=clock.now(),
+        limits=schedule_limits.limits(),
+        fix=config.fix,
+    )
+    left = [f for f in findings if len(f.repaired) < f.count]
+    for finding in findings:
+        log = context.log.warning if finding in left else context.log.info
+        log(
+            f"{finding.kind}: {finding.count} ({finding.detail}); "
+            f"repaired {len(finding.repaired)}; {finding.repair}"
+        )
+    return dg.Output(
+        [f.as_dict() for f in findings],
+        metadata={
+            "findings": len(findings),
+            "left_for_a_person": len(left),
+            "by_kind": dg.MetadataValue.json(
+                {f.kind: {"count": f.count, "repaired": len(f.repaired)} for f in findings}
+            ),
+            "report": dg.MetadataValue.md(
+                "\n".join(
+                    f"- **{f.kind}** ({f.count}, repaired {len(f.repaired)}): {f.detail}; "
+                    f"{f.repair}"
+                    for f in findings
+                )
+                or "no drift"
+            ),
+        },
+    )
+
+
+@dg.job
+def reconcile_job() -> None:
+    """Repair drift between the schedules database and Dagster (hourly)."""
+    reconcile_drift()
+
+
+reconcile_schedule = dg.ScheduleDefinition(
+    name="reconcile_hourly",
+    job=reconcile_job,
+    cron_schedule="17 * * * *",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
+
+
+def configured_instance(dagster_home: str | None) -> dg.DagsterInstance | None:
+    """The Dagster instance of ``DAGSTER_HOME``, or None when none is set (database only)."""
+    return dg.DagsterInstance.get() if dagster_home else None
