@@ -14,6 +14,7 @@ from graph_runs.jobs import (
     scheduled_graph_runs,
 )
 from graph_runs.jobs.drift import reconcile_job, reconcile_schedule
+from graph_runs.jobs.slot_checks import SLOT_CHECKS, slot_checks_job, slot_checks_schedule
 from graph_runs.settings import (
     DATABASE_URL_VAR,
     EXECUTION_API_TOKEN_VAR,
@@ -43,8 +44,15 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     limits = settings.schedule_limits
     return dg.Definitions(
         assets=[scheduled_graph_runs],
-        jobs=[graph_run_job, dispatch_batch_job, graph_run_adhoc_job, reconcile_job],
-        schedules=[reconcile_schedule],
+        asset_checks=SLOT_CHECKS,
+        jobs=[
+            graph_run_job,
+            dispatch_batch_job,
+            graph_run_adhoc_job,
+            reconcile_job,
+            slot_checks_job,
+        ],
+        schedules=[reconcile_schedule, slot_checks_schedule],
         sensors=[
             make_graph_schedules_sensor(settings.sensor_interval_seconds),
             make_graph_run_approvals_sensor(settings.sensor_interval_seconds),

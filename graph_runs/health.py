@@ -155,6 +155,43 @@ def _in_error(conn: sa.Connection) -> dict[str, Any]:
     return {"count": count, "ids": list(ids)}
 
 
+# Failures that are graph-runs' own, not the graph's or a policy's: the machinery lost them.
+LOST_CODES = ("dispatch_lost", "dagster_run_lost", "dagster_run_failed")
+
+
+def unserved_schedules(conn: sa.Connection, now: dt.datetime) -> dict[str, int]:
+    """Schedules with slots missed, or lost by the machinery, over the last hour: {id: slots}.
+
+    What an alert names. Slots skipped by a policy (overlap, budget, a pause, no approval)
+    are the schedule's choice, not a miss.
+    """
+    query = (
+        sa.select(run_ledger.c.schedule_id, sa.func.count())
+        .where(
+            run_ledger.c.created_at >= now - LAG_WINDOW,
+            run_ledger.c.schedule_id.is_not(None),
+            sa.or_(
+                run_ledger.c.status == MISSED,
+                sa.and_(run_ledger.c.status == FAILED, run_ledger.c.error_code.in_(LOST_CODES)),
+            ),
+        )
+        .group_by(run_ledger.c.schedule_id)
+    )
+    return {schedule_id: count for schedule_id, count in conn.execute(query)}
+
+
+def backlog_and_lag(
+    conn: sa.Connection, now: dt.datetime, thresholds: Thresholds
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The due backlog and the last hour's dispatch lag."""
+    return _backlog(conn, now, dt.timedelta(seconds=thresholds.grace_seconds)), _lag(conn, now)
+
+
+def schedules_in_error(conn: sa.Connection) -> dict[str, Any]:
+    """How many schedules are in ``error``, and the latest of their ids."""
+    return _in_error(conn)
+
+
 def health(conn: sa.Connection, *, now: dt.datetime, thresholds: Thresholds) -> dict[str, Any]:
     """Every signal, the thresholds breached (``problems``) and ``healthy``."""
     backlog = _backlog(conn, now, dt.timedelta(seconds=thresholds.grace_seconds))

@@ -1,0 +1,100 @@
+"""Health as Dagster asset checks on the slots asset, run every five minutes.
+
+Each check fails naming the schedules concerned, so that a Dagster+ alert policy on asset
+checks (or an OSS sensor on check evaluations) can tell someone which schedule missed, the
+alert users of Temporal ask for most. The figures are ``graph_runs.health``'s, the same as
+``graph-runs status``.
+"""
+
+import dagster as dg
+
+from graph_runs import health
+from graph_runs.jobs.partitions import SLOT_ASSET_KEY
+from resources import ClockResource, DatabaseResource
+
+THRESHOLDS = health.Thresholds()
+
+
+def _ids(ids: list[str]) -> str:
+    shown = ids[: health.MAX_IDS]
+    more = f" (+{len(ids) - len(shown)} more)" if len(ids) > len(shown) else ""
+    return " ".join(shown) + more
+
+
+@dg.asset_check(
+    asset=SLOT_ASSET_KEY,
+    description="No slot missed, or lost by graph-runs, in the last hour (policy skips aside).",
+)
+def no_slot_missed_last_hour(
+    database: DatabaseResource, clock: ClockResource
+) -> dg.AssetCheckResult:
+    """Fails naming each schedule with a slot missed or lost in the last hour."""
+    with database.engine().connect() as conn:
+        unserved = health.unserved_schedules(conn, clock.now())
+    ids = sorted(unserved)
+    return dg.AssetCheckResult(
+        passed=not unserved,
+        description=(
+            f"{sum(unserved.values())} slot(s) of {len(ids)} schedule(s) missed or lost in "
+            f"the last hour: {_ids(ids)}"
+            if unserved
+            else "every slot of the last hour fired or was skipped by policy"
+        ),
+        metadata={"schedules": _ids(ids), "slots": sum(unserved.values())},
+    )
+
+
+@dg.asset_check(
+    asset=SLOT_ASSET_KEY,
+    description="Slots fire on time: no due backlog, and the last hour's p99 lag within bounds.",
+)
+def dispatch_lag_within_bounds(
+    database: DatabaseResource, clock: ClockResource
+) -> dg.AssetCheckResult:
+    """Fails when slots wait past the grace, or the p99 lag exceeds its bound."""
+    with database.engine().connect() as conn:
+        backlog, lag = health.backlog_and_lag(conn, clock.now(), THRESHOLDS)
+    limit = THRESHOLDS.max_lag_p99_seconds
+    slow = lag["p99_seconds"] is not None and limit is not None and lag["p99_seconds"] > limit
+    late = backlog["total"] > (THRESHOLDS.max_backlog or 0)
+    return dg.AssetCheckResult(
+        passed=not (slow or late),
+        description=(
+            f"backlog {backlog['total']} slot(s), oldest due {backlog['oldest_due_at'] or '-'}; "
+            f"p99 lag {lag['p99_seconds']} s over {lag['slots']} slot(s) (bound {limit} s)"
+        ),
+        metadata={
+            "backlog": backlog["total"],
+            "oldest_age_seconds": backlog["oldest_age_seconds"] or 0,
+            "p50_seconds": lag["p50_seconds"] or 0.0,
+            "p99_seconds": lag["p99_seconds"] or 0.0,
+        },
+    )
+
+
+@dg.asset_check(asset=SLOT_ASSET_KEY, description="No schedule is in error (invalid, not firing).")
+def no_schedule_in_error(database: DatabaseResource) -> dg.AssetCheckResult:
+    """Fails naming the schedules in ``error``; each one's reason is in its ``last_error``."""
+    with database.engine().connect() as conn:
+        in_error = health.schedules_in_error(conn)
+    return dg.AssetCheckResult(
+        passed=in_error["count"] == 0,
+        description=(
+            f"{in_error['count']} schedule(s) in error: {' '.join(in_error['ids'])}"
+            if in_error["count"]
+            else "no schedule in error"
+        ),
+        metadata={"schedules": " ".join(in_error["ids"]), "count": in_error["count"]},
+    )
+
+
+SLOT_CHECKS = [no_slot_missed_last_hour, dispatch_lag_within_bounds, no_schedule_in_error]
+slot_checks_job = dg.define_asset_job(
+    "slot_health_checks", selection=dg.AssetSelection.checks_for_assets(SLOT_ASSET_KEY)
+)
+slot_checks_schedule = dg.ScheduleDefinition(
+    name="slot_health_checks_every_5_minutes",
+    job=slot_checks_job,
+    cron_schedule="*/5 * * * *",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
