@@ -15,6 +15,10 @@ def _limit(value: Any) -> Any:
     return None if value < 0 else value
 
 
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value} s"
+
+
 def _human(data: dict[str, Any]) -> str:
     backlog, lag, approvals = data["backlog"], data["lag_last_hour"], data["approvals"]
     lines = [
@@ -22,8 +26,8 @@ def _human(data: dict[str, Any]) -> str:
         *(f"  problem: {p}" for p in data["problems"]),
         f"  due backlog: {backlog['total']} ({backlog['claimed_not_fired']} claimed, "
         f"{backlog['due_not_claimed']} unclaimed); oldest due {backlog['oldest_due_at'] or '-'}",
-        f"  dispatch lag, last hour: {lag['slots']} slot(s), p50 {lag['p50_seconds']} s, "
-        f"p99 {lag['p99_seconds']} s",
+        f"  dispatch lag, last hour: {lag['slots']} slot(s), p50 {_seconds(lag['p50_seconds'])}, "
+        f"p99 {_seconds(lag['p99_seconds'])}",
     ]
     for status, reasons in data["not_run_last_24h"].items():
         detail = ", ".join(f"{code} {n}" for code, n in reasons.items())

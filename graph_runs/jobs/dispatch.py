@@ -233,6 +233,11 @@ def dispatch_slots(
     )
 
 
+# The sensor retries a dispatch run itself (the batch's next attempt, fenced by its lease);
+# a run retry by Dagster as well would be a second run of the same attempt.
+NO_RUN_RETRIES = {"dagster/max_retries": "0"}
+
+
 @dg.graph
 def dispatch() -> None:
     """Fire slots at their instant and record them."""
@@ -247,6 +252,7 @@ graph_run_job = dispatch.to_job(
     ),
     partitions_def=schedule_partitions,
     executor_def=dg.in_process_executor,
+    tags=NO_RUN_RETRIES,
 )
 
 dispatch_batch_job = dispatch.to_job(
@@ -255,4 +261,5 @@ dispatch_batch_job = dispatch.to_job(
         "A batch of many scheduled slots, each fired at its instant (run key batch:{id}:{attempt})."
     ),
     executor_def=dg.in_process_executor,
+    tags=NO_RUN_RETRIES,
 )

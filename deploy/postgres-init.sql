@@ -1,0 +1,2 @@
+-- The schedules database beside Dagster's own (POSTGRES_DB), on first start only.
+CREATE DATABASE graph_runs OWNER dagster;
