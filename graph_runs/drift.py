@@ -1,10 +1,11 @@
 """Drift: what should be (the schedules database) against what is (Dagster, the ledger).
 
-``find_drift`` lists each disagreement as a ``Finding``: its kind, the ids, and the repair.
-``repair`` makes the repairs that are safe, each with one ``audit_log`` entry, and leaves
-the rest for a person, saying so. Dagster's side (partitions, runs) arrives as plain
-``DagsterFacts``, so that this module is tested without Dagster; ``graph_runs.jobs.drift``
-reads them from an instance, for the command line and for the hourly job.
+``find_drift`` lists each disagreement as a ``Finding``: its kind, the ids, and the repair;
+``graph_runs.drift_repair`` makes the repairs that are safe, each with one ``audit_log``
+entry, and leaves the rest for a person, saying so. Dagster's side (partitions, runs)
+arrives as plain ``DagsterFacts``, so that neither module imports Dagster;
+``graph_runs.jobs.drift`` reads them from an instance, for the command line and the hourly
+job.
 
 Kinds, and what ``--fix`` does:
 
@@ -36,16 +37,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from graph_runs.core.cron import format_utc
 from graph_runs.core.schedule_spec import ScheduleLimits, spec_from_row
 from graph_runs.errors import InvalidInput
-from graph_runs.reconcile import DAGSTER_ENDED, apply_run_statuses, runs_to_reconcile
-from graph_runs.revocation import GRANT_PAUSER
-from graph_runs.schedules import next_due, pause_schedule
-from graph_runs.slots import claim_due_slots
+from graph_runs.reconcile import DAGSTER_ENDED, runs_to_reconcile
 from graph_runs.tables import (
     ACTIVE_SCHEDULE,
-    audit,
     charge_receipts,
     dispatch_batches,
     execution_grants,
@@ -53,7 +49,6 @@ from graph_runs.tables import (
     schedules,
 )
 
-ACTOR = "graph-runs reconcile"
 # Most ids one finding lists; the count says how many there are in all.
 MAX_IDS = 100
 # Rows a check reads at most, so that a huge drift is reported, not read whole.
@@ -119,10 +114,9 @@ def _finding(kind: str, ids: Sequence[str], detail: str, repair: str) -> Finding
 
 
 def _partitions(conn: sa.Connection, facts: DagsterFacts) -> list[Finding]:
+    # Every live id, unbounded: a partial list would make live schedules look orphaned.
     live = set(
-        conn.execute(
-            sa.select(schedules.c.id).where(schedules.c.status != "deleted").limit(MAX_ROWS * 10)
-        ).scalars()
+        conn.execute(sa.select(schedules.c.id).where(schedules.c.status != "deleted")).scalars()
     )
     found = []
     missing = live - facts.partitions
@@ -266,27 +260,7 @@ def _runs(conn: sa.Connection, now: dt.datetime, facts: DagsterFacts) -> list[Fi
                 "is the daemon running?",
             )
         )
-    ledger_ids = [r.ledger_id for r in facts.runs if r.ledger_id]
-    batch_ids = [r.batch_id for r in facts.runs if r.batch_id]
-    pointed: dict[str, str | None] = {}
-    for start in range(0, len(ledger_ids), 1000):
-        query = sa.select(run_ledger.c.id, run_ledger.c.dagster_run_id).where(
-            run_ledger.c.id.in_(ledger_ids[start : start + 1000])
-        )
-        pointed.update({row.id: row.dagster_run_id for row in conn.execute(query)})
-    known_batches: set[str] = set()
-    for start in range(0, len(batch_ids), 1000):
-        query = sa.select(dispatch_batches.c.id).where(
-            dispatch_batches.c.id.in_(batch_ids[start : start + 1000])
-        )
-        known_batches.update(conn.execute(query).scalars())
-    strays = [
-        r.run_id
-        for r in facts.runs
-        if (r.batch_id is not None and r.batch_id not in known_batches)
-        or (r.batch_id is None and r.ledger_id is not None and r.ledger_id not in pointed)
-        or (r.batch_id is None and r.ledger_id is None and r.job_name != "graph_run_adhoc_job")
-    ]
+    strays = _runs_without_row(conn, [r for r in facts.runs if r.status in DAGSTER_ENDED])
     if strays:
         found.append(
             _finding(
@@ -297,6 +271,51 @@ def _runs(conn: sa.Connection, now: dt.datetime, facts: DagsterFacts) -> list[Fi
             )
         )
     return found
+
+
+def _runs_without_row(conn: sa.Connection, runs: list[RunFacts]) -> list[str]:
+    """Ended runs of graph-runs' jobs that no batch or ledger row points back to.
+
+    A run points back when its batch exists, or a ledger row names it as its Dagster run
+    (a partition run from the UI has no ledger tag; its op writes the row). An ad-hoc run
+    refused by its checks has no row by design, so ad-hoc runs count only by their tag.
+    """
+    run_ids = [r.run_id for r in runs]
+    batch_ids = sorted({r.batch_id for r in runs if r.batch_id})
+    ledger_ids = sorted({r.ledger_id for r in runs if r.ledger_id})
+    named: set[str] = set()
+    known_batches: set[str] = set()
+    known_rows: set[str] = set()
+    for start in range(0, max(len(run_ids), len(batch_ids), len(ledger_ids)), 1000):
+        chunk = slice(start, start + 1000)
+        named.update(
+            conn.execute(
+                sa.select(run_ledger.c.dagster_run_id).where(
+                    run_ledger.c.dagster_run_id.in_(run_ids[chunk])
+                )
+            ).scalars()
+        )
+        known_batches.update(
+            conn.execute(
+                sa.select(dispatch_batches.c.id).where(dispatch_batches.c.id.in_(batch_ids[chunk]))
+            ).scalars()
+        )
+        known_rows.update(
+            conn.execute(
+                sa.select(run_ledger.c.id).where(run_ledger.c.id.in_(ledger_ids[chunk]))
+            ).scalars()
+        )
+    strays = []
+    for run in runs:
+        if run.batch_id is not None:
+            pointed = run.batch_id in known_batches
+        elif run.ledger_id is not None:
+            pointed = run.ledger_id in known_rows
+        else:
+            pointed = run.run_id in named or run.job_name == "graph_run_adhoc_job"
+        if not pointed:
+            strays.append(run.run_id)
+    return strays
 
 
 def _money(conn: sa.Connection) -> list[Finding]:
@@ -359,81 +378,3 @@ def find_drift(
     if dagster is not None:
         found += _runs(conn, now, dagster)
     return found + _money(conn)
-
-
-def _audit(conn: sa.Connection, now: dt.datetime, finding: Finding, entity: str) -> None:
-    audit(
-        conn,
-        at=now,
-        actor=ACTOR,
-        action=f"reconcile.{finding.kind}",
-        entity_type="schedule" if entity.startswith("sch") else "ledger",
-        entity_id=entity,
-        detail={"repair": finding.repair},
-    )
-
-
-def repair(
-    conn: sa.Connection,
-    findings: list[Finding],
-    *,
-    now: dt.datetime,
-    limits: ScheduleLimits,
-    dagster: DagsterFacts | None,
-) -> None:
-    """Repair what the database holds; fills each finding's ``repaired``.
-
-    Partition findings are the caller's to repair (it holds Dagster); it records them with
-    ``record_partition_repairs``.
-    """
-    for finding in findings:
-        if finding.kind == "next_run_missing":
-            for row in conn.execute(sa.select(schedules).where(schedules.c.id.in_(finding.ids))):
-                try:
-                    spec = spec_from_row(row, limits, now)
-                except InvalidInput:
-                    continue
-                _slot, due = next_due(spec, row.id, now)
-                conn.execute(
-                    schedules.update()
-                    .where(schedules.c.id == row.id, schedules.c.next_run_at.is_(None))
-                    .values(
-                        next_run_at=due,
-                        status="active" if due is not None else "completed",
-                        updated_at=now,
-                    )
-                )
-                _audit(conn, now, finding, row.id)
-                finding.repaired.append(row.id)
-        elif finding.kind == "next_run_behind":
-            claim_due_slots(conn, now=now, schedule_limits=limits, schedule_ids=finding.ids)
-            for schedule_id in finding.ids:
-                _audit(conn, now, finding, schedule_id)
-                finding.repaired.append(schedule_id)
-        elif finding.kind == "run_ended_unrecorded" and dagster is not None:
-            rows = [r for r in runs_to_reconcile(conn, MAX_ROWS) if r.id in set(finding.ids)]
-            statuses = dagster.run_statuses(sorted({r.dagster_run_id for r in rows}))
-            apply_run_statuses(conn, rows, dict(statuses), now=now)
-            for row in rows:
-                _audit(conn, now, finding, row.id)
-                finding.repaired.append(row.id)
-        elif finding.kind == "schedule_on_dead_grant":
-            for schedule_id in finding.ids:
-                grant = conn.execute(
-                    sa.select(schedules.c.grant_id).where(schedules.c.id == schedule_id)
-                ).scalar_one()
-                note = (
-                    f"grant {grant} is revoked or expired (found by reconcile at {format_utc(now)})"
-                )
-                pause_schedule(conn, schedule_id, now=now, note=note, by=GRANT_PAUSER)
-                _audit(conn, now, finding, schedule_id)
-                finding.repaired.append(schedule_id)
-
-
-def record_partition_repairs(
-    conn: sa.Connection, finding: Finding, keys: list[str], *, now: dt.datetime
-) -> None:
-    """One audit entry per partition the caller added or deleted."""
-    for key in keys:
-        _audit(conn, now, finding, key)
-    finding.repaired.extend(keys)

@@ -185,6 +185,10 @@ run_ledger = sa.Table(
         postgresql_where=IN_FLIGHT_RUN,
     ),
     sa.Index("ix_graph_runs_batch", "batch_id"),
+    # `graph-runs status` and the asset checks read the last hour and day; reconcile looks
+    # rows up by their Dagster run.
+    sa.Index("ix_graph_runs_created", "created_at"),
+    sa.Index("ix_graph_runs_dagster_run", "dagster_run_id"),
     # The sensor batches claimed slots by reading only these rows.
     sa.Index(
         "ix_graph_runs_unbatched",

@@ -11,7 +11,7 @@ from typing import Any
 import dagster as dg
 import sqlalchemy as sa
 
-from graph_runs import drift
+from graph_runs import drift, drift_repair
 from graph_runs.batches import BATCH_ID_TAG
 from graph_runs.core.schedule_spec import ScheduleLimits
 from graph_runs.jobs.partitions import SCHEDULE_PARTITIONS_NAME
@@ -71,7 +71,7 @@ def reconcile(
         findings = drift.find_drift(conn, now=now, limits=limits, dagster=facts)
         if not fix:
             return findings
-        drift.repair(conn, findings, now=now, limits=limits, dagster=facts)
+        drift_repair.repair(conn, findings, now=now, limits=limits, dagster=facts)
     if instance is not None:
         for finding in findings:
             if finding.kind == "partition_missing":
@@ -84,7 +84,7 @@ def reconcile(
             else:
                 continue
             with engine.begin() as conn:
-                drift.record_partition_repairs(conn, finding, keys, now=now)
+                drift_repair.record_partition_repairs(conn, finding, keys, now=now)
     return findings
 
 

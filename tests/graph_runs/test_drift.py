@@ -17,12 +17,12 @@ import sqlalchemy as sa
 from graph_runs.core.schedule_spec import ScheduleLimits
 from graph_runs.grants import revoke_grant
 from graph_runs.http.execution_client import Outcome, Usage
-from graph_runs.jobs import graph_run_adhoc_job
+from graph_runs.jobs import graph_run_adhoc_job, graph_run_job
 from graph_runs.jobs.drift import reconcile, reconcile_job
 from graph_runs.jobs.partitions import SCHEDULE_PARTITIONS_NAME
 from graph_runs.ledger import LEDGER_ID_TAG, record_outcome
 from graph_runs.tables import audit_log, dispatch_batches, run_ledger, schedules
-from graph_runs.triggers import trigger_schedule
+from graph_runs.triggers import start_partition_run, trigger_schedule
 from tests.dagster_helpers import make_resources
 from tests.helpers import at, claim_at, make_grant, make_schedule
 
@@ -89,10 +89,31 @@ def drift_run_ended_unrecorded(engine: sa.Engine, instance: dg.DagsterInstance) 
 
 
 def drift_run_without_row(engine: sa.Engine, instance: dg.DagsterInstance) -> list[str]:
-    run = instance.create_run_for_job(
+    stray = instance.create_run_for_job(
         job_def=graph_run_adhoc_job, tags={LEDGER_ID_TAG: "gr_made_up"}
     )
-    return [run.run_id]
+    # A partition run from the UI carries no ledger tag; the row its op wrote names it.
+    schedule_id = _with_partition(engine, instance, cron="0 13 * * *")
+    ui_run = instance.create_run_for_job(job_def=graph_run_job, tags={})
+    with engine.begin() as conn:
+        start_partition_run(
+            conn,
+            schedule_id,
+            dagster_run_id=ui_run.run_id,
+            root_run_id=ui_run.run_id,
+            requested_by=None,
+            now=NOW,
+        )
+        record_outcome(
+            conn,
+            conn.execute(sa.select(run_ledger.c.id)).scalar_one(),
+            Outcome(status="succeeded", api_run_id="api-ui", usage=USAGE),
+            dagster_run_id=ui_run.run_id,
+            now=NOW,
+        )
+    for run in (stray, ui_run):  # only a run that has ended is judged
+        instance.report_run_failed(run)
+    return [stray.run_id]
 
 
 def _succeeded_slot(engine: sa.Engine, instance: dg.DagsterInstance) -> str:
