@@ -51,6 +51,8 @@ from graph_runs.tables import (
 
 # Most ids one finding lists; the count says how many there are in all.
 MAX_IDS = 100
+# How long a new schedule may be without its partition: a few sensor ticks.
+PARTITION_GRACE = dt.timedelta(minutes=5)
 # Rows a check reads at most, so that a huge drift is reported, not read whole.
 MAX_ROWS = 10_000
 FIXABLE = frozenset(
@@ -113,13 +115,16 @@ def _finding(kind: str, ids: Sequence[str], detail: str, repair: str) -> Finding
     )
 
 
-def _partitions(conn: sa.Connection, facts: DagsterFacts) -> list[Finding]:
+def _partitions(conn: sa.Connection, now: dt.datetime, facts: DagsterFacts) -> list[Finding]:
     # Every live id, unbounded: a partial list would make live schedules look orphaned.
-    live = set(
-        conn.execute(sa.select(schedules.c.id).where(schedules.c.status != "deleted")).scalars()
-    )
+    rows = conn.execute(
+        sa.select(schedules.c.id, schedules.c.created_at).where(schedules.c.status != "deleted")
+    ).all()
+    live = {row.id for row in rows}
     found = []
-    missing = live - facts.partitions
+    # A schedule created moments ago gets its partition on the sensor's next tick.
+    settled = {row.id for row in rows if row.created_at <= now - PARTITION_GRACE}
+    missing = settled - facts.partitions
     if missing:
         found.append(
             _finding(
@@ -373,7 +378,7 @@ def find_drift(
     dagster: DagsterFacts | None,
 ) -> list[Finding]:
     """Every finding, in a fixed order; without ``dagster``, only the database's side."""
-    found = _partitions(conn, dagster) if dagster is not None else []
+    found = _partitions(conn, now, dagster) if dagster is not None else []
     found += _schedules(conn, now, limits)
     if dagster is not None:
         found += _runs(conn, now, dagster)

@@ -6,6 +6,7 @@ it is left for a person) with ``fix=True``, and finds it gone, with one audit en
 change. The command line is tested in ``tests/graph_runs/cli/test_reconcile.py``.
 """
 
+import datetime as dt
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -231,6 +232,10 @@ def test_repairs_leave_the_right_state_behind(
 ) -> None:
     missing = drift_partition_missing(engine, instance)
     drift_partition_orphaned(engine, instance)
+    with engine.begin() as conn:
+        # Created a minute ago: the sensor's next tick adds its partition; no drift yet.
+        just_now = NOW - dt.timedelta(minutes=1)
+        make_schedule(conn, just_now, make_grant(conn, just_now), cron="0 13 * * *")
     kinds(engine, instance, fix=True)
     assert set(instance.get_dynamic_partitions(SCHEDULE_PARTITIONS_NAME)) == set(missing)
 
