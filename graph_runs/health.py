@@ -187,6 +187,33 @@ def backlog_and_lag(
     return _backlog(conn, now, dt.timedelta(seconds=thresholds.grace_seconds)), _lag(conn, now)
 
 
+def late_schedules(conn: sa.Connection, now: dt.datetime, thresholds: Thresholds) -> list[str]:
+    """Schedules with a slot due past the grace and not fired (claimed or not), oldest first."""
+    cutoff = now - dt.timedelta(seconds=thresholds.grace_seconds)
+    due = sa.func.coalesce(run_ledger.c.due_at, run_ledger.c.created_at)
+    claimed = conn.execute(
+        sa.select(run_ledger.c.schedule_id, sa.func.min(due).label("since"))
+        .where(
+            run_ledger.c.status.in_([PENDING, BUFFERED]),
+            due <= cutoff,
+            run_ledger.c.schedule_id.is_not(None),
+        )
+        .group_by(run_ledger.c.schedule_id)
+        .order_by(sa.func.min(due))
+        .limit(MAX_IDS)
+    ).all()
+    unclaimed = conn.execute(
+        sa.select(schedules.c.id, schedules.c.next_run_at.label("since"))
+        .where(ACTIVE_SCHEDULE, schedules.c.next_run_at <= cutoff)
+        .order_by(schedules.c.next_run_at)
+        .limit(MAX_IDS)
+    ).all()
+    oldest: dict[str, dt.datetime] = {}
+    for schedule_id, since in [*claimed, *unclaimed]:
+        oldest[schedule_id] = min(since, oldest.get(schedule_id, since))
+    return sorted(oldest, key=lambda k: (oldest[k], k))[:MAX_IDS]
+
+
 def schedules_in_error(conn: sa.Connection) -> dict[str, Any]:
     """How many schedules are in ``error``, and the latest of their ids."""
     return _in_error(conn)

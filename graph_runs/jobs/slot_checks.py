@@ -54,16 +54,19 @@ def dispatch_lag_within_bounds(
     """Fails when slots wait past the grace, or the p99 lag exceeds its bound."""
     with database.engine().connect() as conn:
         backlog, lag = health.backlog_and_lag(conn, clock.now(), THRESHOLDS)
+        late = health.late_schedules(conn, clock.now(), THRESHOLDS)
     limit = THRESHOLDS.max_lag_p99_seconds
     slow = lag["p99_seconds"] is not None and limit is not None and lag["p99_seconds"] > limit
-    late = backlog["total"] > (THRESHOLDS.max_backlog or 0)
+    behind = backlog["total"] > (THRESHOLDS.max_backlog or 0)
     return dg.AssetCheckResult(
-        passed=not (slow or late),
+        passed=not (slow or behind),
         description=(
-            f"backlog {backlog['total']} slot(s), oldest due {backlog['oldest_due_at'] or '-'}; "
+            f"backlog {backlog['total']} slot(s), oldest due {backlog['oldest_due_at'] or '-'}"
+            f"{', of ' + _ids(late) if late else ''}; "
             f"p99 lag {lag['p99_seconds']} s over {lag['slots']} slot(s) (bound {limit} s)"
         ),
         metadata={
+            "schedules": _ids(late),
             "backlog": backlog["total"],
             "oldest_age_seconds": backlog["oldest_age_seconds"] or 0,
             "p50_seconds": lag["p50_seconds"] or 0.0,

@@ -66,3 +66,5 @@ def test_each_check_fails_naming_the_schedules(
     # The 10:00 slot was claimed and never fired: backlog, and its age.
     lag = checks["dispatch_lag_within_bounds"]
     assert not lag.passed and "oldest due 2026-11-22T10:00:00Z" in lag.description
+    # The schedule waiting is named; the one in error is not claimed, so not late.
+    assert lag.metadata["schedules"].value == late["id"]
