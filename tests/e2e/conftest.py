@@ -57,6 +57,18 @@ class Stack:
         return "\n".join(p.read_text(errors="replace")[-4000:] for p in self.logs.glob("*.log"))
 
 
+SLOT_JOBS = ("graph_run_job", "dispatch_batch_job")
+
+
+def slot_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
+    """The runs that fire slots, without the operations jobs' runs.
+
+    The health checks (every five minutes) and reconcile (hourly) run on Dagster schedules,
+    so a test that crosses their minute finds their runs beside its own.
+    """
+    return [run for run in instance.get_runs() if run.job_name in SLOT_JOBS]
+
+
 def wait_for(check: Callable[[], bool], stack: Stack, what: str, timeout: float = 240) -> None:
     """Poll a real process's progress; the deadline only bounds a hung test."""
     deadline = time.monotonic() + timeout

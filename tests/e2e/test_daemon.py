@@ -17,7 +17,7 @@ from graph_runs.schedules import pause_schedule
 from graph_runs.tables import charge_receipts, run_ledger, schedules
 from graph_runs.triggers import backfill_schedule, trigger_schedule
 from tests.conftest import RunningApi
-from tests.e2e.conftest import Stack, wait_for
+from tests.e2e.conftest import Stack, slot_runs, wait_for
 from tests.helpers import make_grant, make_schedule
 
 pytestmark = pytest.mark.e2e
@@ -56,7 +56,7 @@ def test_daemon_fires_a_due_schedule_once_and_everything_agrees(
         assert run.tags["dagster/run_key"] == f"batch:{row.batch_id}:1"
         (event,) = instance.fetch_materializations(dg.AssetKey("scheduled_graph_runs"), 10).records
         assert event.partition_key == view["id"] and event.run_id == row.dagster_run_id
-        assert len(instance.get_runs()) == 1
+        assert len(slot_runs(instance)) == 1
 
 
 def test_daemon_catches_up_runs_triggers_and_backfills_once_and_pause_stops_fires(

@@ -15,7 +15,7 @@ from graph_runs import approvals
 from graph_runs.tables import charge_receipts, run_ledger
 from sensors.graph_run_approvals_sensor import APPROVAL_ID_TAG, APPROVED_BY_TAG
 from tests.conftest import RunningApi
-from tests.e2e.conftest import Stack, wait_for
+from tests.e2e.conftest import Stack, slot_runs, wait_for
 from tests.helpers import make_grant, make_schedule
 
 pytestmark = pytest.mark.e2e
@@ -68,4 +68,4 @@ def test_daemon_runs_a_slot_only_after_it_is_approved(
         assert run.tags["graph_runs/idempotency_key"] == row.idempotency_key
         wait_for(lambda: instance.get_run_by_id(run.run_id).is_finished, stack, "run end")  # type: ignore[union-attr]
         assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.SUCCESS  # type: ignore[union-attr]
-        assert len(instance.get_runs()) == 1
+        assert len(slot_runs(instance)) == 1

@@ -32,7 +32,7 @@ from graph_runs.db import make_engine, upgrade
 from graph_runs.http.execution_api.server import ExecutionStore
 from graph_runs.tables import charge_receipts, dispatch_batches, run_ledger
 from tests.conftest import RunningApi
-from tests.e2e.conftest import Stack, wait_for
+from tests.e2e.conftest import Stack, slot_runs, wait_for
 from tests.e2e.faults import FaultyProxy, PrivatePostgres
 from tests.helpers import make_grant, make_schedule
 
@@ -119,10 +119,10 @@ def test_the_daemon_killed_between_a_claim_and_its_runs_loses_and_doubles_nothin
             assert {r.status for r in ledger(engine)} == {"pending"}
             locker.rollback()
         with stack.instance(monkeypatch) as instance:
-            assert instance.get_runs() == []  # the claim's runs never came to exist
+            assert slot_runs(instance) == []  # the claim's runs never came to exist
             stack.start("dagster-daemon", "run", "-w", "workspace.yaml")
             wait_for(lambda: all_final(engine, count), stack, "every slot's outcome")
-            runs = instance.get_runs()
+            runs = slot_runs(instance)
             assert runs and all(r.tags.get("dagster/run_key") for r in runs)
             assert len({r.tags["dagster/run_key"] for r in runs}) == len(runs)
     finally:

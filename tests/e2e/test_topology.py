@@ -15,6 +15,7 @@ import signal
 import subprocess
 from pathlib import Path
 
+import dagster as dg
 import httpx
 import pytest
 import sqlalchemy as sa
@@ -62,6 +63,7 @@ def test_the_production_topology_survives_restarts_and_fires_each_slot_once(
     execution_api: RunningApi,
     dagster_storage_url: str,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     grpc_port, web_port = free_port(), free_port()
     workspace = tmp_path / "workspace.yaml"
@@ -94,12 +96,27 @@ def test_the_production_topology_survives_restarts_and_fires_each_slot_once(
             statuses = list(conn.execute(sa.select(run_ledger.c.status)).scalars())
         return statuses.count("succeeded") >= count
 
-    wait_for(lambda: fired(1), stack, "the first slot")
-    restart(stack, stack.processes[0], *code_server)
-    wait_for(lambda: fired(2), stack, "the second slot, after the code server's restart")
-    daemon_process = next(p for p in stack.processes if "dagster-daemon" in str(p.args))
-    restart(stack, daemon_process, *daemon)
-    wait_for(lambda: fired(3), stack, "the third slot, after the daemon's restart")
+    def runs_ended(instance: dg.DagsterInstance) -> bool:
+        """Every slot fired so far has its Dagster run ended (it records, then ends)."""
+        with engine.connect() as conn:
+            run_ids = conn.execute(
+                sa.select(run_ledger.c.dagster_run_id).where(run_ledger.c.status == "succeeded")
+            ).scalars()
+            runs = [instance.get_run_by_id(run_id) for run_id in run_ids]
+        return all(run is not None and run.is_finished for run in runs)
+
+    with stack.instance(monkeypatch) as instance:
+        wait_for(lambda: fired(1), stack, "the first slot")
+        # Between slots: the first slot's run has ended (the default launcher runs it under
+        # the code server, whose restart would end it too).
+        wait_for(lambda: runs_ended(instance), stack, "the first slot's run to end")
+        restart(stack, stack.processes[0], *code_server)
+        wait_for(lambda: fired(2), stack, "the second slot, after the code server's restart")
+        wait_for(lambda: runs_ended(instance), stack, "the second slot's run to end")
+        daemon_process = next(p for p in stack.processes if "dagster-daemon" in str(p.args))
+        restart(stack, daemon_process, *daemon)
+        wait_for(lambda: fired(3), stack, "the third slot, after the daemon's restart")
+        wait_for(lambda: runs_ended(instance), stack, "the third slot's run to end")
 
     with engine.connect() as conn:
         rows = list(conn.execute(sa.select(run_ledger)))
