@@ -55,16 +55,83 @@ MAX_IDS = 100
 PARTITION_GRACE = dt.timedelta(minutes=5)
 # Rows a check reads at most, so that a huge drift is reported, not read whole.
 MAX_ROWS = 10_000
-FIXABLE = frozenset(
-    {
-        "partition_missing",
-        "partition_orphaned",
-        "next_run_missing",
-        "next_run_behind",
-        "run_ended_unrecorded",
-        "schedule_on_dead_grant",
-    }
-)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind of drift: what it is, what repairs it, and whether ``--fix`` may."""
+
+    detail: str
+    repair: str
+    fixable: bool
+
+
+# Each kind of drift: what it is and what repairs it, in the order the module docstring
+# gives them. Only the fixable ones are repaired (graph_runs.drift_repair).
+KINDS: dict[str, Kind] = {
+    "partition_missing": Kind(
+        detail="live schedules without their partition of graph_run_schedules",
+        repair="add the partitions",
+        fixable=True,
+    ),
+    "partition_orphaned": Kind(
+        detail="partitions of graph_run_schedules without a live schedule",
+        repair="delete the partitions",
+        fixable=True,
+    ),
+    "next_run_missing": Kind(
+        detail="active schedules without a next run",
+        repair="set next_run_at from now",
+        fixable=True,
+    ),
+    "next_run_behind": Kind(
+        detail=(
+            "active schedules whose next slot has been due for longer than their catch-up "
+            "window: is the daemon running?"
+        ),
+        repair="claim their due slots now, under their policies, as the sensor would",
+        fixable=True,
+    ),
+    "run_ended_unrecorded": Kind(
+        detail="ledger rows not final whose Dagster run ended or is gone",
+        repair="settle them as the sensor does (failed, or cancelled)",
+        fixable=True,
+    ),
+    "lease_expired": Kind(
+        detail="open batches whose dispatch run stopped renewing its lease",
+        repair=(
+            "left for the sensor, which dispatches the next attempt: if it has not, is the "
+            "daemon running?"
+        ),
+        fixable=False,
+    ),
+    "run_without_row": Kind(
+        detail="runs of graph-runs' jobs that no ledger row or batch points back to",
+        repair="left for a person: a run launched by hand outside graph-runs?",
+        fixable=False,
+    ),
+    "succeeded_without_receipt": Kind(
+        detail="succeeded runs whose cost was never recorded",
+        repair="left for a person: look the run up at the API by its api_run_id",
+        fixable=False,
+    ),
+    "receipt_without_success": Kind(
+        detail="receipts whose ledger row is missing or not succeeded",
+        repair="left for a person: a receipt is never deleted",
+        fixable=False,
+    ),
+    "schedule_in_error": Kind(
+        detail="schedules that do not validate (see `schedules describe` for the reason)",
+        repair="left for a person: fix the row, then `schedules resume`",
+        fixable=False,
+    ),
+    "schedule_on_dead_grant": Kind(
+        detail="enabled schedules whose grant is revoked or expired: every slot would fail",
+        repair="pause them, naming the grant",
+        fixable=True,
+    ),
+}
+FIXABLE = frozenset(name for name, kind in KINDS.items() if kind.fixable)
 
 
 @dataclass(frozen=True)
@@ -104,15 +171,20 @@ class Finding:
         return asdict(self)
 
 
-def _finding(kind: str, ids: Sequence[str], detail: str, repair: str) -> Finding:
-    return Finding(
-        kind=kind,
-        ids=sorted(ids)[:MAX_IDS],
-        detail=detail,
-        repair=repair,
-        count=len(ids),
-        fixable=kind in FIXABLE,
-    )
+def _report(found: list[Finding], kind: str, ids: Sequence[str]) -> None:
+    """Add a finding of ``kind`` for ``ids``, if there are any."""
+    if ids:
+        what = KINDS[kind]
+        found.append(
+            Finding(
+                kind=kind,
+                ids=sorted(ids)[:MAX_IDS],
+                detail=what.detail,
+                repair=what.repair,
+                count=len(ids),
+                fixable=what.fixable,
+            )
+        )
 
 
 def _partitions(conn: sa.Connection, now: dt.datetime, facts: DagsterFacts) -> list[Finding]:
@@ -121,34 +193,18 @@ def _partitions(conn: sa.Connection, now: dt.datetime, facts: DagsterFacts) -> l
         sa.select(schedules.c.id, schedules.c.created_at).where(schedules.c.status != "deleted")
     ).all()
     live = {row.id for row in rows}
-    found = []
+    found: list[Finding] = []
     # A schedule created moments ago gets its partition on the sensor's next tick.
     settled = {row.id for row in rows if row.created_at <= now - PARTITION_GRACE}
     missing = settled - facts.partitions
-    if missing:
-        found.append(
-            _finding(
-                "partition_missing",
-                list(missing),
-                "live schedules without their partition of graph_run_schedules",
-                "add the partitions",
-            )
-        )
+    _report(found, "partition_missing", list(missing))
     orphaned = facts.partitions - live
-    if orphaned:
-        found.append(
-            _finding(
-                "partition_orphaned",
-                list(orphaned),
-                "partitions of graph_run_schedules without a live schedule",
-                "delete the partitions",
-            )
-        )
+    _report(found, "partition_orphaned", list(orphaned))
     return found
 
 
 def _schedules(conn: sa.Connection, now: dt.datetime, limits: ScheduleLimits) -> list[Finding]:
-    found = []
+    found: list[Finding] = []
     missing = list(
         conn.execute(
             sa.select(schedules.c.id)
@@ -156,15 +212,7 @@ def _schedules(conn: sa.Connection, now: dt.datetime, limits: ScheduleLimits) ->
             .limit(MAX_ROWS)
         ).scalars()
     )
-    if missing:
-        found.append(
-            _finding(
-                "next_run_missing",
-                missing,
-                "active schedules without a next run",
-                "set next_run_at from now",
-            )
-        )
+    _report(found, "next_run_missing", missing)
     behind = []
     due = conn.execute(
         sa.select(schedules)
@@ -179,30 +227,13 @@ def _schedules(conn: sa.Connection, now: dt.datetime, limits: ScheduleLimits) ->
             continue  # the sensor marks it error; that is its own finding then
         if now - row.next_run_at > window:
             behind.append(row.id)
-    if behind:
-        found.append(
-            _finding(
-                "next_run_behind",
-                behind,
-                "active schedules whose next slot has been due for longer than their "
-                "catch-up window: is the daemon running?",
-                "claim their due slots now, under their policies, as the sensor would",
-            )
-        )
+    _report(found, "next_run_behind", behind)
     in_error = list(
         conn.execute(
             sa.select(schedules.c.id).where(schedules.c.status == "error").limit(MAX_ROWS)
         ).scalars()
     )
-    if in_error:
-        found.append(
-            _finding(
-                "schedule_in_error",
-                in_error,
-                "schedules that do not validate (see `schedules describe` for the reason)",
-                "left for a person: fix the row, then `schedules resume`",
-            )
-        )
+    _report(found, "schedule_in_error", in_error)
     dead = list(
         conn.execute(
             sa.select(schedules.c.id)
@@ -218,20 +249,12 @@ def _schedules(conn: sa.Connection, now: dt.datetime, limits: ScheduleLimits) ->
             .limit(MAX_ROWS)
         ).scalars()
     )
-    if dead:
-        found.append(
-            _finding(
-                "schedule_on_dead_grant",
-                dead,
-                "enabled schedules whose grant is revoked or expired: every slot would fail",
-                "pause them, naming the grant",
-            )
-        )
+    _report(found, "schedule_on_dead_grant", dead)
     return found
 
 
 def _runs(conn: sa.Connection, now: dt.datetime, facts: DagsterFacts) -> list[Finding]:
-    found = []
+    found: list[Finding] = []
     rows = runs_to_reconcile(conn, MAX_ROWS)
     statuses = facts.run_statuses(sorted({r.dagster_run_id for r in rows}))
     ended = [
@@ -239,15 +262,7 @@ def _runs(conn: sa.Connection, now: dt.datetime, facts: DagsterFacts) -> list[Fi
         for r in rows
         if statuses.get(r.dagster_run_id) is None or statuses[r.dagster_run_id] in DAGSTER_ENDED
     ]
-    if ended:
-        found.append(
-            _finding(
-                "run_ended_unrecorded",
-                ended,
-                "ledger rows not final whose Dagster run ended or is gone",
-                "settle them as the sensor does (failed, or cancelled)",
-            )
-        )
+    _report(found, "run_ended_unrecorded", ended)
     expired = list(
         conn.execute(
             sa.select(dispatch_batches.c.id)
@@ -255,26 +270,9 @@ def _runs(conn: sa.Connection, now: dt.datetime, facts: DagsterFacts) -> list[Fi
             .limit(MAX_ROWS)
         ).scalars()
     )
-    if expired:
-        found.append(
-            _finding(
-                "lease_expired",
-                expired,
-                "open batches whose dispatch run stopped renewing its lease",
-                "left for the sensor, which dispatches the next attempt: if it has not, "
-                "is the daemon running?",
-            )
-        )
+    _report(found, "lease_expired", expired)
     strays = _runs_without_row(conn, [r for r in facts.runs if r.status in DAGSTER_ENDED])
-    if strays:
-        found.append(
-            _finding(
-                "run_without_row",
-                strays,
-                "runs of graph-runs' jobs that no ledger row or batch points back to",
-                "left for a person: a run launched by hand outside graph-runs?",
-            )
-        )
+    _report(found, "run_without_row", strays)
     return found
 
 
@@ -324,7 +322,7 @@ def _runs_without_row(conn: sa.Connection, runs: list[RunFacts]) -> list[str]:
 
 
 def _money(conn: sa.Connection) -> list[Finding]:
-    found = []
+    found: list[Finding] = []
     no_receipt = list(
         conn.execute(
             sa.select(run_ledger.c.id)
@@ -337,15 +335,7 @@ def _money(conn: sa.Connection) -> list[Finding]:
             .limit(MAX_ROWS)
         ).scalars()
     )
-    if no_receipt:
-        found.append(
-            _finding(
-                "succeeded_without_receipt",
-                no_receipt,
-                "succeeded runs whose cost was never recorded",
-                "left for a person: look the run up at the API by its api_run_id",
-            )
-        )
+    _report(found, "succeeded_without_receipt", no_receipt)
     stray_receipts = list(
         conn.execute(
             sa.select(charge_receipts.c.graph_run_id)
@@ -358,15 +348,7 @@ def _money(conn: sa.Connection) -> list[Finding]:
             .limit(MAX_ROWS)
         ).scalars()
     )
-    if stray_receipts:
-        found.append(
-            _finding(
-                "receipt_without_success",
-                stray_receipts,
-                "receipts whose ledger row is missing or not succeeded",
-                "left for a person: a receipt is never deleted",
-            )
-        )
+    _report(found, "receipt_without_success", stray_receipts)
     return found
 
 

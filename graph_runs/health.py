@@ -71,20 +71,27 @@ def _percentile(sorted_values: list[float], fraction: float) -> float | None:
     return round(sorted_values[index], 3)
 
 
-def _backlog(conn: sa.Connection, now: dt.datetime, grace: dt.timedelta) -> dict[str, Any]:
-    """Slots due by ``now - grace`` that have not fired: claimed and waiting, or unclaimed."""
-    cutoff = now - grace
-    due = sa.func.coalesce(run_ledger.c.due_at, run_ledger.c.created_at)
-    claimed = conn.execute(
-        sa.select(sa.func.count(), sa.func.min(due)).where(
-            run_ledger.c.status.in_([PENDING, BUFFERED]), due <= cutoff
-        )
-    ).one()
-    # A schedule whose next slot is due and unclaimed: the sensor is behind, or not running.
+# When a claimed slot is due (rows from before due_at existed: when claimed).
+_DUE = sa.func.coalesce(run_ledger.c.due_at, run_ledger.c.created_at)
+
+
+def _late(now: dt.datetime, thresholds: Thresholds) -> tuple[Any, Any]:
+    """Where-clauses of the backlog: claimed slots not fired, and due schedules not claimed.
+
+    A schedule whose next slot is due and unclaimed means the sensor is behind, or stopped.
+    """
+    cutoff = now - dt.timedelta(seconds=thresholds.grace_seconds)
+    claimed = sa.and_(run_ledger.c.status.in_([PENDING, BUFFERED]), _DUE <= cutoff)
+    unclaimed = sa.and_(ACTIVE_SCHEDULE, schedules.c.next_run_at <= cutoff)
+    return claimed, unclaimed
+
+
+def backlog(conn: sa.Connection, now: dt.datetime, thresholds: Thresholds) -> dict[str, Any]:
+    """Slots due past the grace that have not fired: claimed and waiting, or unclaimed."""
+    claimed_late, unclaimed_late = _late(now, thresholds)
+    claimed = conn.execute(sa.select(sa.func.count(), sa.func.min(_DUE)).where(claimed_late)).one()
     unclaimed = conn.execute(
-        sa.select(sa.func.count(), sa.func.min(schedules.c.next_run_at)).where(
-            ACTIVE_SCHEDULE, schedules.c.next_run_at <= cutoff
-        )
+        sa.select(sa.func.count(), sa.func.min(schedules.c.next_run_at)).where(unclaimed_late)
     ).one()
     oldest = min((t for t in (claimed[1], unclaimed[1]) if t is not None), default=None)
     return {
@@ -96,7 +103,7 @@ def _backlog(conn: sa.Connection, now: dt.datetime, grace: dt.timedelta) -> dict
     }
 
 
-def _lag(conn: sa.Connection, now: dt.datetime) -> dict[str, Any]:
+def lag(conn: sa.Connection, now: dt.datetime) -> dict[str, Any]:
     """Due instant to API request, for slots due in the last hour that fired."""
     query = sa.select(run_ledger.c.due_at, run_ledger.c.started_at).where(
         run_ledger.c.created_at >= now - LAG_WINDOW - dt.timedelta(minutes=5),
@@ -142,7 +149,8 @@ def _approvals(conn: sa.Connection, now: dt.datetime) -> dict[str, Any]:
     }
 
 
-def _in_error(conn: sa.Connection) -> dict[str, Any]:
+def schedules_in_error(conn: sa.Connection) -> dict[str, Any]:
+    """How many schedules are in ``error``, and the latest of their ids."""
     count = conn.execute(
         sa.select(sa.func.count()).select_from(schedules).where(schedules.c.status == "error")
     ).scalar_one()
@@ -180,31 +188,19 @@ def unserved_schedules(conn: sa.Connection, now: dt.datetime) -> dict[str, int]:
     return {schedule_id: count for schedule_id, count in conn.execute(query)}
 
 
-def backlog_and_lag(
-    conn: sa.Connection, now: dt.datetime, thresholds: Thresholds
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The due backlog and the last hour's dispatch lag."""
-    return _backlog(conn, now, dt.timedelta(seconds=thresholds.grace_seconds)), _lag(conn, now)
-
-
 def late_schedules(conn: sa.Connection, now: dt.datetime, thresholds: Thresholds) -> list[str]:
     """Schedules with a slot due past the grace and not fired (claimed or not), oldest first."""
-    cutoff = now - dt.timedelta(seconds=thresholds.grace_seconds)
-    due = sa.func.coalesce(run_ledger.c.due_at, run_ledger.c.created_at)
+    claimed_late, unclaimed_late = _late(now, thresholds)
     claimed = conn.execute(
-        sa.select(run_ledger.c.schedule_id, sa.func.min(due).label("since"))
-        .where(
-            run_ledger.c.status.in_([PENDING, BUFFERED]),
-            due <= cutoff,
-            run_ledger.c.schedule_id.is_not(None),
-        )
+        sa.select(run_ledger.c.schedule_id, sa.func.min(_DUE).label("since"))
+        .where(claimed_late, run_ledger.c.schedule_id.is_not(None))
         .group_by(run_ledger.c.schedule_id)
-        .order_by(sa.func.min(due))
+        .order_by(sa.func.min(_DUE))
         .limit(MAX_IDS)
     ).all()
     unclaimed = conn.execute(
         sa.select(schedules.c.id, schedules.c.next_run_at.label("since"))
-        .where(ACTIVE_SCHEDULE, schedules.c.next_run_at <= cutoff)
+        .where(unclaimed_late)
         .order_by(schedules.c.next_run_at)
         .limit(MAX_IDS)
     ).all()
@@ -214,30 +210,25 @@ def late_schedules(conn: sa.Connection, now: dt.datetime, thresholds: Thresholds
     return sorted(oldest, key=lambda k: (oldest[k], k))[:MAX_IDS]
 
 
-def schedules_in_error(conn: sa.Connection) -> dict[str, Any]:
-    """How many schedules are in ``error``, and the latest of their ids."""
-    return _in_error(conn)
-
-
 def health(conn: sa.Connection, *, now: dt.datetime, thresholds: Thresholds) -> dict[str, Any]:
     """Every signal, the thresholds breached (``problems``) and ``healthy``."""
-    backlog = _backlog(conn, now, dt.timedelta(seconds=thresholds.grace_seconds))
-    lag = _lag(conn, now)
+    waiting = backlog(conn, now, thresholds)
+    lagged = lag(conn, now)
     not_run = _not_run(conn, now)
-    in_error = _in_error(conn)
+    in_error = schedules_in_error(conn)
     accounts = conn.execute(sa.select(budgets.c.billing_account).distinct()).scalars().all()
     at_budget = sorted(exhausted_accounts(conn, accounts, now))
     totals = {status: sum(codes.values()) for status, codes in not_run.items()}
     checks: list[tuple[str, float | None, float | None]] = [
-        ("due backlog (slots)", backlog["total"], thresholds.max_backlog),
+        ("due backlog (slots)", waiting["total"], thresholds.max_backlog),
         (
             "oldest due slot not fired (s)",
-            backlog["oldest_age_seconds"],
+            waiting["oldest_age_seconds"],
             thresholds.max_oldest_pending_seconds,
         ),
         (
             "dispatch lag p99 over the last hour (s)",
-            lag["p99_seconds"],
+            lagged["p99_seconds"],
             thresholds.max_lag_p99_seconds,
         ),
         ("failed slots over the last day", totals.get(FAILED, 0), thresholds.max_failed_24h),
@@ -253,8 +244,8 @@ def health(conn: sa.Connection, *, now: dt.datetime, thresholds: Thresholds) -> 
         "at": format_utc(now),
         "healthy": not problems,
         "problems": problems,
-        "backlog": backlog,
-        "lag_last_hour": lag,
+        "backlog": waiting,
+        "lag_last_hour": lagged,
         "not_run_last_24h": not_run,
         "approvals": _approvals(conn, now),
         "schedules_in_error": in_error,

@@ -6,6 +6,7 @@ run statuses, graph-runs' recent runs), repairs the partitions, and runs it all 
 """
 
 import datetime as dt
+import functools
 from typing import Any
 
 import dagster as dg
@@ -17,25 +18,16 @@ from graph_runs.core.schedule_spec import ScheduleLimits
 from graph_runs.jobs.partitions import SCHEDULE_PARTITIONS_NAME
 from graph_runs.ledger import LEDGER_ID_TAG
 from resources import ClockResource, DatabaseResource, ScheduleLimitsResource
+from sensors.run_lookup import run_statuses
 
 OUR_JOBS = ("graph_run_job", "dispatch_batch_job", "graph_run_adhoc_job")
 # Runs looked at for `run_without_row`: those updated within this window.
 RECENT_RUNS = dt.timedelta(days=1)
 MAX_RUNS_LOOKED_AT = 5_000
-CHUNK = 500
 
 
 def dagster_facts(instance: dg.DagsterInstance, now: dt.datetime) -> drift.DagsterFacts:
     """Dagster's side of the comparison, read in batches."""
-
-    def statuses(run_ids: list[str]) -> dict[str, str]:
-        found: dict[str, str] = {}
-        for start in range(0, len(run_ids), CHUNK):
-            chunk = run_ids[start : start + CHUNK]
-            for record in instance.get_run_records(dg.RunsFilter(run_ids=chunk)):
-                found[record.dagster_run.run_id] = record.dagster_run.status.value
-        return found
-
     runs = [
         drift.RunFacts(
             run_id=record.dagster_run.run_id,
@@ -52,7 +44,7 @@ def dagster_facts(instance: dg.DagsterInstance, now: dt.datetime) -> drift.Dagst
     ]
     return drift.DagsterFacts(
         partitions=frozenset(instance.get_dynamic_partitions(SCHEDULE_PARTITIONS_NAME)),
-        run_statuses=statuses,
+        run_statuses=functools.partial(run_statuses, instance),
         runs=runs,
     )
 

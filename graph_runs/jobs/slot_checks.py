@@ -53,8 +53,10 @@ def dispatch_lag_within_bounds(
 ) -> dg.AssetCheckResult:
     """Fails when slots wait past the grace, or the p99 lag exceeds its bound."""
     with database.engine().connect() as conn:
-        backlog, lag = health.backlog_and_lag(conn, clock.now(), THRESHOLDS)
-        late = health.late_schedules(conn, clock.now(), THRESHOLDS)
+        now = clock.now()
+        backlog = health.backlog(conn, now, THRESHOLDS)
+        lag = health.lag(conn, now)
+        late = health.late_schedules(conn, now, THRESHOLDS)
     limit = THRESHOLDS.max_lag_p99_seconds
     slow = lag["p99_seconds"] is not None and limit is not None and lag["p99_seconds"] > limit
     behind = backlog["total"] > (THRESHOLDS.max_backlog or 0)

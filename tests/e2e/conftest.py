@@ -14,12 +14,15 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
 import sqlalchemy as sa
 
 from graph_runs.db import make_engine
+from graph_runs.http.execution_api.server import ExecutionStore
+from graph_runs.tables import charge_receipts, run_ledger
 from tests.conftest import RunningApi
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,6 +49,27 @@ class Stack:
             )
         )
 
+    def stop(self, process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+        """Stop a process this test started, by its process group, and forget it.
+
+        The code server a daemon spawns shares the daemon's group and outlives a SIGTERM (its
+        heartbeat did not end it either): whatever of the group is left is killed. The group
+        is this test's own, made by start_new_session.
+        """
+        assert process in self.processes, "not a process this test started"
+        if process.poll() is None:
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.processes.remove(process)
+
     def instance(self, monkeypatch: pytest.MonkeyPatch) -> dg.DagsterInstance:
         """The same Dagster instance the processes use, opened in the test process."""
         for name in ("DAGSTER_HOME", "GRAPH_RUNS_DAGSTER_POSTGRES_URL"):
@@ -67,6 +91,27 @@ def slot_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
     so a test that crosses their minute finds their runs beside its own.
     """
     return [run for run in instance.get_runs() if run.job_name in SLOT_JOBS]
+
+
+def ledger(engine: sa.Engine) -> list[Any]:
+    """Every ledger row."""
+    with engine.connect() as conn:
+        return list(conn.execute(sa.select(run_ledger)))
+
+
+def assert_exactly_once(engine: sa.Engine, store: ExecutionStore, schedule_ids: list[str]) -> None:
+    """One final row per due slot, one execution per slot, one receipt per succeeded slot."""
+    rows = ledger(engine)
+    with engine.connect() as conn:
+        receipts = list(conn.execute(sa.select(charge_receipts)))
+    assert sorted(r.schedule_id for r in rows) == sorted(schedule_ids)
+    assert {r.status for r in rows} == {"succeeded"}, [(r.status, r.error_message) for r in rows]
+    assert store.executions == len(schedule_ids)
+    assert len(store.keys) == len(schedule_ids)
+    assert len({r.api_run_id for r in rows}) == len(rows)
+    assert sorted((r.graph_run_id, r.api_run_id) for r in receipts) == sorted(
+        (r.id, r.api_run_id) for r in rows
+    )
 
 
 def wait_for(check: Callable[[], bool], stack: Stack, what: str, timeout: float = 240) -> None:
@@ -128,19 +173,8 @@ def stack(
         env["GRAPH_RUNS_DAGSTER_POSTGRES_URL"] = dagster_storage_url
     running = Stack(env=env, dagster_home=home, logs=logs)
     yield running
-    for process in running.processes:
+    for process in running.processes:  # all at once, then each waited for
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
-    for process in running.processes:
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        # The code server a daemon spawned shares its process group and outlives a SIGTERM
-        # (its heartbeat did not end it either): end whatever of the group is left. The group
-        # is this test's own, made by start_new_session.
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    for process in list(running.processes):
+        running.stop(process)

@@ -17,9 +17,7 @@ The clock that jumps is in ``test_clock_jumps.py``: an injected clock, not this 
 """
 
 import datetime as dt
-import os
 import signal
-import subprocess
 import time
 import uuid
 from typing import Any
@@ -29,10 +27,9 @@ import sqlalchemy as sa
 
 from graph_runs.core.statuses import FAILED, SETTLED
 from graph_runs.db import make_engine, upgrade
-from graph_runs.http.execution_api.server import ExecutionStore
-from graph_runs.tables import charge_receipts, dispatch_batches, run_ledger
+from graph_runs.tables import dispatch_batches
 from tests.conftest import RunningApi
-from tests.e2e.conftest import Stack, slot_runs, wait_for
+from tests.e2e.conftest import Stack, assert_exactly_once, ledger, slot_runs, wait_for
 from tests.e2e.faults import FaultyProxy, PrivatePostgres
 from tests.helpers import make_grant, make_schedule
 
@@ -52,40 +49,12 @@ def make_due_schedules(engine: sa.Engine, count: int, due: dt.datetime, **fields
         ]
 
 
-def ledger(engine: sa.Engine) -> list[Any]:
-    with engine.connect() as conn:
-        return list(conn.execute(sa.select(run_ledger)))
-
-
 def all_final(engine: sa.Engine, count: int) -> bool:
     try:
         rows = ledger(engine)
     except sa.exc.OperationalError:
         return False  # the database is away; the deadline bounds the wait
     return len(rows) == count and all(r.status in FINAL for r in rows)
-
-
-def assert_exactly_once(engine: sa.Engine, store: ExecutionStore, schedule_ids: list[str]) -> None:
-    """One final row per due slot, one execution per slot, one receipt per succeeded slot."""
-    rows = ledger(engine)
-    with engine.connect() as conn:
-        receipts = list(conn.execute(sa.select(charge_receipts)))
-    assert sorted(r.schedule_id for r in rows) == sorted(schedule_ids)
-    assert {r.status for r in rows} == {"succeeded"}, [(r.status, r.error_message) for r in rows]
-    assert store.executions == len(schedule_ids)
-    assert len(store.keys) == len(schedule_ids)
-    assert len({r.api_run_id for r in rows}) == len(rows)
-    assert sorted((r.graph_run_id, r.api_run_id) for r in receipts) == sorted(
-        (r.id, r.api_run_id) for r in rows
-    )
-
-
-def stop_group(stack: Stack, process: subprocess.Popen[bytes]) -> None:
-    """SIGKILL a process this test started and everything it spawned (its session)."""
-    assert process in stack.processes, "not a process this test started"
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=30)
-    stack.processes.remove(process)
 
 
 @pytest.mark.parametrize(
@@ -115,7 +84,7 @@ def test_the_daemon_killed_between_a_claim_and_its_runs_loses_and_doubles_nothin
                 return len(rows) == count and all(r.batch_id for r in rows)
 
             wait_for(claimed, stack, "the claim to commit")
-            stop_group(stack, stack.processes[0])
+            stack.stop(stack.processes[0], signal.SIGKILL)
             assert {r.status for r in ledger(engine)} == {"pending"}
             locker.rollback()
         with stack.instance(monkeypatch) as instance:

@@ -10,8 +10,6 @@ the API executed each once.
 """
 
 import datetime as dt
-import os
-import signal
 import subprocess
 from pathlib import Path
 
@@ -20,9 +18,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from graph_runs.tables import charge_receipts, run_ledger
+from graph_runs.tables import run_ledger
 from tests.conftest import RunningApi
-from tests.e2e.conftest import Stack, wait_for
+from tests.e2e.conftest import Stack, assert_exactly_once, ledger, wait_for
 from tests.e2e.test_graphql import answering, free_port
 from tests.helpers import make_grant, make_schedule
 
@@ -39,18 +37,7 @@ query Runs($ledgerTag: String!) {
 
 def restart(stack: Stack, process: subprocess.Popen[bytes], *argv: str) -> None:
     """Stop a process this test started (SIGTERM, its whole group), then start it again."""
-    assert process in stack.processes, "not a process this test started"
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    try:
-        os.killpg(process.pid, signal.SIGKILL)  # what of its group outlived it
-    except ProcessLookupError:
-        pass
-    stack.processes.remove(process)
+    stack.stop(process)
     stack.start(*argv)
 
 
@@ -118,15 +105,8 @@ def test_the_production_topology_survives_restarts_and_fires_each_slot_once(
         wait_for(lambda: fired(3), stack, "the third slot, after the daemon's restart")
         wait_for(lambda: runs_ended(instance), stack, "the third slot's run to end")
 
-    with engine.connect() as conn:
-        rows = list(conn.execute(sa.select(run_ledger)))
-        receipts = list(conn.execute(sa.select(charge_receipts)))
-    assert sorted(r.schedule_id for r in rows) == sorted(ids)
-    assert {r.status for r in rows} == {"succeeded"}
-    assert execution_api.store.executions == 3
-    assert sorted((r.graph_run_id, r.api_run_id) for r in receipts) == sorted(
-        (r.id, r.api_run_id) for r in rows
-    )
+    assert_exactly_once(engine, execution_api.store, ids)
+    rows = ledger(engine)
     # Each slot's dispatch run, through the webserver's GraphQL, as the UI shows it.
     wait_for(lambda: answering(f"http://127.0.0.1:{web_port}/server_info"), stack, "webserver")
     for row in rows:
