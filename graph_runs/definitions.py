@@ -15,14 +15,7 @@ from graph_runs.jobs import (
 )
 from graph_runs.jobs.drift import reconcile_job, reconcile_schedule
 from graph_runs.jobs.slot_checks import SLOT_CHECKS, slot_checks_job, slot_checks_schedule
-from graph_runs.settings import (
-    DATABASE_URL_VAR,
-    EXECUTION_API_TOKEN_VAR,
-    Settings,
-    check_secrets,
-    load_settings,
-)
-from resources import (
+from graph_runs.resources import (
     ClockResource,
     DatabaseResource,
     DispatchResource,
@@ -30,8 +23,15 @@ from resources import (
     GrantsResource,
     ScheduleLimitsResource,
 )
-from sensors.graph_run_approvals_sensor import make_graph_run_approvals_sensor
-from sensors.graph_schedules_sensor import make_graph_schedules_sensor
+from graph_runs.sensors.graph_run_approvals_sensor import make_graph_run_approvals_sensor
+from graph_runs.sensors.graph_schedules_sensor import make_graph_schedules_sensor
+from graph_runs.settings import (
+    DATABASE_URL_VAR,
+    EXECUTION_API_TOKEN_VAR,
+    Settings,
+    check_secrets,
+    load_settings,
+)
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:

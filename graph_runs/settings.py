@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from graph_runs.core.schedule_spec import ScheduleLimits
-from graph_runs.http.execution_client import token_problem
+from graph_runs.execution_api.client import token_problem
 
 DATABASE_URL_VAR = "GRAPH_RUNS_DATABASE_URL"
 EXECUTION_API_URL_VAR = "GRAPH_RUNS_EXECUTION_API_URL"
@@ -119,7 +119,7 @@ class Settings:
     @property
     def default_database_url(self) -> str:
         """The SQLite database used when ``GRAPH_RUNS_DATABASE_URL`` is unset."""
-        return f"sqlite:///{(self.home / 'graph_runs.db').resolve()}"
+        return f"sqlite:///{(self.home / 'graph_runs.store.db').resolve()}"
 
     def database_url(self, environ: Mapping[str, str] | None = None) -> str:
         """The database URL for command-line use, where no Dagster UI can leak it."""

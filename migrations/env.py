@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from graph_runs.tables import metadata
+from graph_runs.store.tables import metadata
 
 engine = context.config.attributes.get("engine")
 if engine is None:

@@ -2,8 +2,8 @@
 
 import sqlalchemy as sa
 
-from graph_runs import approvals
-from graph_runs.tables import audit_log
+from graph_runs.approvals import decisions as approvals
+from graph_runs.store.tables import audit_log
 from tests.helpers import at, claim_at, make_grant, make_schedule
 
 CREATED = at("2026-11-22T10:00:30Z")

@@ -8,7 +8,7 @@ from dagster._core.test_utils import create_run_for_test
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
 from graph_runs.jobs import dispatch_batch_job, graph_run_job
-from resources import (
+from graph_runs.resources import (
     ClockResource,
     DatabaseResource,
     DispatchResource,
@@ -16,8 +16,8 @@ from resources import (
     GrantsResource,
     ScheduleLimitsResource,
 )
-from sensors.graph_run_approvals_sensor import make_graph_run_approvals_sensor
-from sensors.graph_schedules_sensor import make_graph_schedules_sensor
+from graph_runs.sensors.graph_run_approvals_sensor import make_graph_run_approvals_sensor
+from graph_runs.sensors.graph_schedules_sensor import make_graph_schedules_sensor
 from tests.conftest import RunningApi
 
 

@@ -5,12 +5,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from graph_runs.access.grants import Grant, create_grant
 from graph_runs.core.cron import format_utc
 from graph_runs.core.schedule_spec import ScheduleLimits
-from graph_runs.grants import Grant, create_grant
-from graph_runs.schedules import create_schedule
-from graph_runs.slots import claim_due_slots
-from graph_runs.tables import run_ledger
+from graph_runs.scheduling.claim import claim_due_slots
+from graph_runs.scheduling.schedules import create_schedule
+from graph_runs.store.tables import run_ledger
 
 
 def at(text: str) -> dt.datetime:

@@ -17,9 +17,9 @@ from graph_runs.cli.reconcile import reconcile_command
 from graph_runs.cli.schedules import schedules
 from graph_runs.cli.servers import execution_api
 from graph_runs.cli.status import status
-from graph_runs.db import SchemaError
-from graph_runs.errors import GraphRunsError
+from graph_runs.core.errors import GraphRunsError
 from graph_runs.settings import SettingsError
+from graph_runs.store.db import SchemaError
 
 
 @click.group()

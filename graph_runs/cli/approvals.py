@@ -4,7 +4,7 @@ from typing import Any
 
 import click
 
-from graph_runs import approvals as approvals_api
+from graph_runs.approvals import decisions as approvals_api
 from graph_runs.cli.support import emit, json_option, now, settings, transaction
 
 
@@ -79,9 +79,9 @@ def webhooks_serve(host: str, port: int, as_json: bool) -> None:
     """Serve POST /webhooks/approvals, signed with GRAPH_RUNS_WEBHOOK_SECRET, until stopped."""
     import uvicorn
 
-    from graph_runs.db import check_schema, make_engine
     from graph_runs.http.webhooks import create_app
     from graph_runs.settings import webhook_secret
+    from graph_runs.store.db import check_schema, make_engine
 
     config = settings()
     secret = webhook_secret()

@@ -4,9 +4,9 @@ from typing import Any
 
 import click
 
-from graph_runs.billing import spend_report
-from graph_runs.budgets import PERIODS, list_budgets, set_budget
 from graph_runs.cli.support import decimal, emit, instant, json_option, now, transaction
+from graph_runs.money.billing import spend_report
+from graph_runs.money.budgets import PERIODS, list_budgets, set_budget
 
 
 def _budget_line(b: dict[str, Any]) -> str:

@@ -3,7 +3,7 @@
 import click
 
 from graph_runs.cli.support import emit, json_option, settings
-from graph_runs.db import make_engine, upgrade
+from graph_runs.store.db import make_engine, upgrade
 
 
 @click.group()

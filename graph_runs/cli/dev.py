@@ -19,17 +19,17 @@ from urllib.parse import urlsplit
 import click
 import sqlalchemy as sa
 
+from graph_runs.access.grants import create_grant, list_grants
 from graph_runs.cli.support import json_option
 from graph_runs.cli.support import settings as load_settings
-from graph_runs.db import make_engine, upgrade
-from graph_runs.grants import create_grant, list_grants
-from graph_runs.schedules import create_schedule, list_schedules
+from graph_runs.scheduling.schedules import create_schedule, list_schedules
 from graph_runs.settings import (
     EXECUTION_API_TOKEN_VAR,
     HOME_VAR,
     SENSOR_INTERVAL_VAR,
     Settings,
 )
+from graph_runs.store.db import make_engine, upgrade
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_OWNER = "demo"

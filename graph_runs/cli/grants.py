@@ -4,9 +4,9 @@ from typing import Any
 
 import click
 
-from graph_runs import grants as grants_api
+from graph_runs.access import grants as grants_api
 from graph_runs.cli.support import emit, instant, json_option, now, transaction
-from graph_runs.revocation import revoke_and_pause
+from graph_runs.scheduling.revocation import revoke_and_pause
 
 
 def _grant_line(grant: dict[str, Any]) -> str:

@@ -11,8 +11,8 @@ from typing import Any
 import click
 
 from graph_runs.cli.support import emit, json_option, now, settings
-from graph_runs.db import check_schema, make_engine
 from graph_runs.jobs.drift import configured_instance, reconcile
+from graph_runs.store.db import check_schema, make_engine
 
 
 def _human(data: dict[str, Any]) -> str:

@@ -8,8 +8,6 @@ from typing import Any
 
 import click
 
-from graph_runs import schedules as schedules_api
-from graph_runs import triggers
 from graph_runs.cli.support import (
     F,
     decimal,
@@ -22,15 +20,17 @@ from graph_runs.cli.support import (
     transaction,
 )
 from graph_runs.core.cron import CronError, CronSchedule, format_utc
+from graph_runs.core.errors import InvalidInput
 from graph_runs.core.policies import (
     CATCHUP_POLICIES,
     ON_APPROVAL_TIMEOUT,
     OVERLAP_POLICIES,
     parse_duration,
 )
-from graph_runs.describe import describe_schedule
-from graph_runs.errors import InvalidInput
-from graph_runs.triggers import DEFAULT_MANUAL_OVERLAP
+from graph_runs.scheduling import schedules as schedules_api
+from graph_runs.scheduling import triggers
+from graph_runs.scheduling.describe import describe_schedule
+from graph_runs.scheduling.triggers import DEFAULT_MANUAL_OVERLAP
 
 MAX_PREVIEW = 10_000
 

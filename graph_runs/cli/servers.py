@@ -29,7 +29,7 @@ def execution_api_serve(
     """Serve the execution API contract until interrupted."""
     import uvicorn
 
-    from graph_runs.http.execution_api.server import ExecutionStore, create_app
+    from graph_runs.execution_api.local.server import ExecutionStore, create_app
 
     emit(
         as_json,

@@ -5,7 +5,7 @@ from typing import Any
 import click
 
 from graph_runs.cli.support import emit, json_option, now, transaction
-from graph_runs.health import Thresholds, health
+from graph_runs.operations.health import Thresholds, health
 
 _DEFAULTS = Thresholds()
 

@@ -15,9 +15,9 @@ import click
 import sqlalchemy as sa
 
 from graph_runs.core.cron import parse_instant
-from graph_runs.db import check_schema, make_engine
-from graph_runs.errors import InvalidInput
+from graph_runs.core.errors import InvalidInput
 from graph_runs.settings import Settings, load_settings
+from graph_runs.store.db import check_schema, make_engine
 
 F = TypeVar("F", bound=Callable[..., Any])
 

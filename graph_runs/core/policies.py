@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from graph_runs.errors import InvalidInput
+from graph_runs.core.errors import InvalidInput
 
 OVERLAP_POLICIES = ("skip", "buffer_one", "allow_all", "cancel_other")
 CATCHUP_POLICIES = ("none", "latest", "all")

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import pydantic
 
 from graph_runs.core.cron import CronError, CronSchedule, cron_schedule, parse_timezone
+from graph_runs.core.errors import InvalidInput
 from graph_runs.core.money import micros_to_usd, usd_to_micros
 from graph_runs.core.policies import (
     DEFAULT_APPROVAL_TIMEOUT,
@@ -23,7 +24,6 @@ from graph_runs.core.policies import (
     MAX_DURATION,
     Policies,
 )
-from graph_runs.errors import InvalidInput
 
 # Fields whose change moves the slots themselves, so next_run_at is recomputed from now.
 TIMING_FIELDS = ("cron", "timezone", "run_at", "jitter_seconds", "start_at")

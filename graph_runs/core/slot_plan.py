@@ -89,7 +89,7 @@ def plan_slots(
 
     Slots that come due after ``now`` but by ``horizon`` are claimed ahead, so that their
     dispatch run is up before their instant. They enter ``pending`` with nothing decided:
-    overlap and budget are decided when they come due (``graph_runs.firing``), since the
+    overlap and budget are decided when they come due (``graph_runs.dispatch.firing``), since the
     run before them may end, or the budget change, in between.
     """
     policies = state.policies

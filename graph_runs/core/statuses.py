@@ -6,7 +6,7 @@ alone may change again, when a re-execution succeeds. A slot that needs approval
 ``awaiting_approval``, outside the in-flight set (it holds no run, so it does not hold back
 the schedule's later slots), until the approvals sensor launches it or settles it.
 
-Which status may follow which is ``graph_runs.slot_status.TRANSITIONS``, the one place that
+Which status may follow which is ``graph_runs.store.slot_status.TRANSITIONS``, the one place that
 changes a row's status.
 """
 

@@ -1,1 +1,1 @@
-"""What speaks HTTP: the execution API's client, the approvals webhook, the local API."""
+"""What graph-runs serves over HTTP to others: the approvals webhook."""

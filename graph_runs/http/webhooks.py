@@ -32,9 +32,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from graph_runs import approvals
-from graph_runs.errors import Conflict, InvalidInput, NotFound
-from graph_runs.tables import webhook_deliveries
+from graph_runs.approvals import decisions as approvals
+from graph_runs.core.errors import Conflict, InvalidInput, NotFound
+from graph_runs.store.tables import webhook_deliveries
 
 SIGNATURE_HEADER = "X-Graph-Runs-Signature"
 TIMESTAMP_HEADER = "X-Graph-Runs-Timestamp"

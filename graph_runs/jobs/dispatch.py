@@ -12,17 +12,17 @@ from typing import Any
 
 import dagster as dg
 
-from graph_runs import batches, ledger
-from graph_runs.batches import BATCH_ATTEMPT_TAG, BATCH_ID_TAG
 from graph_runs.core.cron import format_utc
+from graph_runs.core.errors import Conflict, InvalidInput, NotFound
 from graph_runs.core.schedule_spec import ScheduleLimits
 from graph_runs.core.statuses import SUCCEEDED
-from graph_runs.dispatch import Dispatcher, Recorded, Report, summary
-from graph_runs.errors import Conflict, InvalidInput, NotFound
-from graph_runs.firing import Firing
+from graph_runs.dispatch import batches, ledger
+from graph_runs.dispatch.batches import BATCH_ATTEMPT_TAG, BATCH_ID_TAG
+from graph_runs.dispatch.dispatcher import Dispatcher, Recorded, Report, summary
+from graph_runs.dispatch.firing import Firing
 from graph_runs.jobs.partitions import SLOT_ASSET_KEY, schedule_partitions
 from graph_runs.jobs.single import GraphRunRequest, checked_body, start_single
-from resources import (
+from graph_runs.resources import (
     ClockResource,
     DatabaseResource,
     DispatchResource,

@@ -1,6 +1,6 @@
 """Drift repair with Dagster's side read from an instance: the command line and the hourly job.
 
-``graph_runs.drift`` finds and repairs; this module gives it Dagster's facts (partitions,
+``graph_runs.operations.drift`` finds and repairs; this module gives it Dagster's facts (partitions,
 run statuses, graph-runs' recent runs), repairs the partitions, and runs it all as
 ``reconcile_job`` on ``reconcile_schedule`` (hourly), its findings shown as metadata.
 """
@@ -12,13 +12,13 @@ from typing import Any
 import dagster as dg
 import sqlalchemy as sa
 
-from graph_runs import drift, drift_repair
-from graph_runs.batches import BATCH_ID_TAG
 from graph_runs.core.schedule_spec import ScheduleLimits
+from graph_runs.dispatch.batches import BATCH_ID_TAG
+from graph_runs.dispatch.ledger import LEDGER_ID_TAG
 from graph_runs.jobs.partitions import SCHEDULE_PARTITIONS_NAME
-from graph_runs.ledger import LEDGER_ID_TAG
-from resources import ClockResource, DatabaseResource, ScheduleLimitsResource
-from sensors.run_lookup import run_statuses
+from graph_runs.jobs.run_lookup import run_statuses
+from graph_runs.operations import drift, drift_repair
+from graph_runs.resources import ClockResource, DatabaseResource, ScheduleLimitsResource
 
 OUR_JOBS = ("graph_run_job", "dispatch_batch_job", "graph_run_adhoc_job")
 # Runs looked at for `run_without_row`: those updated within this window.

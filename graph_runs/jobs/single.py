@@ -12,20 +12,20 @@ from typing import Any
 
 import dagster as dg
 
-from graph_runs import ledger
+from graph_runs.access.grants import GrantDenied
+from graph_runs.core.errors import Conflict, InvalidInput, NotFound
 from graph_runs.core.schedule_spec import ScheduleLimits, validate_run_request
 from graph_runs.core.statuses import NEVER_RAN
-from graph_runs.errors import Conflict, InvalidInput, NotFound
-from graph_runs.grants import GrantDenied
-from graph_runs.http.execution_client import ExecutionApiError, Outcome
-from graph_runs.triggers import start_partition_run
-from resources import (
+from graph_runs.dispatch import ledger
+from graph_runs.execution_api.client import ExecutionApiError, Outcome
+from graph_runs.resources import (
     ClockResource,
     DatabaseResource,
     ExecutionApiResource,
     GrantsResource,
     ScheduleLimitsResource,
 )
+from graph_runs.scheduling.triggers import request_partition_run
 
 
 class GraphRunRequest(dg.Config):
@@ -58,7 +58,7 @@ def start_single(
         # Launched from the Dagster UI for a schedule (a partition backfill, say): a
         # trigger-now of that schedule, keyed by the root run so re-execution reuses it.
         with database.transaction() as conn:
-            row = start_partition_run(
+            ledger_id = request_partition_run(
                 conn,
                 context.partition_key,
                 dagster_run_id=context.run_id,
@@ -66,6 +66,7 @@ def start_single(
                 requested_by=context.run.tags.get("dagster/user"),
                 now=now,
             )
+            row = ledger.start_run(conn, ledger_id, dagster_run_id=context.run_id, now=now)
         context.instance.add_run_tags(context.run_id, ledger.run_tags(row))
         return row
     missing = [

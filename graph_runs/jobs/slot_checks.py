@@ -2,15 +2,15 @@
 
 Each check fails naming the schedules concerned, so that a Dagster+ alert policy on asset
 checks (or an OSS sensor on check evaluations) can tell someone which schedule missed, the
-alert users of Temporal ask for most. The figures are ``graph_runs.health``'s, the same as
-``graph-runs status``.
+alert users of Temporal ask for most. The figures are ``graph_runs.operations.health``'s,
+the same as ``graph-runs status``.
 """
 
 import dagster as dg
 
-from graph_runs import health
 from graph_runs.jobs.partitions import SLOT_ASSET_KEY
-from resources import ClockResource, DatabaseResource
+from graph_runs.operations import health
+from graph_runs.resources import ClockResource, DatabaseResource
 
 THRESHOLDS = health.Thresholds()
 

@@ -8,7 +8,7 @@ Create Date: 2026-11-22
 import sqlalchemy as sa
 from alembic import op
 
-from graph_runs.tables import UTCDateTime
+from graph_runs.store.tables import UTCDateTime
 
 revision = "0001"
 down_revision = None

@@ -11,7 +11,7 @@ both backends and rows written before it keep working with the documented defaul
 import sqlalchemy as sa
 from alembic import op
 
-from graph_runs.tables import UTCDateTime
+from graph_runs.store.tables import UTCDateTime
 
 revision = "0002"
 down_revision = "0001"

@@ -12,7 +12,7 @@ needed, not over budget.
 import sqlalchemy as sa
 from alembic import op
 
-from graph_runs.tables import UTCDateTime
+from graph_runs.store.tables import UTCDateTime
 
 revision = "0004"
 down_revision = "0003"

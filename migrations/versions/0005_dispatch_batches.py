@@ -11,7 +11,7 @@ batches any that are still pending, and fires them at once.
 import sqlalchemy as sa
 from alembic import op
 
-from graph_runs.tables import UTCDateTime
+from graph_runs.store.tables import UTCDateTime
 
 revision = "0005"
 down_revision = "0004"

@@ -26,8 +26,8 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
-from graph_runs.http.concurrent_calls import Call, ConcurrentCaller
-from graph_runs.tables import dispatch_batches, execution_grants, run_ledger, schedules
+from graph_runs.execution_api.concurrent_calls import Call, ConcurrentCaller
+from graph_runs.store.tables import dispatch_batches, execution_grants, run_ledger, schedules
 from tests.conftest import API_TOKEN
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,9 +11,9 @@ import pytest
 import sqlalchemy as sa
 
 from graph_runs.core.schedule_spec import ScheduleLimits
-from graph_runs.db import make_engine
-from graph_runs.slots import claim_due_slots
-from graph_runs.tables import run_ledger
+from graph_runs.scheduling.claim import claim_due_slots
+from graph_runs.store.db import make_engine
+from graph_runs.store.tables import run_ledger
 from tests.benchmarks.harness import insert_schedules, reset_due
 from tests.helpers import at
 

@@ -27,12 +27,13 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from graph_runs.batches import BATCH_ID_TAG
+from graph_runs.access.grants import create_grant
 from graph_runs.core.cron import format_utc
 from graph_runs.core.schedule_spec import UNLIMITED
-from graph_runs.grants import create_grant
-from graph_runs.ledger import TAG_PREFIX
-from graph_runs.schedules import create_schedule
+from graph_runs.dispatch.batches import BATCH_ID_TAG
+from graph_runs.dispatch.ledger import TAG_PREFIX
+from graph_runs.scheduling.schedules import create_schedule
+from graph_runs.sensors.graph_schedules_sensor import SensorCursor
 from graph_runs.settings import (
     BATCH_SIZE_VAR,
     DISPATCH_LEASE_VAR,
@@ -42,8 +43,7 @@ from graph_runs.settings import (
     PARALLEL_RUNS_VAR,
     SLOT_ASSET_EVENTS_VAR,
 )
-from graph_runs.tables import charge_receipts, dispatch_batches, run_ledger
-from sensors.graph_schedules_sensor import SensorCursor
+from graph_runs.store.tables import charge_receipts, dispatch_batches, run_ledger
 from tests.benchmarks.harness import (
     RecordingApi,
     bare_client_rate,

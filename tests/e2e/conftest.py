@@ -20,9 +20,9 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from graph_runs.db import make_engine
-from graph_runs.http.execution_api.server import ExecutionStore
-from graph_runs.tables import charge_receipts, run_ledger
+from graph_runs.execution_api.local.server import ExecutionStore
+from graph_runs.store.db import make_engine
+from graph_runs.store.tables import charge_receipts, run_ledger
 from tests.conftest import RunningApi
 
 REPO = Path(__file__).resolve().parents[2]

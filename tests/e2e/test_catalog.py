@@ -15,9 +15,9 @@ import pytest
 import sqlalchemy as sa
 
 from graph_runs.core.schedule_spec import ScheduleLimits
-from graph_runs.schedules import update_schedule
-from graph_runs.tables import run_ledger
-from graph_runs.triggers import trigger_schedule
+from graph_runs.scheduling.schedules import update_schedule
+from graph_runs.scheduling.triggers import trigger_schedule
+from graph_runs.store.tables import run_ledger
 from tests.conftest import RunningApi
 from tests.e2e.conftest import Stack, wait_for
 from tests.e2e.test_graphql import answering, free_port

@@ -15,7 +15,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from graph_runs.tables import charge_receipts, run_ledger
+from graph_runs.store.tables import charge_receipts, run_ledger
 from tests.conftest import RunningApi
 from tests.dagster_helpers import apply_partitions, launch, make_resources, tick
 from tests.helpers import at, make_grant, make_schedule

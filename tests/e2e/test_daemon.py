@@ -13,9 +13,9 @@ import sqlalchemy as sa
 
 from graph_runs.core.schedule_spec import ScheduleLimits
 from graph_runs.core.statuses import IN_FLIGHT
-from graph_runs.schedules import pause_schedule
-from graph_runs.tables import charge_receipts, run_ledger, schedules
-from graph_runs.triggers import backfill_schedule, trigger_schedule
+from graph_runs.scheduling.schedules import pause_schedule
+from graph_runs.scheduling.triggers import backfill_schedule, trigger_schedule
+from graph_runs.store.tables import charge_receipts, run_ledger, schedules
 from tests.conftest import RunningApi
 from tests.e2e.conftest import Stack, slot_runs, wait_for
 from tests.helpers import make_grant, make_schedule

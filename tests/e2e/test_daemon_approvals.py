@@ -11,9 +11,9 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from graph_runs import approvals
-from graph_runs.tables import charge_receipts, run_ledger
-from sensors.graph_run_approvals_sensor import APPROVAL_ID_TAG, APPROVED_BY_TAG
+from graph_runs.approvals import decisions as approvals
+from graph_runs.sensors.graph_run_approvals_sensor import APPROVAL_ID_TAG, APPROVED_BY_TAG
+from graph_runs.store.tables import charge_receipts, run_ledger
 from tests.conftest import RunningApi
 from tests.e2e.conftest import Stack, slot_runs, wait_for
 from tests.helpers import make_grant, make_schedule

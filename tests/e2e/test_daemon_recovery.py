@@ -28,8 +28,8 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from graph_runs import batches
-from graph_runs.tables import charge_receipts, dispatch_batches, run_ledger
+from graph_runs.dispatch import batches
+from graph_runs.store.tables import charge_receipts, dispatch_batches, run_ledger
 from tests.conftest import RunningApi
 from tests.e2e.conftest import Stack, wait_for
 from tests.helpers import make_grant, make_schedule

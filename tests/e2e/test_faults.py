@@ -26,8 +26,8 @@ import pytest
 import sqlalchemy as sa
 
 from graph_runs.core.statuses import FAILED, SETTLED
-from graph_runs.db import make_engine, upgrade
-from graph_runs.tables import dispatch_batches
+from graph_runs.store.db import make_engine, upgrade
+from graph_runs.store.tables import dispatch_batches
 from tests.conftest import RunningApi
 from tests.e2e.conftest import Stack, assert_exactly_once, ledger, slot_runs, wait_for
 from tests.e2e.faults import FaultyProxy, PrivatePostgres

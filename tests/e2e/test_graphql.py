@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from dagster_graphql import DagsterGraphQLClient
 
-from graph_runs.tables import charge_receipts, run_ledger
+from graph_runs.store.tables import charge_receipts, run_ledger
 from tests.conftest import RunningApi
 from tests.e2e.conftest import Stack, wait_for
 from tests.helpers import at, make_grant

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from graph_runs.tables import run_ledger
+from graph_runs.store.tables import run_ledger
 from tests.conftest import RunningApi
 from tests.e2e.conftest import Stack, assert_exactly_once, ledger, wait_for
 from tests.e2e.test_graphql import answering, free_port

@@ -5,7 +5,7 @@ Runs main() in-process against a real database; the slot comes due through a rea
 
 import datetime as dt
 
-from graph_runs.db import make_engine
+from graph_runs.store.db import make_engine
 from tests.helpers import claim_at
 
 

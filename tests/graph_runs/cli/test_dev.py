@@ -5,9 +5,9 @@ Real database; the processes that `graph-runs dev` starts are covered by the e2e
 
 import sqlalchemy as sa
 
+from graph_runs.access.grants import list_grants, revoke_grant
 from graph_runs.cli.dev import seed_demo
-from graph_runs.grants import list_grants, revoke_grant
-from graph_runs.schedules import list_schedules
+from graph_runs.scheduling.schedules import list_schedules
 from graph_runs.settings import load_settings
 from tests.helpers import at
 

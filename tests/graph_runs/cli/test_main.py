@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from graph_runs.cli import main
-from graph_runs.db import head_revision
+from graph_runs.store.db import head_revision
 
 
 def test_unmigrated_database_says_which_command_fixes_it(

@@ -7,8 +7,8 @@ DAGSTER_HOME: the database's side alone, as the command says.
 import pytest
 import sqlalchemy as sa
 
-from graph_runs.db import make_engine
-from graph_runs.tables import schedules
+from graph_runs.store.db import make_engine
+from graph_runs.store.tables import schedules
 from tests.helpers import at, make_grant, make_schedule
 
 

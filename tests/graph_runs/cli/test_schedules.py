@@ -7,7 +7,7 @@ must give one line and write nothing.
 import pytest
 import sqlalchemy as sa
 
-from graph_runs.tables import schedules
+from graph_runs.store.tables import schedules
 
 
 def test_create_describe_pause_resume_delete(cli, cli_grant) -> None:

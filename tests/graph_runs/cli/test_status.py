@@ -6,7 +6,7 @@ wall clock, as an operator's probe does.
 
 import datetime as dt
 
-from graph_runs.db import make_engine
+from graph_runs.store.db import make_engine
 from tests.helpers import make_grant, make_schedule
 
 

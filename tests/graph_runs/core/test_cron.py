@@ -10,8 +10,8 @@ import datetime as dt
 import pytest
 
 from graph_runs.core.cron import CronError, CronSchedule, format_utc, offset_shifts
+from graph_runs.core.errors import InvalidInput
 from graph_runs.core.schedule_spec import ScheduleLimits, validate_spec
-from graph_runs.errors import InvalidInput
 from tests.helpers import at
 
 

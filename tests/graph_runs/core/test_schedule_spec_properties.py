@@ -15,8 +15,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from graph_runs.core.errors import InvalidInput
 from graph_runs.core.schedule_spec import ScheduleLimits, validate_spec
-from graph_runs.errors import InvalidInput
 
 NOW = dt.datetime(2026, 11, 22, 10, 0, tzinfo=dt.UTC)
 INT64 = 2**63 - 1

@@ -16,8 +16,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from graph_runs import approvals
-from graph_runs.errors import InvalidInput
+from graph_runs.approvals import decisions as approvals
+from graph_runs.core.errors import InvalidInput
 from graph_runs.http.webhooks import (
     DELIVERY_HEADER,
     SIGNATURE_HEADER,
@@ -25,7 +25,7 @@ from graph_runs.http.webhooks import (
     create_app,
     sign,
 )
-from graph_runs.tables import audit_log, webhook_deliveries
+from graph_runs.store.tables import audit_log, webhook_deliveries
 from tests.approval_helpers import gated, only_approval
 from tests.conftest import serving
 from tests.helpers import at

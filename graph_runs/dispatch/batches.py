@@ -1,0 +1,324 @@
+"""Dispatch batches: which slots one Dagster run fires, and the lease that run holds.
+
+A slot is a ledger row, not a Dagster run. In the claim's transaction the sensor groups the
+claimed (``pending``) rows by due instant into batches of at most ``batch_size`` and records
+each batch; the batch's identity and attempt make its run key, ``batch:{id}:{attempt}``, so a
+tick that dies after its commit asks for the same run again.
+
+The run that works a batch holds a lease on it, in this table, and renews it while it works.
+Nothing trusts the run to end well: when the lease expires (the worker was killed, its node
+lost) or the Dagster run ends with slots unrecorded, the sensor moves the batch to its next
+attempt, whose run resumes the slots without an outcome under the same idempotency keys.
+A run of an older attempt may no longer renew the lease, so it stops firing. After
+``max_attempts`` the slots left are settled ``failed`` with the code ``dispatch_lost``.
+"""
+
+import datetime as dt
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from graph_runs.core.ids import new_id
+from graph_runs.core.statuses import CANCELLED, CANCELLING, FAILED, PENDING, QUEUED, RUNNING
+from graph_runs.dispatch.ledger import TAG_PREFIX, record_outcome
+from graph_runs.execution_api.client import Outcome
+from graph_runs.store import slot_status
+from graph_runs.store.tables import dispatch_batches, run_ledger
+
+OPEN = "open"
+DONE = "done"
+UNFINISHED = (PENDING, QUEUED, RUNNING, CANCELLING)
+DEFAULT_MAX_ATTEMPTS = 3
+DISPATCH_LOST = "dispatch_lost"
+MAX_BATCHED_PER_TICK = 20_000
+# Fewest slots worth a dispatch run of their own when a burst is spread over several runs:
+# a run costs a process and seconds of CPU to start.
+MIN_SPREAD_SLOTS = 250
+BATCH_ID_TAG = f"{TAG_PREFIX}batch_id"
+BATCH_ATTEMPT_TAG = f"{TAG_PREFIX}batch_attempt"
+BATCH_RUN_KEY_TAG = f"{TAG_PREFIX}batch_run_key"
+
+
+def run_key(batch_id: str, attempt: int) -> str:
+    """The Dagster run key of one attempt at a batch."""
+    return f"batch:{batch_id}:{attempt}"
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A batch as the sensor and the dispatch run see it."""
+
+    id: str
+    attempt: int
+    size: int
+    due_at: dt.datetime
+    partition_key: str | None
+    dagster_run_id: str | None
+    lease_until: dt.datetime | None
+
+    @property
+    def run_key(self) -> str:
+        """This attempt's Dagster run key."""
+        return run_key(self.id, self.attempt)
+
+    def run_tags(self) -> dict[str, str]:
+        """The tags of this attempt's Dagster run, by which the sensor finds it."""
+        return {
+            BATCH_ID_TAG: self.id,
+            BATCH_ATTEMPT_TAG: str(self.attempt),
+            BATCH_RUN_KEY_TAG: self.run_key,
+            f"{TAG_PREFIX}batch_size": str(self.size),
+        }
+
+    @classmethod
+    def from_row(cls, row: Any) -> "Batch":
+        """Build from a ``dispatch_batches`` row."""
+        return cls(
+            id=row.id,
+            attempt=row.attempt,
+            size=row.size,
+            due_at=row.due_at,
+            partition_key=row.partition_key,
+            dagster_run_id=row.dagster_run_id,
+            lease_until=row.lease_until,
+        )
+
+
+def form_batches(
+    conn: sa.Connection,
+    *,
+    now: dt.datetime,
+    horizon: dt.datetime,
+    batch_size: int,
+    parallel_runs: int = 1,
+    limit: int = MAX_BATCHED_PER_TICK,
+) -> list[Batch]:
+    """Put claimed slots due by ``horizon`` into new batches, earliest instant first.
+
+    Batches are of at most ``batch_size`` slots, of equal size, and at least
+    ``parallel_runs`` of them when there are ``MIN_SPREAD_SLOTS`` slots for each: one
+    dispatch run is one process, and 1,000 slots fired by four runs side by side finish
+    sooner than by one. Reads only the partial index of unbatched ``pending`` rows. A batch
+    of one slot of a schedule keeps the schedule as its partition key, so its run shows on
+    that partition.
+    """
+    due = sa.func.coalesce(run_ledger.c.due_at, run_ledger.c.created_at)
+    rows = list(
+        conn.execute(
+            sa.select(run_ledger.c.id, run_ledger.c.schedule_id, due.label("due"))
+            .where(run_ledger.c.status == PENDING, run_ledger.c.batch_id.is_(None))
+            .where(sa.or_(run_ledger.c.due_at.is_(None), run_ledger.c.due_at <= horizon))
+            .order_by(due, run_ledger.c.id)
+            .limit(limit)
+        )
+    )
+    batches: list[Batch] = []
+    assignments: dict[str, list[str]] = {}
+    runs = max(math.ceil(len(rows) / batch_size), min(parallel_runs, len(rows) // MIN_SPREAD_SLOTS))
+    size = math.ceil(len(rows) / runs) if rows else batch_size
+    for start in range(0, len(rows), size):
+        chunk = rows[start : start + size]
+        batch = Batch(
+            id=new_id("batch"),
+            attempt=1,
+            size=len(chunk),
+            due_at=chunk[0].due,
+            partition_key=chunk[0].schedule_id if len(chunk) == 1 else None,
+            dagster_run_id=None,
+            lease_until=None,
+        )
+        batches.append(batch)
+        assignments[batch.id] = [row.id for row in chunk]
+    if not batches:
+        return []
+    conn.execute(
+        dispatch_batches.insert(),
+        [
+            {
+                "id": b.id,
+                "status": OPEN,
+                "attempt": b.attempt,
+                "size": b.size,
+                "due_at": b.due_at,
+                "partition_key": b.partition_key,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for b in batches
+        ],
+    )
+    slot_status.assign_batch(conn, assignments)
+    return batches
+
+
+def open_batches(conn: sa.Connection, limit: int) -> list[Batch]:
+    """Batches not yet done, earliest instant first (a partial index: O(open batches))."""
+    query = (
+        sa.select(dispatch_batches)
+        .where(dispatch_batches.c.status == OPEN)
+        .order_by(dispatch_batches.c.due_at)
+        .limit(limit)
+    )
+    return [Batch.from_row(row) for row in conn.execute(query)]
+
+
+def get_batch(conn: sa.Connection, batch_id: str) -> Any:
+    """The batch row, or None."""
+    return conn.execute(
+        sa.select(dispatch_batches).where(dispatch_batches.c.id == batch_id)
+    ).one_or_none()
+
+
+def _fenced(batch_id: str, attempt: int) -> sa.Update:
+    return dispatch_batches.update().where(
+        dispatch_batches.c.id == batch_id,
+        dispatch_batches.c.attempt == attempt,
+        dispatch_batches.c.status == OPEN,
+    )
+
+
+def take_lease(
+    conn: sa.Connection,
+    batch_id: str,
+    attempt: int,
+    *,
+    dagster_run_id: str,
+    now: dt.datetime,
+    lease: dt.timedelta,
+) -> bool:
+    """The dispatch run of ``attempt`` takes the batch; False if that attempt is over."""
+    return bool(
+        conn.execute(
+            _fenced(batch_id, attempt).values(
+                dagster_run_id=dagster_run_id, lease_until=now + lease, updated_at=now
+            )
+        ).rowcount
+    )
+
+
+def renew_lease(
+    conn: sa.Connection, batch_id: str, attempt: int, *, now: dt.datetime, lease: dt.timedelta
+) -> bool:
+    """Extend the lease; False once the sensor has moved the batch on (stop firing)."""
+    return bool(
+        conn.execute(
+            _fenced(batch_id, attempt).values(lease_until=now + lease, updated_at=now)
+        ).rowcount
+    )
+
+
+def note_started(
+    conn: sa.Connection, batch: Batch, *, now: dt.datetime, grace: dt.timedelta
+) -> None:
+    """The batch's run has started but taken no lease yet: it has ``grace`` to take one.
+
+    Without this, a worker killed between its start and its first lease would hold the
+    batch for ever.
+    """
+    conn.execute(
+        _fenced(batch.id, batch.attempt)
+        .where(dispatch_batches.c.lease_until.is_(None))
+        .values(lease_until=now + grace, updated_at=now)
+    )
+
+
+def unfinished_rows(conn: sa.Connection, batch_id: str) -> list[Any]:
+    """The batch's slots that have no outcome yet, in firing order."""
+    return list(
+        conn.execute(
+            sa.select(run_ledger)
+            .where(run_ledger.c.batch_id == batch_id, run_ledger.c.status.in_(UNFINISHED))
+            .order_by(run_ledger.c.due_at, run_ledger.c.id)
+        )
+    )
+
+
+def failed_rows(conn: sa.Connection, batch_id: str) -> list[Any]:
+    """The batch's slots that ended ``failed``: what re-executing its run fires again."""
+    return list(
+        conn.execute(
+            sa.select(run_ledger)
+            .where(run_ledger.c.batch_id == batch_id, run_ledger.c.status == FAILED)
+            .order_by(run_ledger.c.due_at, run_ledger.c.id)
+        )
+    )
+
+
+def _unfinished_count(conn: sa.Connection, batch_id: str) -> int:
+    return conn.execute(
+        sa.select(sa.func.count())
+        .select_from(run_ledger)
+        .where(run_ledger.c.batch_id == batch_id, run_ledger.c.status.in_(UNFINISHED))
+    ).scalar_one()
+
+
+def finish_if_done(conn: sa.Connection, batch_id: str, *, now: dt.datetime) -> bool:
+    """Close the batch once every slot has an outcome; True if it is closed."""
+    if _unfinished_count(conn, batch_id):
+        return False
+    conn.execute(
+        dispatch_batches.update()
+        .where(dispatch_batches.c.id == batch_id, dispatch_batches.c.status == OPEN)
+        .values(status=DONE, finished_at=now, updated_at=now, lease_until=None)
+    )
+    return True
+
+
+@dataclass(frozen=True)
+class Redispatched:
+    """What the sensor did with a batch whose run is gone: next attempt, lost, or done."""
+
+    batch_id: str
+    action: str  # "retry", "lost" or "done"
+    unfinished: int = 0
+
+
+def redispatch(
+    conn: sa.Connection,
+    batch: Batch,
+    *,
+    now: dt.datetime,
+    why: str,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+) -> Redispatched:
+    """Move a batch whose run died or ended early to its next attempt, or settle it lost.
+
+    Fenced on the attempt the caller saw, so two ticks racing move it once. A batch whose
+    slots all have outcomes (its run finished as the sensor looked) is only closed.
+    """
+    current = get_batch(conn, batch.id)
+    if current is None or current.status != OPEN or current.attempt != batch.attempt:
+        return Redispatched(batch.id, "done")
+    left = unfinished_rows(conn, batch.id)
+    if not left:
+        finish_if_done(conn, batch.id, now=now)
+        return Redispatched(batch.id, "done")
+    if batch.attempt < max_attempts:
+        conn.execute(
+            _fenced(batch.id, batch.attempt).values(
+                attempt=batch.attempt + 1, dagster_run_id=None, lease_until=None, updated_at=now
+            )
+        )
+        return Redispatched(batch.id, "retry", len(left))
+    for row in left:
+        if row.status == CANCELLING:
+            outcome = Outcome(
+                status=CANCELLED,
+                error_code=row.error_code or "cancelled",
+                error_message=row.error_message or "cancelled while its dispatch run was lost",
+            )
+        else:
+            outcome = Outcome(
+                status=FAILED,
+                api_run_id=row.api_run_id,
+                error_code=DISPATCH_LOST,
+                error_message=(
+                    f"{max_attempts} dispatch runs ended before recording an outcome; "
+                    f"the last: {why}"
+                )[:2000],
+            )
+        record_outcome(conn, row.id, outcome, dagster_run_id=row.dagster_run_id or "", now=now)
+    finish_if_done(conn, batch.id, now=now)
+    return Redispatched(batch.id, "lost", len(left))

@@ -1,0 +1,362 @@
+"""A dispatch run's work: hold the batch's lease, fire each slot at its instant, record it.
+
+``Dispatcher.run_batch`` takes the batch's lease (or finds its attempt replaced and does
+nothing), then for each due instant of the batch, earliest first: waits until the instant,
+decides and fires its slots (``graph_runs.dispatch.firing``), and hands their calls to one
+``ConcurrentCaller`` session, so that slots of many instants and accounts are in flight at
+once within the caller's bounds. Outcomes are recorded as calls finish, many per
+transaction, by a writer that never lets one slot's failure lose another's record.
+
+A heartbeat renews the lease while the run works, and stops the run firing once the sensor
+has moved the batch to another attempt. It also stops waiting for slots that were asked to
+stop meanwhile (overlap cancel_other), as terminating a one-slot run would.
+
+Clock and sleep are injected: tests run a batch at exact instants without waiting.
+"""
+
+import asyncio
+import datetime as dt
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from graph_runs.core.statuses import CANCELLING, FAILED
+from graph_runs.dispatch import batches
+from graph_runs.dispatch.firing import Firing, decide_and_fire
+from graph_runs.dispatch.ledger import record_outcome
+from graph_runs.execution_api.client import Outcome
+from graph_runs.execution_api.concurrent_calls import Call, CallSession, ConcurrentCaller, Result
+from graph_runs.store import slot_status
+from graph_runs.store.tables import run_ledger
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], dt.datetime]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class DispatchLimits:
+    """How a dispatch run paces itself."""
+
+    lease: dt.timedelta = dt.timedelta(seconds=60)
+    heartbeat_seconds: float = 15.0
+    flush_seconds: float = 0.25
+    flush_size: int = 200
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """One slot's recorded outcome, for the run's events and its summary."""
+
+    row: Any
+    outcome: Outcome
+    recorded: dict[str, Any]
+    attempt: int
+
+
+@dataclass
+class Report:
+    """What one dispatch run did."""
+
+    batch_id: str | None = None
+    attempt: int = 0
+    replaced: bool = False  # the batch had moved to another attempt: nothing was fired
+    lease_lost: bool = False  # it moved on while this run worked: the rest was left
+    fired: int = 0
+    held: Counter[str] = field(default_factory=Counter)
+    recorded: list[Recorded] = field(default_factory=list)
+    # Slots fired whose outcome is not known (the API run still runs, or recording failed):
+    # the next attempt resumes them.
+    unrecorded: list[str] = field(default_factory=list)
+    first_fired_lag: float | None = None
+
+    @property
+    def failed(self) -> list[Recorded]:
+        """Slots recorded as failed."""
+        return [r for r in self.recorded if r.recorded["status"] == FAILED]
+
+    @property
+    def statuses(self) -> Counter[str]:
+        """Recorded outcomes and held slots by status."""
+        counts: Counter[str] = Counter(r.recorded["status"] for r in self.recorded)
+        counts.update(self.held)
+        return counts
+
+
+class Dispatcher:
+    """Fires one batch (or given rows) through the execution API and records each outcome."""
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        caller: ConcurrentCaller,
+        *,
+        dagster_run_id: str,
+        clock: Clock,
+        sleep: Sleep = asyncio.sleep,
+        limits: DispatchLimits = DispatchLimits(),
+        on_recorded: Callable[[list[Recorded]], None] = lambda _: None,
+    ) -> None:
+        self.engine = engine
+        self.caller = caller
+        self.dagster_run_id = dagster_run_id
+        self.clock = clock
+        self.sleep = sleep
+        self.limits = limits
+        self.on_recorded = on_recorded
+        self._results: asyncio.Queue[tuple[Result, Any, int] | None] = asyncio.Queue()
+        self._calls: dict[str, asyncio.Task[None]] = {}
+        self._lost = False
+
+    # -- entry points ----------------------------------------------------------------------
+
+    async def run_batch(self, batch_id: str, attempt: int) -> Report:
+        """Work one attempt at a batch; returns what was done."""
+        report = Report(batch_id=batch_id, attempt=attempt)
+        now = self.clock()
+        with self.engine.begin() as conn:
+            taken = batches.take_lease(
+                conn,
+                batch_id,
+                attempt,
+                dagster_run_id=self.dagster_run_id,
+                now=now,
+                lease=self.limits.lease,
+            )
+            rows = batches.unfinished_rows(conn, batch_id) if taken else []
+        if not taken:
+            report.replaced = True
+            return report
+        heartbeat = asyncio.create_task(self._heartbeat(batch_id, attempt))
+        try:
+            await self._fire_all(rows, batch_id, attempt, report)
+        finally:
+            heartbeat.cancel()
+        report.lease_lost = self._lost
+        with self.engine.begin() as conn:
+            batches.finish_if_done(conn, batch_id, now=self.clock())
+        return report
+
+    async def run_started(self, rows: Sequence[Any]) -> Report:
+        """Call the API for slots already started in this run, needing no lease.
+
+        An approved slot, or a partition run launched from the UI: the run is theirs alone.
+        """
+        report = Report(attempt=1)
+        recorder = asyncio.create_task(self._recorder(report))
+        async with self.caller.session(dagster_run_id=self.dagster_run_id) as session:
+            for firing in rows:
+                self._start_call(session, firing, 1)
+            await self._drain(recorder)
+        return report
+
+    # -- the work --------------------------------------------------------------------------
+
+    async def _fire_all(self, rows: list[Any], batch_id: str, attempt: int, report: Report) -> None:
+        groups: dict[dt.datetime, list[str]] = {}
+        for row in rows:
+            groups.setdefault(row.due_at or row.created_at, []).append(row.id)
+        recorder = asyncio.create_task(self._recorder(report))
+        async with self.caller.session(dagster_run_id=self.dagster_run_id) as session:
+            for due in sorted(groups):
+                if not await self._wait_until(due):
+                    break
+                now = self.clock()
+                decided = await asyncio.to_thread(self._decide, groups[due], batch_id, attempt, now)
+                report.held.update(decided.held)
+                report.fired += len(decided.firing)
+                if decided.firing and report.first_fired_lag is None:
+                    report.first_fired_lag = (now - due).total_seconds()
+                for firing in decided.firing:
+                    self._start_call(session, firing, attempt)
+                for row, code, message in decided.denied:
+                    report.recorded.append(
+                        Recorded(
+                            row,
+                            Outcome(status=FAILED, error_code=code, error_message=message),
+                            {"status": FAILED, "error_code": code, "ledger_id": row.id},
+                            attempt,
+                        )
+                    )
+            await self._drain(recorder)
+
+    def _decide(self, ledger_ids: list[str], batch_id: str, attempt: int, now: dt.datetime) -> Any:
+        with self.engine.begin() as conn:
+            return decide_and_fire(
+                conn,
+                ledger_ids,
+                batch_id=batch_id,
+                dagster_run_id=self.dagster_run_id,
+                attempt=attempt,
+                now=now,
+            )
+
+    async def _wait_until(self, due: dt.datetime) -> bool:
+        """Sleep until ``due``; False if the lease was lost meanwhile (stop firing)."""
+        while not self._lost:
+            remaining = (due - self.clock()).total_seconds()
+            if remaining <= 0:
+                return True
+            await self.sleep(min(remaining, self.limits.heartbeat_seconds))
+        return False
+
+    def _start_call(self, session: CallSession, firing: Firing, attempt: int) -> None:
+        row = firing.row
+
+        async def call() -> None:
+            result = await session.call(
+                Call(
+                    idempotency_key=row.idempotency_key,
+                    graph_id=row.graph_id,
+                    body=firing.body,
+                    billing_account=row.billing_account,
+                    timeout_seconds=row.timeout_seconds,
+                    api_run_id=row.api_run_id,
+                )
+            )
+            await self._results.put((result, row, attempt))
+
+        self._calls[row.id] = asyncio.create_task(call())
+
+    async def _drain(self, recorder: asyncio.Task[None]) -> None:
+        """Wait for every call, then for the recorder to write the last outcomes."""
+        while self._calls:
+            pending = list(self._calls.values())
+            await asyncio.gather(*pending, return_exceptions=True)
+            for key in [k for k, t in self._calls.items() if t.done()]:
+                del self._calls[key]
+        await self._results.put(None)
+        await recorder
+
+    # -- recording -------------------------------------------------------------------------
+
+    async def _recorder(self, report: Report) -> None:
+        """Write outcomes as calls finish, up to ``flush_size`` per transaction."""
+        done = False
+        while not done:
+            first = await self._results.get()
+            items = [] if first is None else [first]
+            done = first is None
+            deadline = asyncio.get_running_loop().time() + self.limits.flush_seconds
+            while not done and len(items) < self.limits.flush_size:
+                timeout = deadline - asyncio.get_running_loop().time()
+                if timeout <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self._results.get(), timeout)
+                except TimeoutError:
+                    break
+                if item is None:
+                    done = True
+                else:
+                    items.append(item)
+            if items:
+                written, unrecorded = await asyncio.to_thread(self._write, items)
+                report.recorded.extend(written)
+                report.unrecorded.extend(unrecorded)
+                if written:
+                    self.on_recorded(written)
+
+    def _write(self, items: list[tuple[Result, Any, int]]) -> tuple[list[Recorded], list[str]]:
+        """Record many outcomes in one transaction; if it fails, each in its own."""
+        # Schedule order: every writer locks schedules in one order, so two never deadlock.
+        items = sorted(items, key=lambda i: (i[1].schedule_id or "", i[1].id))
+        now = self.clock()
+        try:
+            with self.engine.begin() as conn:
+                return self._write_all(conn, items, now)
+        except Exception:  # noqa: BLE001 - retried row by row below, each failure logged
+            logger.warning("recording %d outcomes at once failed; one by one", len(items))
+        written: list[Recorded] = []
+        unrecorded: list[str] = []
+        for item in items:
+            try:
+                with self.engine.begin() as conn:
+                    done, left = self._write_all(conn, [item], now)
+            except Exception as exc:  # noqa: BLE001 - one slot's failure loses no other's
+                logger.error("could not record slot %s: %s", item[1].id, exc)
+                unrecorded.append(item[1].id)
+                continue
+            written.extend(done)
+            unrecorded.extend(left)
+        return written, unrecorded
+
+    def _write_all(
+        self, conn: sa.Connection, items: list[tuple[Result, Any, int]], now: dt.datetime
+    ) -> tuple[list[Recorded], list[str]]:
+        written: list[Recorded] = []
+        unrecorded: list[str] = []
+        for result, row, attempt in items:
+            error = result.error
+            if error is not None and error.api_run_id is not None:
+                # Accepted, but its end is not known: the API run may still be going (and
+                # spending). Keep its id for the next attempt, never record it failed.
+                slot_status.keep_api_run(conn, row.id, error.api_run_id)
+                unrecorded.append(row.id)
+                continue
+            outcome = result.outcome if result.outcome is not None else error.as_outcome()  # type: ignore[union-attr]
+            recorded = record_outcome(
+                conn, row.id, outcome, dagster_run_id=self.dagster_run_id, now=now
+            )
+            written.append(Recorded(row, outcome, recorded, attempt))
+        return written, unrecorded
+
+    # -- the lease -------------------------------------------------------------------------
+
+    async def _heartbeat(self, batch_id: str, attempt: int) -> None:
+        renewed_at = self.clock()
+        while True:
+            await self.sleep(self.limits.heartbeat_seconds)
+            try:
+                renewed, stopping = await asyncio.to_thread(self._renew, batch_id, attempt)
+            except sa.exc.SQLAlchemyError as exc:
+                # The database is away for a moment: keep trying while the lease holds. Once
+                # it may have run out, the sensor may have moved the batch on: fire no more.
+                if self.clock() - renewed_at >= self.limits.lease:
+                    logger.warning("batch %s: lease not renewed in time: firing no more", batch_id)
+                    self._lost = True
+                    return
+                logger.warning("batch %s: could not renew the lease (%s)", batch_id, exc)
+                continue
+            renewed_at = self.clock()
+            if not renewed:
+                logger.warning("batch %s moved past attempt %d: firing no more", batch_id, attempt)
+                self._lost = True
+                return
+            for ledger_id in stopping:
+                task = self._calls.get(ledger_id)
+                if task is not None and not task.done():
+                    task.cancel()
+
+    def _renew(self, batch_id: str, attempt: int) -> tuple[bool, list[str]]:
+        """Renew the lease; also settle the in-flight slots asked to stop meanwhile."""
+        now = self.clock()
+        waiting = [k for k, t in self._calls.items() if not t.done()]
+        with self.engine.begin() as conn:
+            renewed = batches.renew_lease(conn, batch_id, attempt, now=now, lease=self.limits.lease)
+            stopping = [
+                row.id
+                for row in conn.execute(
+                    sa.select(run_ledger.c.id, run_ledger.c.status).where(
+                        run_ledger.c.id.in_(waiting[:1000]),
+                        run_ledger.c.status == CANCELLING,
+                    )
+                )
+            ]
+            for ledger_id in stopping:
+                slot_status.settle_cancelled(conn, ledger_id, self.dagster_run_id, now)
+        return renewed, stopping
+
+
+def summary(report: Report) -> str:
+    """One line for the run's log."""
+    statuses = ", ".join(f"{n} {s}" for s, n in sorted(report.statuses.items())) or "none"
+    return (
+        f"batch {report.batch_id} attempt {report.attempt}: fired {report.fired}; "
+        f"{statuses}; {len(report.unrecorded)} without an outcome yet"
+    )

@@ -1,0 +1,367 @@
+"""Drift: what should be (the schedules database) against what is (Dagster, the ledger).
+
+``find_drift`` lists each disagreement as a ``Finding``: its kind, the ids, and the repair;
+``graph_runs.operations.drift_repair`` makes the repairs that are safe, each with one ``audit_log``
+entry, and leaves the rest for a person, saying so. Dagster's side (partitions, runs)
+arrives as plain ``DagsterFacts``, so that neither module imports Dagster;
+``graph_runs.jobs.drift`` reads them from an instance, for the command line and the hourly
+job.
+
+Kinds, and what ``--fix`` does:
+
+- ``partition_missing`` / ``partition_orphaned``: a live schedule without its partition, a
+  partition without a live schedule. Added or deleted (by the caller, which holds Dagster).
+- ``next_run_missing``: an active schedule without ``next_run_at`` (another application's
+  row, say). Set from now, as an update of its timing would.
+- ``next_run_behind``: an active schedule whose next slot is due for longer than its
+  catch-up window: the sensor is not running or not keeping up. Claimed now, under the
+  schedule's policies, as the sensor's next tick would.
+- ``run_ended_unrecorded``: a ledger row not final whose own Dagster run ended or is gone.
+  Settled as the sensor settles it (failed, or cancelled).
+- ``lease_expired``: an open batch whose dispatch run stopped renewing its lease. Left for
+  the sensor, which dispatches the next attempt: if it is not doing so, the daemon is down.
+- ``run_without_row``: a run of graph-runs' jobs that no ledger row or batch points back to
+  (launched by hand with made-up tags, say). Left for a person.
+- ``succeeded_without_receipt`` / ``receipt_without_success``: money the ledger cannot
+  account for. Left for a person: a receipt is never invented or deleted.
+- ``schedule_in_error``: a row that does not validate. Left for a person (its reason is in
+  ``last_error``; fix the row, then ``schedules resume``).
+- ``schedule_on_dead_grant``: an enabled schedule whose grant is revoked or expired. Paused,
+  with a note naming the grant, as revoking the grant does.
+"""
+
+import datetime as dt
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from graph_runs.core.errors import InvalidInput
+from graph_runs.core.schedule_spec import ScheduleLimits, spec_from_row
+from graph_runs.dispatch.reconcile import DAGSTER_ENDED, runs_to_reconcile
+from graph_runs.store.tables import (
+    ACTIVE_SCHEDULE,
+    charge_receipts,
+    dispatch_batches,
+    execution_grants,
+    run_ledger,
+    schedules,
+)
+
+# Most ids one finding lists; the count says how many there are in all.
+MAX_IDS = 100
+# How long a new schedule may be without its partition: a few sensor ticks.
+PARTITION_GRACE = dt.timedelta(minutes=5)
+# Rows a check reads at most, so that a huge drift is reported, not read whole.
+MAX_ROWS = 10_000
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind of drift: what it is, what repairs it, and whether ``--fix`` may."""
+
+    detail: str
+    repair: str
+    fixable: bool
+
+
+# Each kind of drift: what it is and what repairs it, in the order the module docstring
+# gives them. Only the fixable ones are repaired (graph_runs.operations.drift_repair).
+KINDS: dict[str, Kind] = {
+    "partition_missing": Kind(
+        detail="live schedules without their partition of graph_run_schedules",
+        repair="add the partitions",
+        fixable=True,
+    ),
+    "partition_orphaned": Kind(
+        detail="partitions of graph_run_schedules without a live schedule",
+        repair="delete the partitions",
+        fixable=True,
+    ),
+    "next_run_missing": Kind(
+        detail="active schedules without a next run",
+        repair="set next_run_at from now",
+        fixable=True,
+    ),
+    "next_run_behind": Kind(
+        detail=(
+            "active schedules whose next slot has been due for longer than their catch-up "
+            "window: is the daemon running?"
+        ),
+        repair="claim their due slots now, under their policies, as the sensor would",
+        fixable=True,
+    ),
+    "run_ended_unrecorded": Kind(
+        detail="ledger rows not final whose Dagster run ended or is gone",
+        repair="settle them as the sensor does (failed, or cancelled)",
+        fixable=True,
+    ),
+    "lease_expired": Kind(
+        detail="open batches whose dispatch run stopped renewing its lease",
+        repair=(
+            "left for the sensor, which dispatches the next attempt: if it has not, is the "
+            "daemon running?"
+        ),
+        fixable=False,
+    ),
+    "run_without_row": Kind(
+        detail="runs of graph-runs' jobs that no ledger row or batch points back to",
+        repair="left for a person: a run launched by hand outside graph-runs?",
+        fixable=False,
+    ),
+    "succeeded_without_receipt": Kind(
+        detail="succeeded runs whose cost was never recorded",
+        repair="left for a person: look the run up at the API by its api_run_id",
+        fixable=False,
+    ),
+    "receipt_without_success": Kind(
+        detail="receipts whose ledger row is missing or not succeeded",
+        repair="left for a person: a receipt is never deleted",
+        fixable=False,
+    ),
+    "schedule_in_error": Kind(
+        detail="schedules that do not validate (see `schedules describe` for the reason)",
+        repair="left for a person: fix the row, then `schedules resume`",
+        fixable=False,
+    ),
+    "schedule_on_dead_grant": Kind(
+        detail="enabled schedules whose grant is revoked or expired: every slot would fail",
+        repair="pause them, naming the grant",
+        fixable=True,
+    ),
+}
+FIXABLE = frozenset(name for name, kind in KINDS.items() if kind.fixable)
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """One Dagster run of graph-runs' jobs, as drift needs it."""
+
+    run_id: str
+    job_name: str
+    status: str
+    ledger_id: str | None = None
+    batch_id: str | None = None
+
+
+@dataclass(frozen=True)
+class DagsterFacts:
+    """Dagster's side: the schedule partitions, run statuses, and graph-runs' runs."""
+
+    partitions: frozenset[str]
+    run_statuses: Callable[[list[str]], Mapping[str, str]]
+    runs: Sequence[RunFacts] = ()
+
+
+@dataclass
+class Finding:
+    """One kind of drift: which ids, and what repairs it."""
+
+    kind: str
+    ids: list[str]
+    detail: str
+    repair: str
+    count: int = 0
+    fixable: bool = False
+    repaired: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """For ``--json`` and the job's metadata."""
+        return asdict(self)
+
+
+def _report(found: list[Finding], kind: str, ids: Sequence[str]) -> None:
+    """Add a finding of ``kind`` for ``ids``, if there are any."""
+    if ids:
+        what = KINDS[kind]
+        found.append(
+            Finding(
+                kind=kind,
+                ids=sorted(ids)[:MAX_IDS],
+                detail=what.detail,
+                repair=what.repair,
+                count=len(ids),
+                fixable=what.fixable,
+            )
+        )
+
+
+def _partitions(conn: sa.Connection, now: dt.datetime, facts: DagsterFacts) -> list[Finding]:
+    # Every live id, unbounded: a partial list would make live schedules look orphaned.
+    rows = conn.execute(
+        sa.select(schedules.c.id, schedules.c.created_at).where(schedules.c.status != "deleted")
+    ).all()
+    live = {row.id for row in rows}
+    found: list[Finding] = []
+    # A schedule created moments ago gets its partition on the sensor's next tick.
+    settled = {row.id for row in rows if row.created_at <= now - PARTITION_GRACE}
+    missing = settled - facts.partitions
+    _report(found, "partition_missing", list(missing))
+    orphaned = facts.partitions - live
+    _report(found, "partition_orphaned", list(orphaned))
+    return found
+
+
+def _schedules(conn: sa.Connection, now: dt.datetime, limits: ScheduleLimits) -> list[Finding]:
+    found: list[Finding] = []
+    missing = list(
+        conn.execute(
+            sa.select(schedules.c.id)
+            .where(ACTIVE_SCHEDULE, schedules.c.next_run_at.is_(None))
+            .limit(MAX_ROWS)
+        ).scalars()
+    )
+    _report(found, "next_run_missing", missing)
+    behind = []
+    due = conn.execute(
+        sa.select(schedules)
+        .where(ACTIVE_SCHEDULE, schedules.c.next_run_at <= now)
+        .order_by(schedules.c.next_run_at)
+        .limit(MAX_ROWS)
+    )
+    for row in due:
+        try:
+            window = spec_from_row(row, limits, now).policies().catchup_window
+        except InvalidInput:
+            continue  # the sensor marks it error; that is its own finding then
+        if now - row.next_run_at > window:
+            behind.append(row.id)
+    _report(found, "next_run_behind", behind)
+    in_error = list(
+        conn.execute(
+            sa.select(schedules.c.id).where(schedules.c.status == "error").limit(MAX_ROWS)
+        ).scalars()
+    )
+    _report(found, "schedule_in_error", in_error)
+    dead = list(
+        conn.execute(
+            sa.select(schedules.c.id)
+            .join(execution_grants, execution_grants.c.id == schedules.c.grant_id)
+            .where(
+                schedules.c.enabled,
+                schedules.c.status.in_(["active", "error"]),
+                sa.or_(
+                    execution_grants.c.revoked_at.is_not(None),
+                    execution_grants.c.expires_at <= now,
+                ),
+            )
+            .limit(MAX_ROWS)
+        ).scalars()
+    )
+    _report(found, "schedule_on_dead_grant", dead)
+    return found
+
+
+def _runs(conn: sa.Connection, now: dt.datetime, facts: DagsterFacts) -> list[Finding]:
+    found: list[Finding] = []
+    rows = runs_to_reconcile(conn, MAX_ROWS)
+    statuses = facts.run_statuses(sorted({r.dagster_run_id for r in rows}))
+    ended = [
+        r.id
+        for r in rows
+        if statuses.get(r.dagster_run_id) is None or statuses[r.dagster_run_id] in DAGSTER_ENDED
+    ]
+    _report(found, "run_ended_unrecorded", ended)
+    expired = list(
+        conn.execute(
+            sa.select(dispatch_batches.c.id)
+            .where(dispatch_batches.c.status == "open", dispatch_batches.c.lease_until < now)
+            .limit(MAX_ROWS)
+        ).scalars()
+    )
+    _report(found, "lease_expired", expired)
+    strays = _runs_without_row(conn, [r for r in facts.runs if r.status in DAGSTER_ENDED])
+    _report(found, "run_without_row", strays)
+    return found
+
+
+def _runs_without_row(conn: sa.Connection, runs: list[RunFacts]) -> list[str]:
+    """Ended runs of graph-runs' jobs that no batch or ledger row points back to.
+
+    A run points back when its batch exists, or a ledger row names it as its Dagster run
+    (a partition run from the UI has no ledger tag; its op writes the row). An ad-hoc run
+    refused by its checks has no row by design, so ad-hoc runs count only by their tag.
+    """
+    run_ids = [r.run_id for r in runs]
+    batch_ids = sorted({r.batch_id for r in runs if r.batch_id})
+    ledger_ids = sorted({r.ledger_id for r in runs if r.ledger_id})
+    named: set[str] = set()
+    known_batches: set[str] = set()
+    known_rows: set[str] = set()
+    for start in range(0, max(len(run_ids), len(batch_ids), len(ledger_ids)), 1000):
+        chunk = slice(start, start + 1000)
+        named.update(
+            conn.execute(
+                sa.select(run_ledger.c.dagster_run_id).where(
+                    run_ledger.c.dagster_run_id.in_(run_ids[chunk])
+                )
+            ).scalars()
+        )
+        known_batches.update(
+            conn.execute(
+                sa.select(dispatch_batches.c.id).where(dispatch_batches.c.id.in_(batch_ids[chunk]))
+            ).scalars()
+        )
+        known_rows.update(
+            conn.execute(
+                sa.select(run_ledger.c.id).where(run_ledger.c.id.in_(ledger_ids[chunk]))
+            ).scalars()
+        )
+    strays = []
+    for run in runs:
+        if run.batch_id is not None:
+            pointed = run.batch_id in known_batches
+        elif run.ledger_id is not None:
+            pointed = run.ledger_id in known_rows
+        else:
+            pointed = run.run_id in named or run.job_name == "graph_run_adhoc_job"
+        if not pointed:
+            strays.append(run.run_id)
+    return strays
+
+
+def _money(conn: sa.Connection) -> list[Finding]:
+    found: list[Finding] = []
+    no_receipt = list(
+        conn.execute(
+            sa.select(run_ledger.c.id)
+            .select_from(
+                run_ledger.outerjoin(
+                    charge_receipts, charge_receipts.c.graph_run_id == run_ledger.c.id
+                )
+            )
+            .where(run_ledger.c.status == "succeeded", charge_receipts.c.graph_run_id.is_(None))
+            .limit(MAX_ROWS)
+        ).scalars()
+    )
+    _report(found, "succeeded_without_receipt", no_receipt)
+    stray_receipts = list(
+        conn.execute(
+            sa.select(charge_receipts.c.graph_run_id)
+            .select_from(
+                charge_receipts.outerjoin(
+                    run_ledger, run_ledger.c.id == charge_receipts.c.graph_run_id
+                )
+            )
+            .where(sa.or_(run_ledger.c.id.is_(None), run_ledger.c.status != "succeeded"))
+            .limit(MAX_ROWS)
+        ).scalars()
+    )
+    _report(found, "receipt_without_success", stray_receipts)
+    return found
+
+
+def find_drift(
+    conn: sa.Connection,
+    *,
+    now: dt.datetime,
+    limits: ScheduleLimits,
+    dagster: DagsterFacts | None,
+) -> list[Finding]:
+    """Every finding, in a fixed order; without ``dagster``, only the database's side."""
+    found = _partitions(conn, now, dagster) if dagster is not None else []
+    found += _schedules(conn, now, limits)
+    if dagster is not None:
+        found += _runs(conn, now, dagster)
+    return found + _money(conn)

@@ -1,0 +1,1 @@
+"""Dagster sensors of the code location: the schedules sensor and the approvals sensor."""

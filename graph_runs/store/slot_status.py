@@ -1,0 +1,414 @@
+"""The one module that writes a ledger row's status: every allowed move, and nothing else.
+
+``TRANSITIONS`` is the whole state machine of a slot (and of every other ledger row): each
+allowed move from one status to another, with the functions here that make it. Every insert
+into the ledger and every change of its ``status`` column goes through a function of this
+module, and each checks its move against the table first, so that "how can a slot end up
+``cancelled``?" is answered by reading one table (or the README's diagram, generated from it).
+
+Moves of many rows at once (cancelling a schedule's runs, say) name their starting statuses
+in the statement's WHERE clause, so a row that moved meanwhile is left as it is.
+"""
+
+import datetime as dt
+from collections.abc import Collection, Mapping
+from typing import Any
+
+import sqlalchemy as sa
+
+from graph_runs.core.statuses import (
+    AWAITING_APPROVAL,
+    BUFFERED,
+    CANCELLED,
+    CANCELLING,
+    FAILED,
+    MISSED,
+    NEVER_RAN,
+    PENDING,
+    QUEUED,
+    REJECTED,
+    RUNNING,
+    SKIPPED_BUDGET,
+    SKIPPED_OVERLAP,
+    SKIPPED_PAUSED,
+    SKIPPED_UNAPPROVED,
+    SUCCEEDED,
+)
+from graph_runs.store.db import insert_ignoring_conflicts
+from graph_runs.store.tables import IN_FLIGHT_RUN, run_ledger
+
+# The status a row is inserted with is a move from ``NEW``.
+NEW = None
+# Ids per statement, well under any backend's bind-parameter limit.
+_CHUNK = 1_000
+
+# Who moves a ledger row from which statuses to which: (from, to, the functions here that do
+# it). The README's state diagram is generated from the table (``state_diagram``), and a
+# test keeps the two equal.
+_RULES: tuple[tuple[tuple[str | None, ...], tuple[str, ...], str], ...] = (
+    # A slot comes due (the claim; resume's record of paused slots), or someone asks for a
+    # run (trigger now, backfill; an ad-hoc or partition run from Dagster starts queued).
+    (
+        (NEW,),
+        (
+            PENDING,
+            BUFFERED,
+            QUEUED,
+            AWAITING_APPROVAL,
+            MISSED,
+            SKIPPED_OVERLAP,
+            SKIPPED_PAUSED,
+            SKIPPED_BUDGET,
+            CANCELLED,
+        ),
+        "insert_new",
+    ),
+    ((BUFFERED,), (PENDING,), "release"),
+    ((AWAITING_APPROVAL,), (QUEUED,), "launch_approved"),
+    # The op starts: a run launched before the sensor saw it, a re-execution, a restarted op.
+    ((PENDING, BUFFERED, QUEUED, RUNNING, FAILED, AWAITING_APPROVAL), (RUNNING,), "start"),
+    ((CANCELLING,), (CANCELLED,), "start"),
+    # A dispatch run fires its batch's slots at their instant (a later attempt resumes the
+    # ones still running); a slot being cancelled ends there instead of firing.
+    ((PENDING, RUNNING), (RUNNING,), "fire"),
+    ((CANCELLING,), (CANCELLED,), "fire"),
+    # What is decided at the instant a slot claimed ahead comes due: overlap and budget.
+    ((PENDING,), (SKIPPED_OVERLAP, BUFFERED, SKIPPED_BUDGET), "decide_at_instant"),
+    # Outcomes: the op's, or the reconciliation's when a Dagster run ended without one.
+    # ``ledger.record_outcome`` called outside the ops may find the row not started yet.
+    ((PENDING, QUEUED, RUNNING, CANCELLING), (SUCCEEDED, FAILED), "settle_outcome"),
+    ((QUEUED, RUNNING, CANCELLING), (CANCELLED,), "settle_outcome"),
+    # A failed slot that is run again, or recorded again with another API run.
+    ((FAILED,), (SUCCEEDED, FAILED), "settle_outcome"),
+    # Pause, delete, overlap cancel_other; then the sensor stops the Dagster run.
+    ((PENDING, BUFFERED), (CANCELLED,), "cancel_unstarted"),
+    ((QUEUED, RUNNING), (CANCELLING,), "request_cancel"),
+    ((CANCELLING,), (CANCELLED,), "settle_cancelled"),
+    # The approval gate: a rejection, a timeout, the budget at launch, a pause.
+    (
+        (AWAITING_APPROVAL,),
+        (REJECTED, SKIPPED_UNAPPROVED, SKIPPED_BUDGET, CANCELLED),
+        "settle_awaiting",
+    ),
+    # A backfill runs a slot that never ran, under its overlap policy.
+    (tuple(sorted(NEVER_RAN)), (PENDING, BUFFERED, SKIPPED_OVERLAP), "refire"),
+)
+
+
+def _table() -> dict[tuple[str | None, str], tuple[str, ...]]:
+    table: dict[tuple[str | None, str], tuple[str, ...]] = {}
+    for sources, targets, how in _RULES:
+        for edge in ((source, target) for source in sources for target in targets):
+            table[edge] = (*table.get(edge, ()), how)
+    return table
+
+
+# (from, to) -> the functions that make the move.
+TRANSITIONS: Mapping[tuple[str | None, str], tuple[str, ...]] = _table()
+
+
+class IllegalTransition(RuntimeError):
+    """A move of a ledger row's status that ``TRANSITIONS`` does not allow: a bug, not input."""
+
+    def __init__(self, source: str | None, target: str, by: str, ledger_id: str | None = None):
+        row = f"ledger row {ledger_id}" if ledger_id else "a ledger row"
+        start = source or "new"
+        how = TRANSITIONS.get((source, target))
+        if how is None:
+            allowed = sorted(t for (s, t) in TRANSITIONS if s == source) or ["nothing"]
+            why = f"from {start} it may move to {', '.join(allowed)}"
+        else:
+            why = f"only {', '.join(how)} makes that move"
+        super().__init__(f"{by}: {row} cannot move from {start} to {target} ({why})")
+        self.source, self.target, self.by = source, target, by
+
+
+def check(source: str | None, target: str, by: str, ledger_id: str | None = None) -> None:
+    """Raise IllegalTransition unless the table lets ``by`` move a row ``source`` -> ``target``."""
+    if by not in TRANSITIONS.get((source, target), ()):
+        raise IllegalTransition(source, target, by, ledger_id)
+
+
+def move(conn: sa.Connection, row: Any, target: str, *, by: str, **values: Any) -> bool:
+    """Move one row, as read (``row.id``, ``row.status``), to ``target``, setting ``values``.
+
+    ``by`` names the function of this module that makes the move; the table must list it for
+    the move, or IllegalTransition is raised and nothing changes. Returns False, changing
+    nothing, when the row's status changed since it was read.
+    """
+    check(row.status, target, by, row.id)
+    return bool(
+        conn.execute(
+            run_ledger.update()
+            .where(run_ledger.c.id == row.id, run_ledger.c.status == row.status)
+            .values(status=target, **values)
+        ).rowcount
+    )
+
+
+def _move_rows(
+    conn: sa.Connection,
+    sources: Collection[str],
+    target: str,
+    by: str,
+    *where: sa.ColumnElement[bool] | sa.TextClause,
+    values: Mapping[str, Any] | None = None,
+    params: list[dict[str, Any]] | None = None,
+) -> int:
+    """Move the rows matching ``where`` whose status is one of ``sources`` to ``target``."""
+    for source in sources:
+        check(source, target, by)
+    statement = (
+        run_ledger.update()
+        .where(run_ledger.c.status.in_(sorted(sources)), *where)
+        .values(status=target, **(values or {}))
+    )
+    return conn.execute(statement, params or None).rowcount
+
+
+# -- named moves -------------------------------------------------------------------------
+
+
+def insert_new(conn: sa.Connection, rows: list[dict[str, Any]]) -> int:
+    """Insert new ledger rows, each in a status a row may start in; returns how many.
+
+    A row whose idempotency key (or schedule and slot) exists is skipped, so a replayed
+    claim or a repeated request is harmless.
+    """
+    for row in rows:
+        check(NEW, row["status"], "insert_new", row.get("id"))
+    return insert_ignoring_conflicts(conn, run_ledger, rows)
+
+
+def launch_approved(conn: sa.Connection, run_ids_by_ledger_id: Mapping[str, str]) -> None:
+    """Record each approved slot's launched run: ``awaiting_approval`` -> ``queued``."""
+    if run_ids_by_ledger_id:
+        _move_rows(
+            conn,
+            [AWAITING_APPROVAL],
+            QUEUED,
+            "launch_approved",
+            run_ledger.c.id == sa.bindparam("b_id"),
+            values={"dagster_run_id": sa.bindparam("b_run")},
+            params=[{"b_id": k, "b_run": v} for k, v in run_ids_by_ledger_id.items()],
+        )
+
+
+def release(conn: sa.Connection, ledger_ids: list[str]) -> int:
+    """Release buffered slots to fire: ``buffered`` -> ``pending``, in a batch of their own."""
+    if not ledger_ids:
+        return 0
+    return _move_rows(
+        conn,
+        [BUFFERED],
+        PENDING,
+        "release",
+        run_ledger.c.id.in_(ledger_ids),
+        values={"batch_id": None},
+    )
+
+
+def assign_batch(conn: sa.Connection, assignments: Mapping[str, list[str]]) -> None:
+    """Put claimed slots into their dispatch batches: {batch id: ledger ids}.
+
+    Not a status move: a batched slot stays ``pending`` until it fires. One statement per
+    batch (per thousand slots), not per slot: per-slot updates were half a 1,000-slot tick.
+    """
+    for batch_id, ids in assignments.items():
+        for start in range(0, len(ids), _CHUNK):
+            conn.execute(
+                run_ledger.update()
+                .where(
+                    run_ledger.c.id.in_(ids[start : start + _CHUNK]),
+                    run_ledger.c.status == PENDING,
+                    run_ledger.c.batch_id.is_(None),
+                )
+                .values(batch_id=batch_id)
+            )
+
+
+def fire(
+    conn: sa.Connection,
+    ledger_ids: list[str],
+    *,
+    dagster_run_id: str,
+    attempt: int,
+    now: dt.datetime,
+) -> None:
+    """A dispatch run fires slots at their instant: ``pending`` -> ``running``.
+
+    A later attempt fires again the slots still ``running``; a slot being cancelled ends
+    ``cancelled`` instead.
+    """
+    for start_at in range(0, len(ledger_ids), _CHUNK):
+        chunk = run_ledger.c.id.in_(ledger_ids[start_at : start_at + _CHUNK])
+        _move_rows(
+            conn,
+            [PENDING, RUNNING],
+            RUNNING,
+            "fire",
+            chunk,
+            values={
+                "dagster_run_id": dagster_run_id,
+                "dispatch_attempts": attempt,
+                "started_at": sa.func.coalesce(run_ledger.c.started_at, now),
+            },
+        )
+        _move_rows(
+            conn,
+            [CANCELLING],
+            CANCELLED,
+            "fire",
+            chunk,
+            values={"dagster_run_id": dagster_run_id, "finished_at": now},
+        )
+
+
+def keep_api_run(conn: sa.Connection, ledger_id: str, api_run_id: str) -> None:
+    """Remember the API run of a fired slot whose outcome is not known yet.
+
+    Its poll timed out or failed; the next dispatch attempt resumes it. Not a status move.
+    """
+    conn.execute(
+        run_ledger.update()
+        .where(run_ledger.c.id == ledger_id, run_ledger.c.status == RUNNING)
+        .values(api_run_id=api_run_id)
+    )
+
+
+def decide_at_instant(
+    conn: sa.Connection, row: Any, target: str, *, reason: str, now: dt.datetime
+) -> bool:
+    """A slot claimed ahead does not fire after all (overlap, budget): -> ``target``."""
+    final = target != BUFFERED
+    return move(
+        conn,
+        row,
+        target,
+        by="decide_at_instant",
+        error_code=target if final else None,
+        error_message=reason if final else None,
+        finished_at=now if final else None,
+    )
+
+
+def start(conn: sa.Connection, row: Any, *, dagster_run_id: str, now: dt.datetime) -> bool:
+    """The op starts the row (as read, locked) in ``dagster_run_id``: -> ``running``.
+
+    A row being cancelled ends ``cancelled`` instead: its run starts, and does nothing.
+    """
+    if row.status == CANCELLING:
+        return move(
+            conn, row, CANCELLED, by="start", dagster_run_id=dagster_run_id, finished_at=now
+        )
+    return move(
+        conn,
+        row,
+        RUNNING,
+        by="start",
+        dagster_run_id=dagster_run_id,
+        started_at=row.started_at or now,
+    )
+
+
+def settle_outcome(conn: sa.Connection, row: Any, status: str, **values: Any) -> bool:
+    """Record a run's outcome on its row (as read, locked): -> ``status``, with ``values``."""
+    return move(conn, row, status, by="settle_outcome", **values)
+
+
+def cancel_unstarted(
+    conn: sa.Connection, schedule_id: str, *, code: str, message: str, now: dt.datetime
+) -> int:
+    """Rows of the schedule with no Dagster run: ``pending``, ``buffered`` -> ``cancelled``."""
+    return _move_rows(
+        conn,
+        [PENDING, BUFFERED],
+        CANCELLED,
+        "cancel_unstarted",
+        IN_FLIGHT_RUN,
+        run_ledger.c.schedule_id == schedule_id,
+        values={"error_code": code, "error_message": message, "finished_at": now},
+    )
+
+
+def request_cancel(
+    conn: sa.Connection, schedule_id: str, sources: Collection[str], *, code: str, message: str
+) -> int:
+    """Ask the sensor to stop a schedule's runs: ``queued`` (or ``running``) -> ``cancelling``."""
+    return _move_rows(
+        conn,
+        sources,
+        CANCELLING,
+        "request_cancel",
+        IN_FLIGHT_RUN,
+        run_ledger.c.schedule_id == schedule_id,
+        values={"error_code": code, "error_message": message},
+    )
+
+
+def settle_cancelled(
+    conn: sa.Connection, ledger_id: str, dagster_run_id: str, now: dt.datetime
+) -> int:
+    """A ``cancelling`` row whose Dagster run the sensor cancelled: -> ``cancelled``."""
+    return _move_rows(
+        conn,
+        [CANCELLING],
+        CANCELLED,
+        "settle_cancelled",
+        run_ledger.c.id == ledger_id,
+        run_ledger.c.dagster_run_id == dagster_run_id,
+        values={"finished_at": now},
+    )
+
+
+def settle_awaiting(
+    conn: sa.Connection,
+    ledger_ids: list[str],
+    target: str,
+    *,
+    code: str,
+    message: str,
+    now: dt.datetime,
+) -> int:
+    """Give still-waiting gated slots their final status; a row settled meanwhile is kept."""
+    if not ledger_ids:
+        return 0
+    return _move_rows(
+        conn,
+        [AWAITING_APPROVAL],
+        target,
+        "settle_awaiting",
+        run_ledger.c.id.in_(ledger_ids),
+        values={"error_code": code, "error_message": message, "finished_at": now},
+    )
+
+
+def refire(conn: sa.Connection, row: Any, target: str, **values: Any) -> bool:
+    """A backfill takes a slot that never ran (as read) and fires, buffers or skips it."""
+    return move(conn, row, target, by="refire", **values)
+
+
+# -- the diagram -------------------------------------------------------------------------
+
+
+def state_diagram() -> str:
+    """The README's mermaid state diagram, generated from ``TRANSITIONS``.
+
+    The statuses of slots that never ran share their one way out (a backfill), so those
+    moves are drawn once, from a node that names them all, to keep the diagram readable.
+    """
+    never_ran = sorted(NEVER_RAN)
+    exits = {tuple(sorted(t for (s, t) in TRANSITIONS if s == status)) for status in never_ran}
+    if len(exits) != 1:
+        raise AssertionError("the never-ran statuses no longer share their moves out")
+    lines = [
+        "stateDiagram-v2",
+        f'    state "never ran: {", ".join(never_ran)}" as never_ran',
+    ]
+    drawn: set[tuple[str, str]] = set()
+    for (source, target), how in TRANSITIONS.items():
+        node = "[*]" if source is None else "never_ran" if source in NEVER_RAN else source
+        if (node, target) not in drawn:
+            drawn.add((node, target))
+            lines.append(f"    {node} --> {target} : {', '.join(how)}")
+    return "\n".join(lines) + "\n"

@@ -1,1 +1,0 @@
-"""Dagster sensors of the graph-runs code location."""

@@ -1,0 +1,78 @@
+"""dispatch.reconcile and scheduling.in_flight: rows kept true to their Dagster runs.
+
+Real SQLite and PostgreSQL databases; Dagster statuses are given as the sensor reads them.
+"""
+
+import sqlalchemy as sa
+
+from graph_runs.dispatch.reconcile import apply_run_statuses, runs_to_reconcile
+from graph_runs.scheduling.in_flight import release_buffered
+from graph_runs.scheduling.schedules import get_schedule, pause_schedule
+from tests.helpers import at, claim_at, ledger_statuses, make_grant, make_schedule, set_run_status
+
+CREATED = at("2026-11-22T10:00:30Z")
+NOW = at("2026-11-22T10:10:00Z")
+
+
+def test_runs_that_ended_without_an_outcome_are_settled(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        grant = make_grant(conn, CREATED)
+        view = make_schedule(
+            conn, CREATED, grant, overlap="allow_all", catchup="all", pause_after_failures=0
+        )
+        claim_at(conn, at("2026-11-22T10:04:05Z"))
+        set_run_status(conn, view["id"], "2026-11-22T10:01:00Z", "queued", "run-failed")
+        set_run_status(conn, view["id"], "2026-11-22T10:02:00Z", "running", "run-canceled")
+        set_run_status(conn, view["id"], "2026-11-22T10:03:00Z", "running", "run-gone")
+        set_run_status(conn, view["id"], "2026-11-22T10:04:00Z", "running", "run-going")
+        rows = runs_to_reconcile(conn, 100)
+        done = apply_run_statuses(
+            conn,
+            rows,
+            {"run-failed": "FAILURE", "run-canceled": "CANCELED", "run-going": "STARTED"},
+            now=NOW,
+        )
+        assert (done.failed, done.cancelled, done.to_cancel) == (2, 1, [])
+        assert [s for _, s in ledger_statuses(conn, view["id"])] == [
+            "failed",
+            "cancelled",
+            "failed",
+            "running",
+        ]
+        assert get_schedule(conn, view["id"])["runs_failed"] == 2
+        assert "dagster_run_lost" in (get_schedule(conn, view["id"])["last_error"] or "")
+
+
+def test_cancelling_rows_list_their_live_runs_for_the_sensor_to_cancel(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        grant = make_grant(conn, CREATED)
+        view = make_schedule(conn, CREATED, grant, overlap="allow_all", catchup="all")
+        claim_at(conn, at("2026-11-22T10:02:05Z"))
+        set_run_status(conn, view["id"], "2026-11-22T10:01:00Z", "queued", "run-q")
+        set_run_status(conn, view["id"], "2026-11-22T10:02:00Z", "running", "run-r")
+        pause_schedule(conn, view["id"], now=NOW, note=None, terminate=True)
+        done = apply_run_statuses(
+            conn, runs_to_reconcile(conn, 100), {"run-q": "QUEUED", "run-r": "STARTED"}, now=NOW
+        )
+        assert sorted(run for _, run, _ in done.to_cancel) == ["run-q", "run-r"]
+
+
+def test_a_buffered_slot_is_released_when_the_running_run_ends(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        grant = make_grant(conn, CREATED)
+        view = make_schedule(conn, CREATED, grant, overlap="buffer_one")
+        claim_at(conn, at("2026-11-22T10:01:05Z"))
+        set_run_status(conn, view["id"], "2026-11-22T10:01:00Z", "running", "run-long")
+        claim_at(conn, at("2026-11-22T10:02:05Z"))
+        claim_at(conn, at("2026-11-22T10:03:05Z"))
+        assert [s for _, s in ledger_statuses(conn, view["id"])] == [
+            "running",
+            "buffered",
+            "skipped_overlap",
+        ]
+        assert release_buffered(conn) == []
+        set_run_status(conn, view["id"], "2026-11-22T10:01:00Z", "succeeded", "run-long")
+        (released,) = release_buffered(conn)
+        assert [s for _, s in ledger_statuses(conn, view["id"])][1] == "pending"
+        assert release_buffered(conn) == []
+        assert released

@@ -1,0 +1,345 @@
+"""graph_runs.jobs: grant check, execution API call, outcome, counters and receipt.
+
+A lone slot is a dispatch batch of one on its schedule's partition; ad-hoc runs are one run
+per request, held to a schedule's checks. A slot whose schedule names another owner's grant
+bills nobody. Jobs run in-process on instance_for_test against the real local execution API
+over HTTP and a real schedules database.
+"""
+
+import json
+from typing import Any
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from graph_runs.access.grants import revoke_grant
+from graph_runs.core.money import micros_to_usd
+from graph_runs.jobs import graph_run_adhoc_job
+from graph_runs.resources import ScheduleLimitsResource
+from graph_runs.scheduling.describe import describe_schedule
+from graph_runs.scheduling.schedules import get_schedule
+from graph_runs.store.tables import charge_receipts, execution_grants, run_ledger, schedules
+from tests.conftest import RunningApi
+from tests.dagster_helpers import apply_partitions, launch, make_resources, tick
+from tests.helpers import at, make_grant, make_schedule
+
+CREATED = at("2026-11-22T10:00:30Z")
+NOW = "2026-11-22T10:01:02Z"
+
+
+def fire_one(
+    engine: sa.Engine,
+    database_url: str,
+    instance: dg.DagsterInstance,
+    api: RunningApi,
+    scopes: list[str] | None = None,
+    **fields: Any,
+) -> tuple[dg.ExecuteInProcessResult, dict[str, Any], dg.RunRequest]:
+    with engine.begin() as conn:
+        grant = make_grant(conn, CREATED, scopes=scopes)
+        view = make_schedule(conn, CREATED, grant, **fields)
+    resources = make_resources(database_url, api, NOW)
+    result = tick(instance, resources, None)
+    apply_partitions(instance, result)
+    (request,) = result.run_requests or []
+    return launch(instance, resources, request), view, request
+
+
+def one(engine: sa.Engine, table: sa.Table) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(table)).one()
+
+
+def count(engine: sa.Engine, table: sa.Table) -> int:
+    with engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+
+
+def outcome_metadata(run: dg.ExecuteInProcessResult) -> dict[str, Any]:
+    """The slot's event on its schedule's partition of scheduled_graph_runs, as the UI shows it."""
+    (event,) = run.asset_materializations_for_node("dispatch_slots")
+    assert event.asset_key == dg.AssetKey("scheduled_graph_runs")
+    return {"partition": event.partition, **event.metadata}
+
+
+def recorded(run: dg.ExecuteInProcessResult) -> dict[str, Any]:
+    """What the dispatch op recorded for the run's one slot."""
+    (slot,) = run.output_for_node("dispatch_slots")["recorded"]
+    return dict(slot)
+
+
+def test_a_scheduled_slot_runs_records_and_bills(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
+) -> None:
+    run, view, _ = fire_one(engine, database_url, instance, execution_api, max_cost_usd="0.5")
+    assert run.success
+    row = one(engine, run_ledger)
+    receipt = one(engine, charge_receipts)
+    assert (row.status, row.dagster_run_id, row.api_run_id) == (
+        "succeeded",
+        run.run_id,
+        receipt.api_run_id,
+    )
+    assert row.output == {"echo": {"topic": "news"}}
+    assert (receipt.graph_run_id, receipt.schedule_id, receipt.billing_account) == (
+        row.id,
+        view["id"],
+        "alice-billing",
+    )
+    metadata = recorded(run)
+    assert metadata["status"] == "succeeded" and metadata["receipt_written"] is True
+    entries = outcome_metadata(run)
+    assert entries["partition"] == view["id"] and entries["ledger_id"].value == row.id
+    assert (entries["status"].value, entries["attempt"].value) == ("succeeded", 1)
+    assert entries["api_run_id"].value == receipt.api_run_id
+    assert entries["tokens"].value == receipt.total_tokens
+    assert entries["cost_usd"].value == str(micros_to_usd(receipt.cost_micros))
+    assert entries["over_budget"].value is False and row.over_budget is False
+
+
+def test_a_run_that_costs_more_than_max_cost_is_flagged_over_budget(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
+) -> None:
+    # The demo API reports its cost and does not stop at the limit: exactly the case to flag.
+    run, _, _ = fire_one(engine, database_url, instance, execution_api, max_cost_usd="0.000001")
+    assert run.success
+    row = one(engine, run_ledger)
+    receipt = one(engine, charge_receipts)
+    assert receipt.cost_micros > 1 and row.over_budget is True
+    assert recorded(run)["over_budget"] is True
+    assert outcome_metadata(run)["over_budget"].value is True
+    with engine.connect() as conn:
+        counts = describe_schedule(conn, row.schedule_id, now=at("2026-11-22T10:02:00Z"))["counts"]
+    assert counts["over_budget"] == 1
+
+
+@pytest.mark.parametrize(
+    ("scopes", "change", "code"),
+    [
+        (["graph:execute:other"], None, "scope_denied"),
+        (["graph:execute:echo"], "revoke", "grant_revoked"),
+        (["graph:execute:echo"], "expire", "grant_expired"),
+        (["graph:execute:echo"], "delete", "grant_missing"),
+    ],
+)
+def test_grant_failures_are_recorded_without_calling_the_api(
+    engine: sa.Engine,
+    database_url: str,
+    instance: dg.DagsterInstance,
+    execution_api: RunningApi,
+    scopes: list[str],
+    change: str | None,
+    code: str,
+) -> None:
+    with engine.begin() as conn:
+        grant = make_grant(conn, CREATED, scopes=scopes)
+        view = make_schedule(conn, CREATED, grant)
+        # Revoked behind revoke_and_pause's back (straight in the table, as another tool
+        # might), or expired: the first run that meets it pauses the schedule.
+        if change == "revoke":
+            revoke_grant(conn, grant.id, now=CREATED, by="security")
+        if change == "expire":
+            conn.execute(execution_grants.update().values(expires_at=at("2026-11-22T10:00:45Z")))
+        if change == "delete":
+            conn.execute(execution_grants.delete())
+    resources = make_resources(database_url, execution_api, NOW)
+    result = tick(instance, resources, None)
+    apply_partitions(instance, result)
+    run = launch(instance, resources, (result.run_requests or [])[0])
+    assert not run.success
+    row = one(engine, run_ledger)
+    assert (row.status, row.error_code) == ("failed", code)
+    assert execution_api.store.executions == 0 and count(engine, charge_receipts) == 0
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(schedules.c.runs_failed)).scalar_one() == 1
+        state = get_schedule(conn, view["id"])
+    if change is None:
+        # Out of scope is a per-graph mistake, left to pause-after-failures.
+        assert state["enabled"]
+    else:
+        # A dead grant fails every slot the same way: the schedule pauses, saying why.
+        assert not state["enabled"] and state["paused_by"] == "graph-runs (grant)"
+        assert state["pause_note"].startswith(f"grant {grant.id}: {code}: grant {grant.id} ")
+
+
+@pytest.mark.parametrize("code", ["grant_revoked", "scope_denied"])
+def test_a_403_from_the_apis_own_grant_check_is_recorded_and_not_retried(
+    engine: sa.Engine,
+    database_url: str,
+    instance: dg.DagsterInstance,
+    execution_api: RunningApi,
+    code: str,
+) -> None:
+    """Our grant says yes, the API's re-check says no (revoked on its side, say)."""
+    with engine.begin() as conn:
+        grant = make_grant(conn, CREATED)
+        view = make_schedule(conn, CREATED, grant)
+    execution_api.store.refused_grants[grant.id] = code
+    resources = make_resources(database_url, execution_api, NOW)
+    result = tick(instance, resources, None)
+    apply_partitions(instance, result)
+    run = launch(instance, resources, (result.run_requests or [])[0])
+    assert not run.success
+    row = one(engine, run_ledger)
+    assert (row.status, row.error_code, row.api_run_id) == ("failed", code, None)
+    assert (execution_api.store.refusals, execution_api.store.executions) == (1, 0)
+    assert count(engine, charge_receipts) == 0
+    with engine.connect() as conn:
+        state = get_schedule(conn, view["id"])
+    # Revoked pauses the grant's schedules, as our own check would; out of scope does not.
+    assert state["enabled"] is (code == "scope_denied")
+
+
+def test_a_failed_graph_fails_the_run_and_still_bills(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
+) -> None:
+    run, _, _ = fire_one(engine, database_url, instance, execution_api, graph_id="fail")
+    assert not run.success
+    row = one(engine, run_ledger)
+    assert (row.status, row.error_code) == ("failed", "graph_failed")
+    assert count(engine, charge_receipts) == 1
+
+
+def test_re_executing_a_slot_never_executes_or_bills_twice(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
+) -> None:
+    first, _, request = fire_one(engine, database_url, instance, execution_api)
+    second = launch(instance, make_resources(database_url, execution_api, NOW), request)
+    assert first.success and second.success
+    assert execution_api.store.executions == 1
+    assert count(engine, charge_receipts) == 1
+    with engine.connect() as conn:
+        totals = conn.execute(sa.select(schedules.c.runs_total, schedules.c.runs_succeeded)).one()
+    assert tuple(totals) == (1, 1)
+
+
+def test_api_outage_fails_the_run_and_a_later_re_execution_succeeds_once(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
+) -> None:
+    run, _, request = fire_one(
+        engine, database_url, instance, execution_api, graph_id="flaky", input={"failures": 3}
+    )
+    # Three attempts, three 503s: the run fails, recorded as api_unavailable.
+    assert not run.success
+    assert one(engine, run_ledger).error_code == "api_unavailable"
+    # Re-executing the failed run (Dagster tags it with its parent) fires the slot again.
+    again = launch(
+        instance,
+        make_resources(database_url, execution_api, NOW),
+        request.with_replaced_attrs(tags={**request.tags, "dagster/parent_run_id": run.run_id}),
+    )
+    assert again.success
+    row = one(engine, run_ledger)
+    assert (row.status, row.dagster_run_id) == ("succeeded", again.run_id)
+    with engine.connect() as conn:
+        counts = conn.execute(sa.select(schedules.c.runs_succeeded, schedules.c.runs_failed)).one()
+    assert tuple(counts) == (1, 0)
+    assert execution_api.store.executions == 1 and count(engine, charge_receipts) == 1
+
+
+def test_adhoc_runs_with_one_key_execute_once(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
+) -> None:
+    with engine.begin() as conn:
+        grant = make_grant(conn, CREATED)
+    config = {
+        "ops": {
+            "check_grant": {
+                "config": {
+                    "idempotency_key": "req-42",
+                    "graph_id": "echo",
+                    "grant_id": grant.id,
+                    "input": {"q": "now"},
+                    "requested_by": "ops@example.com",
+                }
+            }
+        }
+    }
+    resources = make_resources(database_url, execution_api, NOW)
+    runs = [
+        graph_run_adhoc_job.execute_in_process(
+            run_config=config, instance=instance, resources=resources
+        )
+        for _ in range(2)
+    ]
+    assert all(r.success for r in runs)
+    assert execution_api.store.executions == 1 and count(engine, charge_receipts) == 1
+    row = one(engine, run_ledger)
+    assert (row.idempotency_key, row.trigger_kind, row.requested_by) == (
+        "api:req-42",
+        "api",
+        "ops@example.com",
+    )
+    tags = instance.get_run_by_id(runs[0].run_id).tags  # type: ignore[union-attr]
+    assert tags["graph_runs/ledger_id"] == row.id and tags["graph_runs/owner"] == "alice"
+
+
+@pytest.mark.parametrize("neighbours", [0, 2], ids=["alone", "in a batch"])
+def test_a_schedule_naming_another_owners_grant_fails_without_calling_the_api(
+    engine: sa.Engine,
+    database_url: str,
+    instance: dg.DagsterInstance,
+    execution_api: RunningApi,
+    neighbours: int,
+) -> None:
+    with engine.begin() as conn:
+        alices = make_grant(conn, CREATED)
+        for _ in range(neighbours):
+            make_schedule(conn, CREATED, alices)
+        stolen = make_schedule(conn, CREATED, alices)
+        # Another application writes mallory in as the owner of a schedule on alice's grant.
+        conn.execute(
+            schedules.update().where(schedules.c.id == stolen["id"]).values(owner="mallory")
+        )
+    resources = make_resources(database_url, execution_api, NOW)
+    result = tick(instance, resources, None)
+    apply_partitions(instance, result)
+    (request,) = result.run_requests or []
+    run = launch(instance, resources, request)
+    assert not run.success
+    with engine.connect() as conn:
+        rows = {r.schedule_id: r for r in conn.execute(sa.select(run_ledger))}
+    assert (rows[stolen["id"]].status, rows[stolen["id"]].error_code) == (
+        "failed",
+        "grant_not_owner",
+    )
+    # alice's own schedules fire; mallory's bills nobody.
+    assert execution_api.store.executions == neighbours == count(engine, charge_receipts)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"graph_id": ".."}, "graph_id"),
+        ({"graph_id": "echo/../../admin"}, "graph_id"),
+        ({"input": {"blob": "x" * 200}}, "input"),
+        ({"input": {"deep": json.loads("[" * 40 + "]" * 40)}}, "input"),  # 41 levels
+        ({"max_cost_usd": "1e20"}, "max_cost_usd"),
+    ],
+)
+def test_adhoc_requests_are_held_to_the_checks_of_a_schedule(
+    engine: sa.Engine,
+    database_url: str,
+    instance: dg.DagsterInstance,
+    execution_api: RunningApi,
+    change: dict[str, Any],
+    field: str,
+) -> None:
+    with engine.begin() as conn:
+        grant = make_grant(conn, CREATED)
+    request = {"idempotency_key": "req-1", "graph_id": "echo", "grant_id": grant.id, **change}
+    resources = {
+        **make_resources(database_url, execution_api, NOW),
+        "schedule_limits": ScheduleLimitsResource(max_input_bytes=100),
+    }
+    run = graph_run_adhoc_job.execute_in_process(
+        run_config={"ops": {"check_grant": {"config": request}}},
+        instance=instance,
+        resources=resources,
+        raise_on_error=False,
+    )
+    assert not run.success
+    (failure,) = [e for e in run.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert f"refused: {field}:" in str(failure.event_specific_data)
+    assert count(engine, run_ledger) == 0 and execution_api.store.executions == 0
