@@ -43,10 +43,10 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class DispatchSettings:
-    """How slots are batched and fired (README, "How a slot fires").
+    """How slots are batched and fired (docs/how-a-slot-fires.md).
 
     Attributes:
-        batch_size: most slots one dispatch run fires. 2,500 by measurement (README,
+        batch_size: most slots one dispatch run fires. 2,500 by measurement (docs/benchmarks.md,
             Benchmarks): with the shipped dagster.yaml's four concurrent runs, 10,000
             slots at one instant are four runs, all up before the instant; batches of 500
             made twenty, fired in five waves of four, and tripled the p99 lag.
@@ -77,7 +77,7 @@ class DispatchSettings:
 
 @dataclass(frozen=True)
 class ApiSettings:
-    """How hard the execution API is retried (README, "Security and failure model").
+    """How hard the execution API is retried (docs/security.md).
 
     Attributes:
         max_attempts: tries of one request before its slot fails ``api_unavailable``. With
@@ -119,7 +119,7 @@ class Settings:
     @property
     def default_database_url(self) -> str:
         """The SQLite database used when ``GRAPH_RUNS_DATABASE_URL`` is unset."""
-        return f"sqlite:///{(self.home / 'graph_runs.store.db').resolve()}"
+        return f"sqlite:///{(self.home / 'graph_runs.db').resolve()}"
 
     def database_url(self, environ: Mapping[str, str] | None = None) -> str:
         """The database URL for command-line use, where no Dagster UI can leak it."""

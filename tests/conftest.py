@@ -33,7 +33,7 @@ API_TOKEN = "test-token-not-secret"
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A migrated SQLite file, copied per test so that each starts empty and fast."""
-    path = tmp_path_factory.mktemp("template") / "graph_runs.store.db"
+    path = tmp_path_factory.mktemp("template") / "graph_runs.db"
     engine = make_engine(f"sqlite:///{path}")
     upgrade(engine)
     engine.dispose()
@@ -71,7 +71,7 @@ def postgres_migrated(postgres_url: str) -> str:
 def database_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path) -> str:
     """A migrated, empty schedules database on each backend."""
     if request.param == "sqlite":
-        path = tmp_path / "graph_runs.store.db"
+        path = tmp_path / "graph_runs.db"
         shutil.copyfile(sqlite_template, path)
         return f"sqlite:///{path}"
     url: str = request.getfixturevalue("postgres_migrated")

@@ -54,7 +54,7 @@ def spec_options(func: F) -> F:
     """The options that set a schedule's spec, shared by create, upsert and update.
 
     Each defaults to None, meaning "not given": create and upsert then use the default that
-    the README documents, and update keeps the current value.
+    docs/scheduling.md documents, and update keeps the current value.
     """
     options = [
         click.option("--owner"),

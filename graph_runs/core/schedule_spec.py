@@ -29,9 +29,9 @@ from graph_runs.core.policies import (
 TIMING_FIELDS = ("cron", "timezone", "run_at", "jitter_seconds", "start_at")
 
 
-# The documented range of every number and instant a schedule holds (README, "Security and
-# failure model"): far beyond real use, far inside what date arithmetic, money in
-# micro-dollars and the database's integers can carry.
+# The documented range of every number and instant a schedule holds (docs/security.md): far
+# beyond real use, far inside what date arithmetic, money in micro-dollars and the
+# database's integers can carry.
 MAX_RUNS = 1_000_000_000
 MAX_PAUSE_AFTER_FAILURES = 1_000_000
 MAX_COST_USD = Decimal(1_000_000)

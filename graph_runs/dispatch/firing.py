@@ -1,7 +1,7 @@
 """What happens at the instant a batch's slots come due: decide, then fire.
 
 The sensor claims slots ahead of their instant, so that their dispatch run is up in time;
-everything the README says is decided when a slot comes due is decided here, at that
+everything docs/how-a-slot-fires.md says is decided when a slot comes due is decided here, at that
 instant, in one transaction for all the slots due at it:
 
 - a slot whose schedule was paused or deleted meanwhile was cancelled by the pause, and a

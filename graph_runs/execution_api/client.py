@@ -1,4 +1,4 @@
-"""The client side of the execution API contract (see README, "The execution API contract").
+"""The client side of the execution API contract (docs/execution-api.md).
 
 Retries use bounded exponential backoff that honours ``Retry-After``; the request body is
 built once per slot and never changes between attempts, because the server's idempotency

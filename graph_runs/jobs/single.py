@@ -76,7 +76,7 @@ def start_single(
         raise dg.Failure(
             description=(
                 "an ad-hoc graph run needs op config check_grant.config with "
-                f"{', '.join(missing)} (see README, 'Immediate runs')"
+                f"{', '.join(missing)} (see docs/immediate-runs.md)"
             )
         )
     try:

@@ -12,7 +12,7 @@ DEFAULTS = DispatchSettings()
 
 
 class DispatchResource(dg.ConfigurableResource):
-    """Operator-set dispatch bounds (see README, "How a slot fires").
+    """Operator-set dispatch bounds (see docs/how-a-slot-fires.md).
 
     ``slot_asset_events`` logs one asset event per fired slot on its schedule's partition;
     on Dagster+ each is billed as a materialization, so it can be turned off.

@@ -4,7 +4,8 @@
 allowed move from one status to another, with the functions here that make it. Every insert
 into the ledger and every change of its ``status`` column goes through a function of this
 module, and each checks its move against the table first, so that "how can a slot end up
-``cancelled``?" is answered by reading one table (or the README's diagram, generated from it).
+``cancelled``?" is answered by reading one table (or the diagram in docs/how-a-slot-fires.md,
+generated from it).
 
 Moves of many rows at once (cancelling a schedule's runs, say) name their starting statuses
 in the statement's WHERE clause, so a row that moved meanwhile is left as it is.
@@ -43,8 +44,8 @@ NEW = None
 _CHUNK = 1_000
 
 # Who moves a ledger row from which statuses to which: (from, to, the functions here that do
-# it). The README's state diagram is generated from the table (``state_diagram``), and a
-# test keeps the two equal.
+# it). The state diagram in docs/how-a-slot-fires.md is generated from the table
+# (``state_diagram``), and a test keeps the two equal.
 _RULES: tuple[tuple[tuple[str | None, ...], tuple[str, ...], str], ...] = (
     # A slot comes due (the claim; resume's record of paused slots), or someone asks for a
     # run (trigger now, backfill; an ad-hoc or partition run from Dagster starts queued).
@@ -392,7 +393,7 @@ def refire(conn: sa.Connection, row: Any, target: str, **values: Any) -> bool:
 
 
 def state_diagram() -> str:
-    """The README's mermaid state diagram, generated from ``TRANSITIONS``.
+    """The mermaid state diagram of docs/how-a-slot-fires.md, generated from ``TRANSITIONS``.
 
     The statuses of slots that never ran share their one way out (a backfill), so those
     moves are drawn once, from a node that names them all, to keep the diagram readable.

@@ -22,7 +22,7 @@ def test_definitions_load_with_the_documented_names(tmp_path) -> None:
     job = defs.resolve_job_def("graph_run_job")
     assert isinstance(job.partitions_def, dg.DynamicPartitionsDefinition)
     assert defs.resolve_job_def("graph_run_adhoc_job").partitions_def is None
-    assert not (tmp_path / "graph_runs.store.db").exists()
+    assert not (tmp_path / "graph_runs.db").exists()
 
 
 def test_secrets_reach_resources_as_env_vars_not_values(tmp_path) -> None:

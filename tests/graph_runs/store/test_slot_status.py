@@ -3,7 +3,7 @@
 Every (from, to) pair of statuses is tried on a real ledger row, on SQLite and PostgreSQL:
 an allowed move happens, any other is refused with an error naming both statuses and leaves
 the row as it was. Also checks, by reading the source, that no other module writes the
-ledger, and that the README's state diagram is the one the table generates.
+ledger, and that the state diagram in docs/how-a-slot-fires.md is the one the table generates.
 """
 
 import ast
@@ -175,12 +175,12 @@ def test_no_other_module_writes_the_ledger() -> None:
     assert set(writers) == {"graph_runs/store/slot_status.py"}, writers
 
 
-def test_the_readme_diagram_is_the_table() -> None:
-    readme = (ROOT / "README.md").read_text()
-    found = re.search(r"```mermaid\n(stateDiagram-v2\n.*?)```", readme, re.S)
-    assert found, "README.md has no mermaid stateDiagram-v2 block"
+def test_the_documented_diagram_is_the_table() -> None:
+    page = (ROOT / "docs" / "how-a-slot-fires.md").read_text()
+    found = re.search(r"```mermaid\n(stateDiagram-v2\n.*?)```", page, re.S)
+    assert found, "docs/how-a-slot-fires.md has no mermaid stateDiagram-v2 block"
     assert found.group(1) == slot_status.state_diagram(), (
-        "README's state diagram differs from graph_runs.store.slot_status.TRANSITIONS; regenerate "
+        "docs/how-a-slot-fires.md's diagram differs from slot_status.TRANSITIONS; regenerate "
         "it with: python -c "
         "'from graph_runs.store.slot_status import state_diagram as d; print(d())'"
     )
