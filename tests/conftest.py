@@ -30,6 +30,31 @@ POSTGRES_VAR = "GRAPH_RUNS_TEST_POSTGRES_URL"
 API_TOKEN = "test-token-not-secret"
 
 
+# The e2e files, longest first (measured with --durations). Under xdist (`make test` runs
+# --dist loadfile) a file is one unit of work and units go out in collection order, so the
+# long waits on real processes start at once and the short tests fill the gaps around them.
+E2E_LONGEST_FIRST = (
+    "test_faults.py",
+    "test_daemon_recovery.py",
+    "test_topology.py",
+    "test_daemon.py",
+    "test_daemon_approvals.py",
+    "test_catalog.py",
+    "test_graphql.py",
+    "test_clock_jumps.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def weight(item: pytest.Item) -> tuple[int, int]:
+        if not item.get_closest_marker("e2e"):
+            return (1, 0)
+        name = item.path.name
+        return (0, E2E_LONGEST_FIRST.index(name) if name in E2E_LONGEST_FIRST else 99)
+
+    items.sort(key=weight)  # stable: within a file, tests keep their order
+
+
 @pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A migrated SQLite file, copied per test so that each starts empty and fast."""

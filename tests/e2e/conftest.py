@@ -81,6 +81,17 @@ class Stack:
         return "\n".join(p.read_text(errors="replace")[-4000:] for p in self.logs.glob("*.log"))
 
 
+# A hung e2e test fails after this long: above the longest bounded wait in the tier (420 s
+# for a batch's second attempt) plus the processes' start, far under CI's 90 minutes.
+E2E_TIMEOUT_SECONDS = 600
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("e2e") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(E2E_TIMEOUT_SECONDS))
+
+
 SLOT_JOBS = ("graph_run_job", "dispatch_batch_job")
 
 
@@ -151,6 +162,7 @@ def stack(
     database_url: str,
     dagster_storage_url: str | None,
     execution_api: RunningApi,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Stack]:
     """A DAGSTER_HOME with the repository's dagster.yaml (or dagster.postgres.yaml)."""
     home = tmp_path / "dagster_home"
@@ -172,6 +184,10 @@ def stack(
     if dagster_storage_url:
         env["GRAPH_RUNS_DAGSTER_POSTGRES_URL"] = dagster_storage_url
     running = Stack(env=env, dagster_home=home, logs=logs)
+    # Dagster's storage is created here, once: processes started together on an empty
+    # DAGSTER_HOME race to create it ("table alembic_version already exists").
+    with running.instance(monkeypatch):
+        pass
     yield running
     for process in running.processes:  # all at once, then each waited for
         if process.poll() is None:

@@ -22,6 +22,7 @@ import io
 import json
 import os
 import signal
+import sqlite3
 from pathlib import Path
 
 import dagster as dg
@@ -60,6 +61,55 @@ def descends_from(pid: int, ancestor: int) -> bool:
         if pid <= 1:
             return False
     return False
+
+
+def holds_a_write_lock(engine: sa.Engine, batch_id: str, dagster_storage: Path) -> bool:
+    """Whether some process holds a write that the sensor or the next run would wait on.
+
+    On PostgreSQL, the batch's row (the sensor moves it to its next attempt); on SQLite, the
+    schedules database and every file of Dagster's own storage, which a writer locks whole.
+    """
+    files = list(dagster_storage.rglob("*.db"))
+    if engine.dialect.name == "sqlite":
+        files.append(Path(str(engine.url.database)))
+    else:
+        try:
+            with engine.connect() as conn, conn.begin():
+                conn.execute(
+                    sa.select(dispatch_batches.c.id)
+                    .where(dispatch_batches.c.id == batch_id)
+                    .with_for_update(nowait=True)
+                )
+        except sa.exc.OperationalError:
+            return True
+    for path in files:
+        probe = sqlite3.connect(path, timeout=0.1, isolation_level=None)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+        except sqlite3.OperationalError:
+            return True
+        finally:
+            probe.close()
+    return False
+
+
+def freeze_outside_a_write(
+    pid: int, engine: sa.Engine, batch_id: str, dagster_storage: Path
+) -> None:
+    """SIGSTOP the worker at a moment it holds no write lock that others need.
+
+    A worker frozen inside a write would stop the whole instance on SQLite (and the sensor's
+    move of the batch on PostgreSQL) until it is woken: a fault of its own, not the hung
+    worker whose lease this test is about. So it is frozen, probed, and thawed to try again
+    at once if it was inside one. Bounded: a worker that is always writing fails the test.
+    """
+    for _ in range(50):
+        os.kill(pid, signal.SIGSTOP)
+        if not holds_a_write_lock(engine, batch_id, dagster_storage):
+            return
+        os.kill(pid, signal.SIGCONT)
+    raise AssertionError("the worker held a write lock at each of 50 freezes")
 
 
 @pytest.mark.parametrize("fault", ["killed", "frozen"])
@@ -118,7 +168,10 @@ def test_a_dead_or_hung_dispatch_worker_loses_no_slot_and_executes_none_twice(
         wait_for(lambda: worker_pid(instance, first.run_id) is not None, stack, "the worker pid")
         pid = worker_pid(instance, first.run_id)
         assert pid is not None and descends_from(pid, daemon), "not a process this test started"
-        os.kill(pid, signal.SIGKILL if fault == "killed" else signal.SIGSTOP)
+        if fault == "killed":
+            os.kill(pid, signal.SIGKILL)
+        else:
+            freeze_outside_a_write(pid, engine, batch_id, stack.dagster_home / "storage")
 
         # The lease runs out, and the sensor dispatches the slow slots again, same keys.
         slow_keys = {r.idempotency_key for r in ledger() if r.status == "running"}
