@@ -63,13 +63,13 @@ def descends_from(pid: int, ancestor: int) -> bool:
     return False
 
 
-def holds_a_write_lock(engine: sa.Engine, batch_id: str, dagster_storage: Path) -> bool:
+def holds_a_write_lock(engine: sa.Engine, batch_id: str, dagster_home: Path) -> bool:
     """Whether some process holds a write that the sensor or the next run would wait on.
 
     On PostgreSQL, the batch's row (the sensor moves it to its next attempt); on SQLite, the
     schedules database and every file of Dagster's own storage, which a writer locks whole.
     """
-    files = list(dagster_storage.rglob("*.db"))
+    files = list(dagster_home.rglob("*.db"))
     if engine.dialect.name == "sqlite":
         files.append(Path(str(engine.url.database)))
     else:
@@ -94,9 +94,7 @@ def holds_a_write_lock(engine: sa.Engine, batch_id: str, dagster_storage: Path) 
     return False
 
 
-def freeze_outside_a_write(
-    pid: int, engine: sa.Engine, batch_id: str, dagster_storage: Path
-) -> None:
+def freeze_outside_a_write(pid: int, engine: sa.Engine, batch_id: str, dagster_home: Path) -> None:
     """SIGSTOP the worker at a moment it holds no write lock that others need.
 
     A worker frozen inside a write would stop the whole instance on SQLite (and the sensor's
@@ -106,7 +104,7 @@ def freeze_outside_a_write(
     """
     for _ in range(50):
         os.kill(pid, signal.SIGSTOP)
-        if not holds_a_write_lock(engine, batch_id, dagster_storage):
+        if not holds_a_write_lock(engine, batch_id, dagster_home):
             return
         os.kill(pid, signal.SIGCONT)
     raise AssertionError("the worker held a write lock at each of 50 freezes")
@@ -171,7 +169,7 @@ def test_a_dead_or_hung_dispatch_worker_loses_no_slot_and_executes_none_twice(
         if fault == "killed":
             os.kill(pid, signal.SIGKILL)
         else:
-            freeze_outside_a_write(pid, engine, batch_id, stack.dagster_home / "storage")
+            freeze_outside_a_write(pid, engine, batch_id, stack.dagster_home)
 
         # The lease runs out, and the sensor dispatches the slow slots again, same keys.
         slow_keys = {r.idempotency_key for r in ledger() if r.status == "running"}
