@@ -121,7 +121,7 @@ def engine(database_url: str) -> Iterator[sa.Engine]:
 @pytest.fixture(scope="session")
 def dagster_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Dagster's SQLite storage, made once: making it costs 0.4 s of CPU, copying it 0.05 s."""
-    path = tmp_path_factory.mktemp("dagster_template") / "home"
+    path = tmp_path_factory.mktemp("dagster_template")
     with dg.instance_for_test(temp_dir=str(path)):
         pass
     return path
