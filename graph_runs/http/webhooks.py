@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from graph_runs.approvals import decisions as approvals
+from graph_runs.approvals import decisions
 from graph_runs.core.errors import Conflict, InvalidInput, NotFound
 from graph_runs.store.tables import webhook_deliveries
 
@@ -125,7 +125,7 @@ def create_app(engine: sa.Engine, secret: str, clock: Callable[[], dt.datetime])
                         decision=data["decision"][:20],
                     )
                 )
-                view = approvals.decide(
+                view = decisions.decide(
                     conn,
                     data["approval_id"],
                     data["decision"],
