@@ -20,7 +20,7 @@ def execution_api(tmp_path: Path) -> Iterator[RecordingApi]:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """The benchmarks' own figures, as markdown tables ready for the README."""
+    """The benchmarks' own figures, as markdown tables ready for docs/benchmarks.md."""
     if TABLES:
         terminalreporter.section("graph-runs benchmark figures")
         terminalreporter.write_line("\n\n".join(TABLES))

@@ -2,7 +2,7 @@
 
 Results go to ``.graph_runs/bench/`` (JSON per benchmark, a PNG of the burst's lag
 distribution) and to the terminal as one table row per figure, so that a run of
-``make bench`` can be pasted into the README as it is.
+``make bench`` can be pasted into docs/benchmarks.md as it is.
 """
 
 import asyncio
