@@ -130,7 +130,11 @@ def parse_instant(text: str) -> dt.datetime:
         value = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
         raise ValueError(f"{text!r} is not an ISO 8601 time") from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        # Year 1 at +05:00, or year 9999 at -05:00: no date holds it in UTC (issue 21, B8).
+        raise ValueError(f"{text!r} is outside the years 1 to 9999 in UTC") from None
 
 
 class CronSchedule:

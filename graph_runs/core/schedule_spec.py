@@ -37,6 +37,7 @@ MAX_PAUSE_AFTER_FAILURES = 1_000_000
 MAX_COST_USD = Decimal(1_000_000)
 EARLIEST = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 LATEST = dt.datetime(2200, 1, 1, tzinfo=dt.UTC)
+OUT_OF_RANGE = f"must be from {EARLIEST:%Y-%m-%d} to before {LATEST:%Y-%m-%d}"
 MAX_INPUT_DEPTH = 32
 # A graph id goes into the execution API's URL path: letters, digits and ``_.:-``, starting
 # with a letter or digit (so never ``.`` or ``..``), at most 200 characters.
@@ -126,7 +127,7 @@ class ScheduleSpec(pydantic.BaseModel):
     def _utc(cls, value: dt.datetime | None) -> dt.datetime | None:
         value = _aware(value)
         if value is not None and not EARLIEST <= value < LATEST:
-            raise ValueError(f"must be from {EARLIEST:%Y-%m-%d} to before {LATEST:%Y-%m-%d}")
+            raise ValueError(OUT_OF_RANGE)
         return value
 
     @pydantic.model_validator(mode="after")

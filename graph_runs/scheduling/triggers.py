@@ -29,6 +29,7 @@ from graph_runs.core.policies import OVERLAP_POLICIES
 from graph_runs.core.schedule_spec import (
     EARLIEST,
     LATEST,
+    OUT_OF_RANGE,
     UNLIMITED,
     ScheduleLimits,
     spec_from_row,
@@ -205,9 +206,7 @@ def backfill_schedule(
     policy = _overlap(overlap)
     for name, instant in (("from", start), ("to", end)):
         if not EARLIEST <= instant < LATEST:
-            raise InvalidInput(
-                name, f"must be from {EARLIEST:%Y-%m-%d} to before {LATEST:%Y-%m-%d}"
-            )
+            raise InvalidInput(name, OUT_OF_RANGE)
     if end < start:
         raise InvalidInput("to", "is before from")
     if end > now:

@@ -151,6 +151,11 @@ def test_policies_external_ids_upsert_trigger_and_backfill(cli, cli_grant) -> No
         (["--cron", "0 9 * * *", "--max-cost-usd", "9" * 14], "error: max_cost_usd: Input"),
         (["--cron", "0 9 * * *", "--start-at", "0001-01-01T00:00:00Z"], "error: start_at: must"),
         (["--run-at", "9999-12-31T23:59:59Z"], "error: run_at: must be from 2000-01-01"),
+        # Issue 21, B8: the end of time with a negative offset is past datetime's range in UTC.
+        (
+            ["--run-at", "9999-12-31T23:59:59-05:00"],
+            "error: run_at: '9999-12-31T23:59:59-05:00' is outside the years 1 to 9999 in UTC",
+        ),
         (["--cron", "0 9 * * *", "--input", '{"a": NaN}'], "error: input: holds a number"),
         (["--cron", "0 9 * * *", "--input", '{"a": "\\u0000"}'], "error: input: holds a NUL"),
         (["--cron", "0 9 * * *", "--input", '{"a": "\\ud800"}'], "error: input: holds a lone"),
@@ -173,6 +178,24 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(schedules)).scalar() == 0
     engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("start", "message"),
+    [
+        ("0001-01-01T00:00:00Z", "error: from: must be from 2000-01-01 to before 2200-01-01"),
+        ("9999-12-31T23:00:00Z", "error: from: must be from 2000-01-01 to before 2200-01-01"),
+        # Before year 1 once in UTC: past what a date can hold at all.
+        ("0001-01-01T00:00:00+05:00", "error: from: '0001-01-01T00:00:00+05:00' is outside"),
+    ],
+)
+def test_preview_from_the_edges_of_time_exits_2_with_one_line(
+    cli, start: str, message: str
+) -> None:
+    """Issue 21, B8: ``preview --from`` year 1 crashed with OverflowError, a traceback."""
+    code, out, err = cli("schedules", "preview", "--cron", "0 9 * * *", "--from", start)
+    assert code == 2 and out == ""
+    assert err.startswith(message) and err.count("\n") == 1
 
 
 def test_preview_prints_fire_instants_under_the_dst_policy(cli) -> None:
