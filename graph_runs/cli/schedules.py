@@ -27,7 +27,7 @@ from graph_runs.core.policies import (
     OVERLAP_POLICIES,
     parse_duration,
 )
-from graph_runs.core.schedule_spec import EARLIEST, LATEST, OUT_OF_RANGE
+from graph_runs.core.schedule_spec import require_in_range
 from graph_runs.scheduling import schedules as schedules_api
 from graph_runs.scheduling import triggers
 from graph_runs.scheduling.describe import describe_schedule
@@ -377,10 +377,9 @@ def schedules_preview(cron: str, timezone: str, start: str, count: int, as_json:
     """Print the next fire instants in UTC, under the daylight-saving policy."""
     after = instant("from", start)
     assert after is not None
-    if not EARLIEST <= after < LATEST:
-        # No schedule fires outside it, and near a date's limits the cron arithmetic
-        # overflowed (issue 21, B8).
-        raise InvalidInput("from", OUT_OF_RANGE)
+    # No schedule fires outside it, and near a date's limits the cron arithmetic overflowed
+    # (issue 21, B8).
+    require_in_range("from", after)
     try:
         schedule = CronSchedule(cron, timezone)
     except CronError as exc:

@@ -68,6 +68,12 @@ UNLIMITED = ScheduleLimits(
 )
 
 
+def require_in_range(field: str, instant: dt.datetime) -> None:
+    """Raise InvalidInput naming ``field`` unless ``instant`` lies where a schedule's can."""
+    if not EARLIEST <= instant < LATEST:
+        raise InvalidInput(field, OUT_OF_RANGE)
+
+
 def _aware(value: dt.datetime | None) -> dt.datetime | None:
     if value is None:
         return None

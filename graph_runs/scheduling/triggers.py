@@ -27,11 +27,9 @@ from graph_runs.core.ids import new_id
 from graph_runs.core.ledger_rows import manual_key, schedule_run_row, slot_key
 from graph_runs.core.policies import OVERLAP_POLICIES
 from graph_runs.core.schedule_spec import (
-    EARLIEST,
-    LATEST,
-    OUT_OF_RANGE,
     UNLIMITED,
     ScheduleLimits,
+    require_in_range,
     spec_from_row,
 )
 from graph_runs.core.slot_plan import overlap_status
@@ -204,9 +202,8 @@ def backfill_schedule(
     Returns how many slots will run and how many already had a run, slot by slot.
     """
     policy = _overlap(overlap)
-    for name, instant in (("from", start), ("to", end)):
-        if not EARLIEST <= instant < LATEST:
-            raise InvalidInput(name, OUT_OF_RANGE)
+    require_in_range("from", start)
+    require_in_range("to", end)
     if end < start:
         raise InvalidInput("to", "is before from")
     if end > now:
