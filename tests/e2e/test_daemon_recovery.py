@@ -23,6 +23,7 @@ import json
 import os
 import signal
 import sqlite3
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -66,11 +67,12 @@ def descends_from(pid: int, ancestor: int) -> bool:
     return False
 
 
-def holds_a_write_lock(engine: sa.Engine, batch_id: str, dagster_home: Path) -> bool:
-    """Whether some process holds a write that the sensor or the next run would wait on.
+def write_lock_held(engine: sa.Engine, batch_id: str, dagster_home: Path) -> str | None:
+    """What some process holds a write on that the sensor or the next run would wait for.
 
     On PostgreSQL, the batch's row (the sensor moves it to its next attempt); on SQLite, the
     schedules database and every file of Dagster's own storage, which a writer locks whole.
+    None when nothing is held.
     """
     files = list(dagster_home.rglob("*.db"))
     if engine.dialect.name == "sqlite":
@@ -84,17 +86,17 @@ def holds_a_write_lock(engine: sa.Engine, batch_id: str, dagster_home: Path) -> 
                     .with_for_update(nowait=True)
                 )
         except sa.exc.OperationalError:
-            return True
+            return f"the row of {batch_id}"
     for path in files:
         probe = sqlite3.connect(path, timeout=0.1, isolation_level=None)
         try:
             probe.execute("BEGIN IMMEDIATE")
             probe.execute("ROLLBACK")
         except sqlite3.OperationalError:
-            return True
+            return str(path)
         finally:
             probe.close()
-    return False
+    return None
 
 
 def freeze_outside_a_write(pid: int, engine: sa.Engine, batch_id: str, dagster_home: Path) -> None:
@@ -102,15 +104,19 @@ def freeze_outside_a_write(pid: int, engine: sa.Engine, batch_id: str, dagster_h
 
     A worker frozen inside a write would stop the whole instance on SQLite (and the sensor's
     move of the batch on PostgreSQL) until it is woken: a fault of its own, not the hung
-    worker whose lease this test is about. So it is frozen, probed, and thawed to try again
-    at once if it was inside one. Bounded: a worker that is always writing fails the test.
+    worker whose lease this test is about. So it is frozen and probed; if it was inside a
+    write, it is thawed for a tenth of a second (its write takes milliseconds) and frozen
+    again. Bounded: a worker that is always writing fails the test, naming what it held.
     """
+    held = None
     for _ in range(50):
         os.kill(pid, signal.SIGSTOP)
-        if not holds_a_write_lock(engine, batch_id, dagster_home):
+        held = write_lock_held(engine, batch_id, dagster_home)
+        if held is None:
             return
         os.kill(pid, signal.SIGCONT)
-    raise AssertionError("the worker held a write lock at each of 50 freezes")
+        time.sleep(0.1)  # a real process finishing its write, not a clock the test could move
+    raise AssertionError(f"at each of 50 freezes a write lock was held, last on {held}")
 
 
 @pytest.mark.parametrize("fault", ["killed", "frozen"])
