@@ -2,7 +2,9 @@
 
 Configuration comes from ``graph_runs.settings``; secrets (the API token, and the database
 URL when it is set, since it may carry a password) reach resources through ``EnvVar`` so
-that the UI shows their names, never their values.
+that their values are never part of the definitions. Every resource is sealed
+(``graph_runs.resources.sealed``): no run config, from the launchpad or GraphQL, can point
+one elsewhere or set its clock.
 """
 
 import dagster as dg
@@ -23,6 +25,7 @@ from graph_runs.resources import (
     GrantsResource,
     ScheduleLimitsResource,
 )
+from graph_runs.resources.sealed import sealed
 from graph_runs.sensors.graph_run_approvals_sensor import make_graph_run_approvals_sensor
 from graph_runs.sensors.graph_schedules_sensor import make_graph_schedules_sensor
 from graph_runs.settings import (
@@ -57,31 +60,33 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             make_graph_schedules_sensor(settings.sensor_interval_seconds),
             make_graph_run_approvals_sensor(settings.sensor_interval_seconds),
         ],
-        resources={
-            "database": database,
-            "grants": GrantsResource(database=database),
-            "execution_api": ExecutionApiResource(
-                base_url=settings.execution_api_url,
-                token=dg.EnvVar(EXECUTION_API_TOKEN_VAR),
-                max_attempts=settings.api.max_attempts,
-                request_timeout_seconds=settings.api.request_timeout_seconds,
-            ),
-            "clock": ClockResource(),
-            "dispatch": DispatchResource(
-                batch_size=settings.dispatch.batch_size,
-                max_concurrent_calls=settings.dispatch.max_concurrent_calls,
-                max_calls_per_account=settings.dispatch.max_calls_per_account,
-                parallel_runs=settings.dispatch.parallel_runs,
-                slot_asset_events=settings.dispatch.slot_asset_events,
-                launch_allowance_seconds=settings.dispatch.launch_allowance_seconds,
-                lease_seconds=settings.dispatch.lease_seconds,
-            ),
-            "schedule_limits": ScheduleLimitsResource(
-                min_interval_seconds=limits.min_interval_seconds,
-                max_schedules_per_owner=limits.max_schedules_per_owner,
-                max_input_bytes=limits.max_input_bytes,
-            ),
-        },
+        resources=sealed(
+            {
+                "database": database,
+                "grants": GrantsResource(database=database),
+                "execution_api": ExecutionApiResource(
+                    base_url=settings.execution_api_url,
+                    token=dg.EnvVar(EXECUTION_API_TOKEN_VAR),
+                    max_attempts=settings.api.max_attempts,
+                    request_timeout_seconds=settings.api.request_timeout_seconds,
+                ),
+                "clock": ClockResource(),
+                "dispatch": DispatchResource(
+                    batch_size=settings.dispatch.batch_size,
+                    max_concurrent_calls=settings.dispatch.max_concurrent_calls,
+                    max_calls_per_account=settings.dispatch.max_calls_per_account,
+                    parallel_runs=settings.dispatch.parallel_runs,
+                    slot_asset_events=settings.dispatch.slot_asset_events,
+                    launch_allowance_seconds=settings.dispatch.launch_allowance_seconds,
+                    lease_seconds=settings.dispatch.lease_seconds,
+                ),
+                "schedule_limits": ScheduleLimitsResource(
+                    min_interval_seconds=limits.min_interval_seconds,
+                    max_schedules_per_owner=limits.max_schedules_per_owner,
+                    max_input_bytes=limits.max_input_bytes,
+                ),
+            }
+        ),
     )
 
 

@@ -1,5 +1,8 @@
 """Driving the sensor and the job in-process the way the daemon would, for tests."""
 
+import asyncio
+import datetime as dt
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import dagster as dg
@@ -7,6 +10,7 @@ from dagster._core.remote_origin import InProcessCodeLocationOrigin, RemoteRepos
 from dagster._core.test_utils import create_run_for_test
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
+from graph_runs.core.cron import parse_instant
 from graph_runs.jobs import dispatch_batch_job, graph_run_job
 from graph_runs.resources import (
     ClockResource,
@@ -21,12 +25,36 @@ from graph_runs.sensors.graph_schedules_sensor import make_graph_schedules_senso
 from tests.conftest import RunningApi
 
 
+class FixedClock(ClockResource):
+    """A clock pinned at ``fixed_now`` (ISO 8601): tests only, never in the definitions.
+
+    Its timer starts there and moves only when something sleeps, so a dispatch run in a
+    test fires at exact instants without waiting.
+    """
+
+    fixed_now: str
+
+    def now(self) -> dt.datetime:
+        """The pinned instant."""
+        return parse_instant(self.fixed_now)
+
+    def timer(self) -> tuple[Callable[[], dt.datetime], Callable[[float], Awaitable[None]]]:
+        """A clock that moves only by the sleeps it is given."""
+        current = [parse_instant(self.fixed_now)]
+
+        async def sleep(seconds: float) -> None:
+            current[0] += dt.timedelta(seconds=max(seconds, 0.0))
+            await asyncio.sleep(0)
+
+        return (lambda: current[0]), sleep
+
+
 def make_resources(database_url: str, api: RunningApi | None, now: str) -> dict[str, Any]:
     database = DatabaseResource(url=database_url)
     return {
         "database": database,
         "grants": GrantsResource(database=database),
-        "clock": ClockResource(fixed_now=now),
+        "clock": FixedClock(fixed_now=now),
         "schedule_limits": ScheduleLimitsResource(),
         "dispatch": DispatchResource(),
         "execution_api": ExecutionApiResource(

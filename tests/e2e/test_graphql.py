@@ -2,16 +2,18 @@
 
 A real dagster-webserver takes DagsterGraphQLClient.submit_job_execution; a real
 dagster-daemon dequeues the runs; the same request twice executes once, with one ledger row
-and one receipt.
+and one receipt. A launch whose run config overrides a resource (where the token goes, what
+time it is) is refused by the webserver, and no run exists.
 """
 
 import socket
+from typing import Any
 
 import dagster as dg
 import httpx
 import pytest
 import sqlalchemy as sa
-from dagster_graphql import DagsterGraphQLClient
+from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 
 from graph_runs.store.tables import charge_receipts, run_ledger
 from tests.conftest import RunningApi
@@ -86,3 +88,39 @@ def test_same_request_twice_executes_once(
     assert receipt.graph_run_id == row.id
     assert tags["graph_runs/ledger_id"] == row.id
     assert tags["graph_runs/billing_account"] == "alice-billing"
+
+
+# Each would be a theft: the bearer token sent to the caller's server (without them knowing
+# its value), or a clock in the past that passes an expired grant and dates receipts
+# outside their month.
+OVERRIDES: list[tuple[str, dict[str, Any]]] = [
+    ("execution_api", {"base_url": "http://127.0.0.1:9", "token": {"env": "HOME"}}),
+    ("clock", {"fixed_now": "2020-01-01T00:00:00Z"}),
+    ("database", {"url": "sqlite:////tmp/elsewhere.db"}),
+]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_launch_that_overrides_a_resource_is_refused_and_makes_no_run(
+    stack: Stack, engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with engine.begin() as conn:
+        grant = make_grant(conn, at("2026-01-01T00:00:00Z"))
+    port = free_port()
+    stack.start("dagster-webserver", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port))
+    wait_for(lambda: answering(f"http://127.0.0.1:{port}/server_info"), stack, "the webserver")
+    client = DagsterGraphQLClient("127.0.0.1", port_number=port)
+    op_config = {"idempotency_key": "steal-1", "graph_id": "echo", "grant_id": grant.id}
+    for key, config in OVERRIDES:
+        run_config = {
+            "ops": {"check_grant": {"config": {**op_config, "input": {}}}},
+            "resources": {key: {"config": config}},
+        }
+        with pytest.raises(DagsterGraphQLClientError) as refused:
+            client.submit_job_execution("graph_run_adhoc_job", run_config=run_config)
+        assert "RunConfigValidationInvalid" in str(refused.value)
+        assert f"resources:{key}:config" in str(refused.value.args)  # the webserver names it
+    with stack.instance(monkeypatch) as instance:
+        assert instance.get_runs_count() == 0
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(run_ledger)).scalar_one() == 0

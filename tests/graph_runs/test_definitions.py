@@ -30,8 +30,8 @@ def test_secrets_reach_resources_as_env_vars_not_values(tmp_path) -> None:
         {"GRAPH_RUNS_HOME": str(tmp_path), "GRAPH_RUNS_DATABASE_URL": "postgresql://u:pw@h/db"}
     )
     resources = build_definitions(settings).resources
-    assert isinstance(resources["execution_api"].token, dg.EnvVar)  # type: ignore[union-attr]
-    assert isinstance(resources["database"].url, dg.EnvVar)  # type: ignore[union-attr]
+    assert isinstance(resources["execution_api"].resource.token, dg.EnvVar)  # type: ignore[union-attr]
+    assert isinstance(resources["database"].resource.url, dg.EnvVar)  # type: ignore[union-attr]
 
 
 def test_module_entry_point_exposes_defs() -> None:
@@ -49,7 +49,7 @@ def test_dispatch_settings_reach_the_resource_and_the_lease_paces_the_heartbeat(
             "GRAPH_RUNS_DISPATCH_LEASE_SECONDS": "20",
         }
     )
-    dispatch = build_definitions(settings).resources["dispatch"]
+    dispatch = build_definitions(settings).resources["dispatch"].resource  # type: ignore[union-attr]
     assert (dispatch.batch_size, dispatch.parallel_runs) == (250, 8)  # type: ignore[union-attr]
     limits = dispatch.limits()  # type: ignore[union-attr]
     assert (limits.lease.total_seconds(), limits.heartbeat_seconds) == (20, 5)
@@ -62,7 +62,7 @@ def test_a_lease_too_short_to_renew_is_refused_by_name(tmp_path) -> None:
 
 def test_api_retry_settings_reach_the_resource_and_ride_out_minutes_by_default(tmp_path) -> None:
     defaults = build_definitions(load_settings({"GRAPH_RUNS_HOME": str(tmp_path)}))
-    api = defaults.resources["execution_api"]
+    api = defaults.resources["execution_api"].resource  # type: ignore[union-attr]
     assert (api.max_attempts, api.request_timeout_seconds) == (12, 30)  # type: ignore[union-attr]
     # The backoff before the last attempt adds up to about three minutes.
     policy = api._retry()  # type: ignore[union-attr]
@@ -74,7 +74,7 @@ def test_api_retry_settings_reach_the_resource_and_ride_out_minutes_by_default(t
             "GRAPH_RUNS_API_REQUEST_TIMEOUT_SECONDS": "2",
         }
     )
-    api = build_definitions(settings).resources["execution_api"]
+    api = build_definitions(settings).resources["execution_api"].resource  # type: ignore[union-attr]
     assert (api.max_attempts, api.request_timeout_seconds) == (3, 2)  # type: ignore[union-attr]
     with pytest.raises(SettingsError, match="GRAPH_RUNS_API_MAX_ATTEMPTS must be at least 1"):
         load_settings({"GRAPH_RUNS_HOME": str(tmp_path), "GRAPH_RUNS_API_MAX_ATTEMPTS": "0"})

@@ -4,7 +4,7 @@ A burst is spread over several runs of equal size.
 
 Batches are claimed by the real sensor tick and run in-process against the real local
 execution API over HTTP and a real schedules database. The clock is fixed
-(``ClockResource.fixed_now``): the dispatch run's clock starts there and moves only when it
+(``tests.dagster_helpers.FixedClock``): the dispatch run's clock starts there and moves only when it
 sleeps, so "fired at the instant, not before" is checked to the microsecond.
 """
 
