@@ -198,6 +198,37 @@ def take_lease(
     )
 
 
+def holds_lease(
+    conn: sa.Connection, batch_id: str, attempt: int, *, dagster_run_id: str, now: dt.datetime
+) -> bool:
+    """Whether ``dagster_run_id`` still holds the batch's lease for ``attempt`` at ``now``.
+
+    The fence of every fire: called in the transaction that moves slots to ``running``, with
+    the batch row locked on Postgres (SQLite's writers are serial), so the sensor cannot
+    move the batch to its next attempt between the check and the fire. ``lease_until`` was
+    written by this run's own clock, and ``now`` is that clock too. A run that woke after its
+    lease moved on, or a second run of the same attempt (the lease went to whichever took it
+    last), fires nothing.
+    """
+    query = sa.select(
+        dispatch_batches.c.status,
+        dispatch_batches.c.attempt,
+        dispatch_batches.c.dagster_run_id,
+        dispatch_batches.c.lease_until,
+    ).where(dispatch_batches.c.id == batch_id)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    row = conn.execute(query).one_or_none()
+    return (
+        row is not None
+        and row.status == OPEN
+        and row.attempt == attempt
+        and row.dagster_run_id == dagster_run_id
+        and row.lease_until is not None
+        and row.lease_until > now
+    )
+
+
 def renew_lease(
     conn: sa.Connection, batch_id: str, attempt: int, *, now: dt.datetime, lease: dt.timedelta
 ) -> bool:

@@ -168,6 +168,16 @@ class Dispatcher:
                     break
                 now = self.clock()
                 decided = await asyncio.to_thread(self._decide, groups[due], batch_id, attempt, now)
+                if decided.fenced:
+                    # The lease moved on (or ran out) while this run waited: another attempt
+                    # owns these slots now.
+                    logger.warning(
+                        "batch %s: attempt %d no longer holds the lease: firing no more",
+                        batch_id,
+                        attempt,
+                    )
+                    self._lost = True
+                    break
                 report.held.update(decided.held)
                 report.fired += len(decided.firing)
                 if decided.firing and report.first_fired_lag is None:
@@ -312,9 +322,12 @@ class Dispatcher:
         renewed_at = self.clock()
         while True:
             await self.sleep(self.limits.heartbeat_seconds)
+            # Read on the event loop, which alone changes the call table; the thread below
+            # gets a copy (iterating the table there could meet it changing, and raise).
+            waiting = [k for k, t in self._calls.items() if not t.done()]
             try:
-                renewed, stopping = await asyncio.to_thread(self._renew, batch_id, attempt)
-            except sa.exc.SQLAlchemyError as exc:
+                renewed, stopping = await asyncio.to_thread(self._renew, batch_id, attempt, waiting)
+            except Exception as exc:  # noqa: BLE001 - the heartbeat must never die silently
                 # The database is away for a moment: keep trying while the lease holds. Once
                 # it may have run out, the sensor may have moved the batch on: fire no more.
                 if self.clock() - renewed_at >= self.limits.lease:
@@ -333,10 +346,9 @@ class Dispatcher:
                 if task is not None and not task.done():
                     task.cancel()
 
-    def _renew(self, batch_id: str, attempt: int) -> tuple[bool, list[str]]:
+    def _renew(self, batch_id: str, attempt: int, waiting: list[str]) -> tuple[bool, list[str]]:
         """Renew the lease; also settle the in-flight slots asked to stop meanwhile."""
         now = self.clock()
-        waiting = [k for k, t in self._calls.items() if not t.done()]
         with self.engine.begin() as conn:
             renewed = batches.renew_lease(conn, batch_id, attempt, now=now, lease=self.limits.lease)
             stopping = [

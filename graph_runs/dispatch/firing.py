@@ -33,6 +33,7 @@ from graph_runs.core.statuses import (
     RUNNING,
     SKIPPED_BUDGET,
 )
+from graph_runs.dispatch import batches
 from graph_runs.dispatch.ledger import record_outcome, request_body
 from graph_runs.execution_api.client import Outcome
 from graph_runs.money.budgets import exhausted_accounts
@@ -60,6 +61,8 @@ class Decided:
     held: Counter[str] = field(default_factory=Counter)
     # Slots whose grant refused them: (row, code, message); recorded failed already.
     denied: list[tuple[Any, str, str]] = field(default_factory=list)
+    # The run no longer holds the batch's lease: nothing was decided, nothing fired.
+    fenced: bool = False
 
 
 def _chunks(ids: Sequence[str]) -> list[list[str]]:
@@ -122,8 +125,12 @@ def decide_and_fire(
     """Decide, at ``now``, which of these slots fire; mark those ``running`` and return them.
 
     Run in one transaction. Rows are re-read here, so whatever a pause, a cancellation or
-    another run did to them since the batch was loaded is seen.
+    another run did to them since the batch was loaded is seen. Fenced: unless
+    ``dagster_run_id`` holds the batch's lease for ``attempt`` (``batches.holds_lease``),
+    nothing is decided or fired, and the result says ``fenced``.
     """
+    if not batches.holds_lease(conn, batch_id, attempt, dagster_run_id=dagster_run_id, now=now):
+        return Decided(fenced=True)
     rows = _rows(conn, ledger_ids, batch_id)
     schedule_rows = lock_schedules(conn, [r.schedule_id for r in rows if r.schedule_id])
     rows = _rows(conn, ledger_ids, batch_id)  # again, now that their schedules are locked

@@ -19,6 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from graph_runs.core.schedule_spec import ScheduleLimits
+from graph_runs.dispatch.batches import take_lease
 from graph_runs.dispatch.dispatcher import Dispatcher, DispatchLimits
 from graph_runs.dispatch.firing import decide_and_fire
 from graph_runs.dispatch.ledger import record_outcome
@@ -254,6 +255,14 @@ def test_a_slot_paused_then_backfilled_fires_once_in_its_new_batch(
     (second,) = [r for r in requests if r.run_key != first.run_key]
     # The first batch's run, which loaded the slot before the pause, decides its instant now.
     with engine.begin() as conn:
+        assert take_lease(
+            conn,
+            first.tags["graph_runs/batch_id"],
+            1,
+            dagster_run_id="first-run",
+            now=at("2026-11-22T10:00:31Z"),
+            lease=dt.timedelta(seconds=60),
+        )
         decided = decide_and_fire(
             conn,
             [row.id],
