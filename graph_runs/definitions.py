@@ -79,6 +79,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                     slot_asset_events=settings.dispatch.slot_asset_events,
                     launch_allowance_seconds=settings.dispatch.launch_allowance_seconds,
                     lease_seconds=settings.dispatch.lease_seconds,
+                    start_timeout_seconds=settings.dispatch.start_timeout_seconds,
                 ),
                 "schedule_limits": ScheduleLimitsResource(
                     min_interval_seconds=limits.min_interval_seconds,

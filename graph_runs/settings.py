@@ -29,6 +29,7 @@ MAX_CALLS_PER_ACCOUNT_VAR = "GRAPH_RUNS_MAX_CALLS_PER_ACCOUNT"
 SLOT_ASSET_EVENTS_VAR = "GRAPH_RUNS_SLOT_ASSET_EVENTS"
 LAUNCH_ALLOWANCE_VAR = "GRAPH_RUNS_LAUNCH_ALLOWANCE_SECONDS"
 DISPATCH_LEASE_VAR = "GRAPH_RUNS_DISPATCH_LEASE_SECONDS"
+RUN_START_TIMEOUT_VAR = "GRAPH_RUNS_RUN_START_TIMEOUT_SECONDS"
 PARALLEL_RUNS_VAR = "GRAPH_RUNS_PARALLEL_DISPATCH_RUNS"
 API_MAX_ATTEMPTS_VAR = "GRAPH_RUNS_API_MAX_ATTEMPTS"
 API_REQUEST_TIMEOUT_VAR = "GRAPH_RUNS_API_REQUEST_TIMEOUT_SECONDS"
@@ -64,6 +65,10 @@ class DispatchSettings:
         lease_seconds: how long a dispatch run's claim on its batch lasts without a
             heartbeat (renewed every quarter of it). It bounds how long the slots of a run
             whose worker died wait before the sensor dispatches them again.
+        start_timeout_seconds: how long a dispatch run may take to start (Dagster's
+            ``STARTING``: an image pull, a pod scheduled) before its batch goes to the next
+            attempt. Keep it equal to run monitoring's ``start_timeout_seconds`` (180 in
+            dagster.postgres.yaml); a lease's worth was too short on Kubernetes.
     """
 
     batch_size: int = 2500
@@ -73,6 +78,7 @@ class DispatchSettings:
     slot_asset_events: bool = True
     launch_allowance_seconds: int = 20
     lease_seconds: int = 60
+    start_timeout_seconds: int = 180
 
 
 @dataclass(frozen=True)
@@ -198,6 +204,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                 env, LAUNCH_ALLOWANCE_VAR, dispatch.launch_allowance_seconds, 0
             ),
             lease_seconds=_whole_number(env, DISPATCH_LEASE_VAR, dispatch.lease_seconds, 5),
+            start_timeout_seconds=_whole_number(
+                env, RUN_START_TIMEOUT_VAR, dispatch.start_timeout_seconds, 1
+            ),
         ),
         dagster_home=env.get("DAGSTER_HOME") or None,
         api=ApiSettings(

@@ -25,6 +25,7 @@ class DispatchResource(dg.ConfigurableResource):
     slot_asset_events: bool = DEFAULTS.slot_asset_events
     launch_allowance_seconds: int = DEFAULTS.launch_allowance_seconds
     lease_seconds: int = DEFAULTS.lease_seconds
+    start_timeout_seconds: int = DEFAULTS.start_timeout_seconds
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
 
     def limits(self) -> DispatchLimits:

@@ -209,10 +209,13 @@ def _dispatch(
         if status is None or status in DAGSTER_ENDED:
             why = f"Dagster run {run_id} {'is gone' if status is None else 'ended ' + status}"
         elif status in DAGSTER_GOING and batch.lease_until is None:
+            # A run still STARTING (its worker being launched: an image pull, a pod being
+            # scheduled) gets the launcher's start timeout; one whose worker is up, a lease.
+            grace = (
+                dispatch.start_timeout_seconds if status == "STARTING" else dispatch.lease_seconds
+            )
             with database.transaction() as conn:
-                batches.note_started(
-                    conn, batch, now=now, grace=dt.timedelta(seconds=dispatch.lease_seconds)
-                )
+                batches.note_started(conn, batch, now=now, grace=dt.timedelta(seconds=grace))
         elif status in DAGSTER_GOING and batch.lease_until is not None and batch.lease_until < now:
             why = f"Dagster run {run_id} stopped renewing its lease ({status})"
         if why is None:

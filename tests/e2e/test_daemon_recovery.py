@@ -39,9 +39,9 @@ from tests.helpers import make_grant, make_schedule
 pytestmark = pytest.mark.e2e
 
 SLOTS = 20
-# A run that has not started yet gets one lease of grace to take it (issue 21, A8, gives it
-# the launcher's start timeout instead). 6 s was too short once the suite ran in parallel: a
-# second run's worker took longer to start, and the sensor dispatched a third attempt.
+# A run still STARTING gets the start timeout (180 s) to take its lease, a STARTED one a
+# lease's worth. 6 s was too short for the latter once the suite ran in parallel: a second
+# run's worker took longer to reach its op, and the sensor dispatched a third attempt.
 LEASE_SECONDS = 15
 
 

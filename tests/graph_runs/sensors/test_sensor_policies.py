@@ -11,6 +11,7 @@ real local execution API, runs executed in-process.
 import datetime as dt
 
 import dagster as dg
+import pytest
 import sqlalchemy as sa
 
 from graph_runs.core.schedule_spec import ScheduleLimits
@@ -88,6 +89,45 @@ def test_a_batch_whose_run_dies_is_dispatched_again_then_settled_dispatch_lost(
         ("2026-11-22T10:02:00Z", "pending"),
     ]
     assert len(later.run_requests or []) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "kept_until", "replaced_at"),
+    [
+        # Being launched (an image pull): the launcher's start timeout, 180 s.
+        (dg.DagsterRunStatus.STARTING, "2026-11-22T10:03:30Z", "2026-11-22T10:03:32Z"),
+        # Its worker is up and has not taken its lease yet: one lease, 60 s.
+        (dg.DagsterRunStatus.STARTED, "2026-11-22T10:01:30Z", "2026-11-22T10:01:32Z"),
+    ],
+)
+def test_a_run_slow_to_start_keeps_its_batch_for_the_start_timeout(
+    engine: sa.Engine,
+    database_url: str,
+    instance: dg.DagsterInstance,
+    status: dg.DagsterRunStatus,
+    kept_until: str,
+    replaced_at: str,
+) -> None:
+    """Review defect A8: a run STARTING for more than a lease (60 s) lost its batch.
+
+    Its slots went to the next attempt while the first run was still being launched; after
+    three such attempts they were all settled ``dispatch_lost``.
+    """
+    new_schedule(engine)
+    first = tick(instance, make_resources(database_url, None, "2026-11-22T10:00:30Z"), None)
+    apply_partitions(instance, first)
+    (request,) = first.run_requests or []
+    daemon_run(instance, request, status)
+    batch_id = request.tags[batches.BATCH_ID_TAG]
+
+    def requests_at(now: str) -> list[dg.RunRequest]:
+        result = tick(instance, make_resources(database_url, None, now), None)
+        return [r for r in result.run_requests or [] if r.tags[batches.BATCH_ID_TAG] == batch_id]
+
+    assert requests_at("2026-11-22T10:00:31Z") == []  # seen going: its grace starts now
+    assert requests_at(kept_until) == []
+    (again,) = requests_at(replaced_at)
+    assert again.run_key == f"batch:{batch_id}:2"
 
 
 def test_a_started_run_that_stops_renewing_its_lease_is_replaced_and_fires_nothing_after(
