@@ -89,20 +89,34 @@ def _rows(conn: sa.Connection, ledger_ids: list[str], batch_id: str) -> list[Any
 
 def _busy(
     conn: sa.Connection, schedule_ids: list[str], excluding: set[str]
-) -> tuple[Counter[str], Counter[str]]:
-    """Other runs of these schedules going now, and slots waiting buffered, per schedule."""
+) -> tuple[Counter[str], Counter[str], dict[str, dt.datetime]]:
+    """Other runs of these schedules going now, and slots waiting buffered, per schedule.
+
+    Also the slot of each schedule's oldest buffered row, which runs before any newer slot.
+    """
     active: Counter[str] = Counter()
     buffered: Counter[str] = Counter()
+    oldest_buffered: dict[str, dt.datetime] = {}
     for chunk in _chunks(sorted(schedule_ids)):
-        query = sa.select(run_ledger.c.id, run_ledger.c.schedule_id, run_ledger.c.status).where(
+        query = sa.select(
+            run_ledger.c.id,
+            run_ledger.c.schedule_id,
+            run_ledger.c.status,
+            sa.func.coalesce(run_ledger.c.scheduled_for, run_ledger.c.created_at).label("slot"),
+        ).where(
             run_ledger.c.schedule_id.in_(chunk),
             run_ledger.c.status.in_([QUEUED, RUNNING, CANCELLING, BUFFERED]),
         )
         for row in conn.execute(query):
             if row.id in excluding:
                 continue
-            (buffered if row.status == BUFFERED else active)[row.schedule_id] += 1
-    return active, buffered
+            if row.status != BUFFERED:
+                active[row.schedule_id] += 1
+                continue
+            buffered[row.schedule_id] += 1
+            first = oldest_buffered.get(row.schedule_id)
+            oldest_buffered[row.schedule_id] = row.slot if first is None else min(first, row.slot)
+    return active, buffered, oldest_buffered
 
 
 def _grants(conn: sa.Connection, grant_ids: set[str]) -> dict[str, Grant]:
@@ -148,7 +162,7 @@ def decide_and_fire(
     over_budget = exhausted_accounts(
         conn, sorted({r.billing_account for r in fresh if r.billing_account}), now
     )
-    active, buffered = _busy(
+    active, buffered, oldest_buffered = _busy(
         conn, sorted({r.schedule_id for r in fresh}), excluding={r.id for r in rows}
     )
     cancel_others: set[str] = set()
@@ -161,8 +175,12 @@ def decide_and_fire(
             decided.held[SKIPPED_BUDGET] += 1
             continue
         policy = schedule_rows[row.schedule_id].overlap
+        # A slot buffered before this one runs before it: while one waits to be released
+        # the schedule is busy, so a newer slot never overtakes it.
+        ahead = oldest_buffered.get(row.schedule_id)
+        waiting = ahead is not None and ahead < (row.scheduled_for or row.created_at)
         status, reason = overlap_status(
-            policy, active[row.schedule_id] > 0, buffered[row.schedule_id]
+            policy, active[row.schedule_id] > 0 or waiting, buffered[row.schedule_id]
         )
         if status != PENDING:
             slot_status.decide_at_instant(conn, row, status, reason=reason or "", now=now)
@@ -170,6 +188,7 @@ def decide_and_fire(
             decided.held[status] += 1
             if status == BUFFERED:
                 buffered[row.schedule_id] += 1
+                oldest_buffered.setdefault(row.schedule_id, row.scheduled_for or row.created_at)
             continue
         if policy == "cancel_other" and active[row.schedule_id]:
             cancel_others.add(row.schedule_id)

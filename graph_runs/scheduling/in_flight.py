@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from graph_runs.approvals.gate import cancel_awaiting
-from graph_runs.core.statuses import BUFFERED, QUEUED, RUNNING
+from graph_runs.core.statuses import BUFFERED, CANCELLING, PENDING, QUEUED, RUNNING
 from graph_runs.store import slot_status
 from graph_runs.store.tables import IN_FLIGHT_RUN, run_ledger, schedules
 
@@ -101,10 +101,13 @@ def cancel_in_flight(
     return Cancelled(never_started=never_started, cancelling=cancelling)
 
 
-def release_buffered(conn: sa.Connection) -> list[str]:
+def release_buffered(conn: sa.Connection, now: dt.datetime) -> list[str]:
     """Turn each schedule's oldest buffered slot into a pending one once nothing else runs.
 
-    Returns the ledger ids released; the sensor emits their runs in the same tick.
+    "Runs" is a row queued, running or being cancelled, or a pending one already due: a
+    slot claimed ahead of its instant is not going yet, and must not hold back the slot
+    buffered before it (which would then fire after it). Returns the ledger ids released;
+    the sensor emits their runs in the same tick.
     """
     buffered = list(
         conn.execute(
@@ -115,12 +118,31 @@ def release_buffered(conn: sa.Connection) -> list[str]:
     )
     if not buffered:
         return []
-    lock_schedules(conn, (row.schedule_id for row in buffered))
-    counts = in_flight_counts(conn, (row.schedule_id for row in buffered))
+    schedule_ids = sorted({row.schedule_id for row in buffered})
+    lock_schedules(conn, schedule_ids)
+    going: set[str] = set()
+    for start in range(0, len(schedule_ids), 1000):
+        going.update(
+            conn.execute(
+                sa.select(run_ledger.c.schedule_id)
+                .where(
+                    IN_FLIGHT_RUN,
+                    run_ledger.c.schedule_id.in_(schedule_ids[start : start + 1000]),
+                    sa.or_(
+                        run_ledger.c.status.in_([QUEUED, RUNNING, CANCELLING]),
+                        sa.and_(
+                            run_ledger.c.status == PENDING,
+                            sa.func.coalesce(run_ledger.c.due_at, run_ledger.c.created_at) <= now,
+                        ),
+                    ),
+                )
+                .distinct()
+            ).scalars()
+        )
     released: list[str] = []
     seen: set[str] = set()
     for row in buffered:
-        if row.schedule_id in seen or counts.get(row.schedule_id, InFlight()).active:
+        if row.schedule_id in seen or row.schedule_id in going:
             continue
         seen.add(row.schedule_id)
         released.append(row.id)

@@ -259,7 +259,7 @@ def graph_schedules_tick(
 
     settled_failed, cancelled = _reconcile(context, database, now)
     with database.transaction() as conn:
-        released = release_buffered(conn)
+        released = release_buffered(conn, now)
         claim = claim_due_slots(
             conn, now=now, schedule_limits=schedule_limits.limits(), tick_limits=tick_limits
         )

@@ -70,9 +70,9 @@ def test_a_buffered_slot_is_released_when_the_running_run_ends(engine: sa.Engine
             "buffered",
             "skipped_overlap",
         ]
-        assert release_buffered(conn) == []
+        assert release_buffered(conn, NOW) == []
         set_run_status(conn, view["id"], "2026-11-22T10:01:00Z", "succeeded", "run-long")
-        (released,) = release_buffered(conn)
+        (released,) = release_buffered(conn, NOW)
         assert [s for _, s in ledger_statuses(conn, view["id"])][1] == "pending"
-        assert release_buffered(conn) == []
+        assert release_buffered(conn, NOW) == []
         assert released

@@ -259,7 +259,7 @@ def test_a_trigger_waits_for_a_concurrent_claim_or_release_of_its_schedule(
         if holder == "claim":
             claim_at(conn, at("2026-11-22T09:00:05Z"))
         else:
-            assert release_buffered(conn)
+            assert release_buffered(conn, NOW)
         thread, done = _in_thread(
             engine, lambda c: trigger_schedule(c, view["id"], now=NOW, overlap=policy)
         )
