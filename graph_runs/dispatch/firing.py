@@ -244,11 +244,29 @@ def decide_and_fire(
 
 
 def _uncount_held(conn: sa.Connection, rows: list[Any], now: dt.datetime) -> None:
-    """The claim counted a slot claimed ahead as a run; one that did not fire is not one."""
+    """The claim counted a slot claimed ahead as a run; one that did not fire is not one.
+
+    A claim that counted the schedule's last run under ``max_runs`` also completed it: the
+    slot held at its instant gives the run back, so a cron schedule below its bound again is
+    active, with no next due time, and the next tick plans its next slot from its cursor.
+    """
     skipped = Counter(r.schedule_id for r in rows)
     for schedule_id, count in sorted(skipped.items()):
         conn.execute(
             schedules.update()
             .where(schedules.c.id == schedule_id)
             .values(runs_total=schedules.c.runs_total - count, updated_at=now)
+        )
+    if skipped:
+        conn.execute(
+            schedules.update()
+            .where(
+                schedules.c.id.in_(sorted(skipped)),
+                schedules.c.status == "completed",
+                schedules.c.cron.is_not(None),
+                schedules.c.max_runs.is_not(None),
+                schedules.c.runs_total < schedules.c.max_runs,
+                sa.or_(schedules.c.end_at.is_(None), schedules.c.end_at > now),
+            )
+            .values(status="active", next_run_at=None, updated_at=now)
         )

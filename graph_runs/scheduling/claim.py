@@ -37,12 +37,15 @@ from graph_runs.store.tables import (
     UTCDateTime,
     audit,
     execution_grants,
+    run_ledger,
     schedules,
 )
 
 logger = logging.getLogger(__name__)
 
 ON_TIME_TOLERANCE = dt.timedelta(seconds=15)
+# What the claim counts as a run of its schedule: a slot that fires, or waits to.
+FIRED = frozenset(FIRING | {AWAITING_APPROVAL})
 
 
 @dataclass(frozen=True)
@@ -193,10 +196,38 @@ def claim_due_slots(
                 "b_now": now,
             }
         )
-    slot_status.insert_new(conn, ledger_rows)
+    if slot_status.insert_new(conn, ledger_rows) < len(ledger_rows):
+        # A slot that already had a row (a backfill wrote it, say) was not claimed now: it
+        # is no new run of its schedule, nor an approval to open.
+        _count_only_inserted(conn, ledger_rows, updates)
+        inserted = _inserted_ids(conn, [r["id"] for r in ledger_rows])
+        gated = [(r, s) for r, s in gated if r["id"] in inserted]
     open_approvals(conn, gated, now)
     _advance(conn, updates)
     return result
+
+
+def _inserted_ids(conn: sa.Connection, ids: list[str]) -> set[str]:
+    found: set[str] = set()
+    for start in range(0, len(ids), 1000):
+        found.update(
+            conn.execute(
+                sa.select(run_ledger.c.id).where(run_ledger.c.id.in_(ids[start : start + 1000]))
+            ).scalars()
+        )
+    return found
+
+
+def _count_only_inserted(
+    conn: sa.Connection, ledger_rows: list[dict[str, Any]], updates: list[dict[str, Any]]
+) -> None:
+    """Count as runs only the claimed slots whose rows went in (rare: after a conflict)."""
+    inserted = _inserted_ids(conn, [r["id"] for r in ledger_rows])
+    fired: Counter[str] = Counter(
+        r["schedule_id"] for r in ledger_rows if r["id"] in inserted and r["status"] in FIRED
+    )
+    for update in updates:
+        update["b_fired"] = fired[update["b_id"]]
 
 
 # One statement for every claimed schedule, its values passed as arrays: the driver sends an

@@ -101,6 +101,52 @@ def cancel_in_flight(
     return Cancelled(never_started=never_started, cancelling=cancelling)
 
 
+def unclaim_ahead(conn: sa.Connection, schedule_id: str, *, now: dt.datetime) -> int:
+    """Undo the claim of the schedule's slots whose instant has not come; returns how many.
+
+    The sensor claims a slot up to a minute ahead of its instant, and counts it a run. A
+    pause, a resume or an edit before the instant must find the schedule as if the slot
+    had not been claimed: paused at the instant it is recorded ``skipped_paused`` by the
+    resume, resumed in time it fires, edited it fires as edited. So the rows go, and the
+    schedule's cursor, next due time and run count move back to before the first of them
+    (a schedule the claim completed, ``max_runs`` or a one-time slot, is active again).
+    """
+    rows = list(
+        conn.execute(
+            sa.select(run_ledger.c.id, run_ledger.c.scheduled_for, run_ledger.c.due_at).where(
+                IN_FLIGHT_RUN,
+                run_ledger.c.schedule_id == schedule_id,
+                run_ledger.c.status == PENDING,
+                run_ledger.c.trigger_kind == "scheduled",
+                sa.func.coalesce(run_ledger.c.dispatch_attempts, 0) == 0,
+                run_ledger.c.due_at > now,
+            )
+        )
+    )
+    if not rows:
+        return 0
+    taken = slot_status.unclaim(conn, [row.id for row in rows])
+    first = min(rows, key=lambda r: r.scheduled_for)
+    schedule = conn.execute(
+        sa.select(schedules.c.cron, schedules.c.status).where(schedules.c.id == schedule_id)
+    ).one()
+    conn.execute(
+        schedules.update()
+        .where(schedules.c.id == schedule_id)
+        .values(
+            runs_total=schedules.c.runs_total - taken,
+            next_run_at=first.due_at,
+            # Slots strictly after the cursor are unclaimed; a one-time slot has none.
+            slot_cursor=(
+                first.scheduled_for - dt.timedelta(microseconds=1) if schedule.cron else None
+            ),
+            status="active" if schedule.status == "completed" else schedule.status,
+            updated_at=now,
+        )
+    )
+    return taken
+
+
 def release_buffered(conn: sa.Connection, now: dt.datetime) -> list[str]:
     """Turn each schedule's oldest buffered slot into a pending one once nothing else runs.
 

@@ -28,7 +28,7 @@ from graph_runs.core.schedule_spec import (
     validate_spec,
 )
 from graph_runs.core.slot_plan import ScheduleState, paused_slots, slots_after
-from graph_runs.scheduling.in_flight import cancel_in_flight
+from graph_runs.scheduling.in_flight import cancel_in_flight, unclaim_ahead
 from graph_runs.store import slot_status
 from graph_runs.store.tables import audit, schedules
 
@@ -222,6 +222,48 @@ def _apply_spec(
                 f"{spec.owner} already has schedule {other.id} with external id "
                 f"{spec.external_id!r}"
             )
+    changed = sorted(
+        name
+        for name in ScheduleSpec.model_fields
+        if current is None or getattr(spec, name) != getattr(current, name)
+    )
+    # The change and its audit entry stand or fall together, whatever the caller does with
+    # its transaction after an error; the entry is written last, once the change is made.
+    try:
+        with conn.begin_nested():
+            # A slot claimed ahead was snapshotted from the old spec: it is claimed again
+            # from the new one (or not at all, if the new timing has no such slot).
+            unclaimed = unclaim_ahead(conn, row.id, now=now)
+            values = _updated_values(
+                spec, current, row, runs_total=row.runs_total - unclaimed, now=now
+            )
+            conn.execute(schedules.update().where(schedules.c.id == row.id).values(**values))
+            audit(
+                conn,
+                at=now,
+                actor=actor,
+                action="schedule.update",
+                entity_type="schedule",
+                entity_id=row.id,
+                detail={"changed": changed, "unclaimed": unclaimed},
+            )
+    except sa.exc.IntegrityError:
+        # Another writer took the same external id between our check and our update.
+        raise Conflict(
+            f"{spec.owner} already has a schedule with external id {spec.external_id!r}"
+        ) from None
+    return get_schedule(conn, row.id), True
+
+
+def _updated_values(
+    spec: ScheduleSpec,
+    current: ScheduleSpec | None,
+    row: Any,
+    *,
+    runs_total: int,
+    now: dt.datetime,
+) -> dict[str, Any]:
+    """The columns an edit writes; a new timing (or new bounds on a completed one) replans."""
     values: dict[str, Any] = {**spec.stored(), "updated_at": now}
     retimed = current is None or any(getattr(spec, f) != getattr(current, f) for f in TIMING_FIELDS)
     rebounded = current is None or (spec.end_at, spec.max_runs) != (
@@ -232,38 +274,14 @@ def _apply_spec(
         if spec.end_at is not None and spec.end_at <= now:
             raise InvalidInput("end_at", f"{format_utc(spec.end_at)} is in the past")
         slot, due = next_due(spec, row.id, now)
-        exhausted = slot is None or (spec.max_runs is not None and row.runs_total >= spec.max_runs)
+        exhausted = slot is None or (spec.max_runs is not None and runs_total >= spec.max_runs)
         values.update(
             next_run_at=None if exhausted else due,
             slot_cursor=now if spec.cron is not None else None,
             status="completed" if exhausted else "active",
             last_error=None if row.status == "error" else row.last_error,
         )
-    changed = sorted(
-        name
-        for name in ScheduleSpec.model_fields
-        if current is None or getattr(spec, name) != getattr(current, name)
-    )
-    # The change and its audit entry stand or fall together, whatever the caller does with
-    # its transaction after an error; the entry is written last, once the change is made.
-    try:
-        with conn.begin_nested():
-            conn.execute(schedules.update().where(schedules.c.id == row.id).values(**values))
-            audit(
-                conn,
-                at=now,
-                actor=actor,
-                action="schedule.update",
-                entity_type="schedule",
-                entity_id=row.id,
-                detail={"changed": changed},
-            )
-    except sa.exc.IntegrityError:
-        # Another writer took the same external id between our check and our update.
-        raise Conflict(
-            f"{spec.owner} already has a schedule with external id {spec.external_id!r}"
-        ) from None
-    return get_schedule(conn, row.id), True
+    return values
 
 
 def schedule_row(conn: sa.Connection, schedule_id: str, *, lock: bool = False) -> Any:
@@ -378,6 +396,9 @@ def pause_schedule(
             .where(schedules.c.id == schedule_id)
             .values(enabled=False, pause_note=note, paused_by=by, paused_at=now, updated_at=now)
         )
+        # A slot claimed ahead has not come due: if the schedule is still paused at its
+        # instant, the resume records it skipped_paused; resumed before, it fires.
+        unclaimed = unclaim_ahead(conn, schedule_id, now=now)
         cancelled = cancel_in_flight(
             conn,
             schedule_id,
@@ -396,6 +417,7 @@ def pause_schedule(
             detail={
                 "note": note,
                 "terminate": terminate,
+                "unclaimed": unclaimed,
                 "cancelled": cancelled.never_started,
                 "cancelling": cancelled.cancelling,
             },

@@ -265,6 +265,26 @@ def fire(
         )
 
 
+def unclaim(conn: sa.Connection, ledger_ids: list[str]) -> int:
+    """Take back slots claimed ahead of their instant that never fired: the rows go.
+
+    Not a status move but the claim undone: a pause or an edit before the instant leaves
+    the slot as if it had never been claimed, so the schedule's cursor, moved back by the
+    caller, claims it again (with the schedule as it is then) or records it paused. Only a
+    ``pending`` row that no dispatch run has fired is taken; returns how many were.
+    """
+    taken = 0
+    for start in range(0, len(ledger_ids), _CHUNK):
+        taken += conn.execute(
+            run_ledger.delete().where(
+                run_ledger.c.id.in_(ledger_ids[start : start + _CHUNK]),
+                run_ledger.c.status == PENDING,
+                sa.func.coalesce(run_ledger.c.dispatch_attempts, 0) == 0,
+            )
+        ).rowcount
+    return taken
+
+
 def keep_api_run(conn: sa.Connection, ledger_id: str, api_run_id: str) -> None:
     """Remember the API run of a fired slot whose outcome is not known yet.
 
