@@ -306,6 +306,22 @@ class Redispatched:
     unfinished: int = 0
 
 
+# A slot's API run is polled for at most its timeout and this margin after it was fired;
+# past that it is given up on (``dispatch_lost``, its API run id kept for reconcile).
+GIVE_UP_MARGIN = dt.timedelta(minutes=10)
+DEFAULT_RUN_TIMEOUT = dt.timedelta(hours=1)
+
+
+def _api_may_still_run(row: Any, now: dt.datetime) -> bool:
+    """Whether the API may still be running the slot's accepted run, so it is polled on."""
+    if row.api_run_id is None or row.started_at is None:
+        return False
+    timeout = (
+        dt.timedelta(seconds=row.timeout_seconds) if row.timeout_seconds else DEFAULT_RUN_TIMEOUT
+    )
+    return now < row.started_at + timeout + GIVE_UP_MARGIN
+
+
 def redispatch(
     conn: sa.Connection,
     batch: Batch,
@@ -317,7 +333,10 @@ def redispatch(
     """Move a batch whose run died or ended early to its next attempt, or settle it lost.
 
     Fenced on the attempt the caller saw, so two ticks racing move it once. A batch whose
-    slots all have outcomes (its run finished as the sensor looked) is only closed.
+    slots all have outcomes (its run finished as the sensor looked) is only closed. After
+    ``max_attempts`` a slot whose API run was accepted and may still be going is never
+    given up on: the batch gets another attempt, which only polls those runs (same key, same
+    API run), until the API says they ended or their timeout and ``GIVE_UP_MARGIN`` pass.
     """
     current = get_batch(conn, batch.id)
     if current is None or current.status != OPEN or current.attempt != batch.attempt:
@@ -326,17 +345,29 @@ def redispatch(
     if not left:
         finish_if_done(conn, batch.id, now=now)
         return Redispatched(batch.id, "done")
-    if batch.attempt < max_attempts:
+    polled = [row for row in left if _api_may_still_run(row, now)]
+    if batch.attempt >= max_attempts:
+        _settle_lost(conn, [row for row in left if row not in polled], max_attempts, why, now)
+    if batch.attempt < max_attempts or polled:
         conn.execute(
             _fenced(batch.id, batch.attempt).values(
                 attempt=batch.attempt + 1, dagster_run_id=None, lease_until=None, updated_at=now
             )
         )
-        return Redispatched(batch.id, "retry", len(left))
-    for row in left:
+        unfinished = len(left) if batch.attempt < max_attempts else len(polled)
+        return Redispatched(batch.id, "retry", unfinished)
+    finish_if_done(conn, batch.id, now=now)
+    return Redispatched(batch.id, "lost", len(left))
+
+
+def _settle_lost(
+    conn: sa.Connection, rows: list[Any], max_attempts: int, why: str, now: dt.datetime
+) -> None:
+    for row in rows:
         if row.status == CANCELLING:
             outcome = Outcome(
                 status=CANCELLED,
+                api_run_id=row.api_run_id,
                 error_code=row.error_code or "cancelled",
                 error_message=row.error_message or "cancelled while its dispatch run was lost",
             )
@@ -351,5 +382,37 @@ def redispatch(
                 )[:2000],
             )
         record_outcome(conn, row.id, outcome, dagster_run_id=row.dagster_run_id or "", now=now)
+
+
+def cancel_by_person(
+    conn: sa.Connection, batch: Batch, *, now: dt.datetime, why: str
+) -> Redispatched:
+    """A person cancelled the batch's dispatch run: a cancel, not a fault to retry.
+
+    Slots it had not fired end ``cancelled``; fired ones become ``cancelling`` and the next
+    attempt polls each accepted API run to its end and records it cancelled, with its usage
+    and receipt (the API run went on; the money was spent). Fired slots whose API run is not
+    known end cancelled.
+    """
+    current = get_batch(conn, batch.id)
+    if current is None or current.status != OPEN or current.attempt != batch.attempt:
+        return Redispatched(batch.id, "done")
+    slot_status.cancel_batch(
+        conn,
+        batch.id,
+        code="dispatch_run_cancelled",
+        message=f"its dispatch run was cancelled in Dagster ({why})"[:2000],
+        now=now,
+    )
+    left = unfinished_rows(conn, batch.id)
+    polled = [row for row in left if _api_may_still_run(row, now)]
+    _settle_lost(conn, [row for row in left if row not in polled], 1, why, now)
+    if polled:
+        conn.execute(
+            _fenced(batch.id, batch.attempt).values(
+                attempt=batch.attempt + 1, dagster_run_id=None, lease_until=None, updated_at=now
+            )
+        )
+        return Redispatched(batch.id, "retry", len(polled))
     finish_if_done(conn, batch.id, now=now)
-    return Redispatched(batch.id, "lost", len(left))
+    return Redispatched(batch.id, "cancelled", len(left))

@@ -8,8 +8,10 @@ once within the caller's bounds. Outcomes are recorded as calls finish, many per
 transaction, by a writer that never lets one slot's failure lose another's record.
 
 A heartbeat renews the lease while the run works, and stops the run firing once the sensor
-has moved the batch to another attempt. It also stops waiting for slots that were asked to
-stop meanwhile (overlap cancel_other), as terminating a one-slot run would.
+has moved the batch to another attempt; every fire is also fenced on the lease in its own
+transaction. A slot asked to stop while its call is in flight (overlap cancel_other, a pause
+with --terminate) is not abandoned: its API run goes on, so it is polled to its end and
+recorded cancelled, with what it cost.
 
 Clock and sleep are injected: tests run a batch at exact instants without waiting.
 """
@@ -24,14 +26,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from graph_runs.core.statuses import CANCELLING, FAILED
+from graph_runs.core.statuses import FAILED
 from graph_runs.dispatch import batches
 from graph_runs.dispatch.firing import Firing, decide_and_fire
 from graph_runs.dispatch.ledger import record_outcome
 from graph_runs.execution_api.client import Outcome
 from graph_runs.execution_api.concurrent_calls import Call, CallSession, ConcurrentCaller, Result
 from graph_runs.store import slot_status
-from graph_runs.store.tables import run_ledger
 
 logger = logging.getLogger(__name__)
 
@@ -322,11 +323,8 @@ class Dispatcher:
         renewed_at = self.clock()
         while True:
             await self.sleep(self.limits.heartbeat_seconds)
-            # Read on the event loop, which alone changes the call table; the thread below
-            # gets a copy (iterating the table there could meet it changing, and raise).
-            waiting = [k for k, t in self._calls.items() if not t.done()]
             try:
-                renewed, stopping = await asyncio.to_thread(self._renew, batch_id, attempt, waiting)
+                renewed = await asyncio.to_thread(self._renew, batch_id, attempt)
             except Exception as exc:  # noqa: BLE001 - the heartbeat must never die silently
                 # The database is away for a moment: keep trying while the lease holds. Once
                 # it may have run out, the sensor may have moved the batch on: fire no more.
@@ -341,28 +339,18 @@ class Dispatcher:
                 logger.warning("batch %s moved past attempt %d: firing no more", batch_id, attempt)
                 self._lost = True
                 return
-            for ledger_id in stopping:
-                task = self._calls.get(ledger_id)
-                if task is not None and not task.done():
-                    task.cancel()
 
-    def _renew(self, batch_id: str, attempt: int, waiting: list[str]) -> tuple[bool, list[str]]:
-        """Renew the lease; also settle the in-flight slots asked to stop meanwhile."""
-        now = self.clock()
+    def _renew(self, batch_id: str, attempt: int) -> bool:
+        """Renew the lease.
+
+        A slot asked to stop while its call is in flight (a pause with --terminate, overlap
+        cancel_other) is not abandoned: its call goes on to the API run's end, and the
+        outcome is recorded cancelled, with its usage and receipt.
+        """
         with self.engine.begin() as conn:
-            renewed = batches.renew_lease(conn, batch_id, attempt, now=now, lease=self.limits.lease)
-            stopping = [
-                row.id
-                for row in conn.execute(
-                    sa.select(run_ledger.c.id, run_ledger.c.status).where(
-                        run_ledger.c.id.in_(waiting[:1000]),
-                        run_ledger.c.status == CANCELLING,
-                    )
-                )
-            ]
-            for ledger_id in stopping:
-                slot_status.settle_cancelled(conn, ledger_id, self.dagster_run_id, now)
-        return renewed, stopping
+            return batches.renew_lease(
+                conn, batch_id, attempt, now=self.clock(), lease=self.limits.lease
+            )
 
 
 def summary(report: Report) -> str:

@@ -12,7 +12,8 @@ instant, in one transaction for all the slots due at it:
 
 A slot that a later dispatch attempt finds ``running`` (its run died after firing it) is
 fired again without a new decision: the API already has its run, and the same idempotency
-key and body resume it.
+key and body resume it. One found ``cancelling`` with an API run is polled to its end, and
+recorded cancelled with what it cost.
 """
 
 import datetime as dt
@@ -204,10 +205,13 @@ def decide_and_fire(
             message="a newer slot came due while this run was in flight (overlap cancel_other)",
         )
     to_fire = [r for r in rows if r.id not in held and r.status in (PENDING, RUNNING)]
-    stopped = sum(r.status == CANCELLING for r in rows)
+    # A slot asked to stop after it was fired: its accepted API run is polled to its end and
+    # recorded cancelled with its usage; one never accepted ends cancelled now.
+    polled = [r for r in rows if r.status == CANCELLING and r.api_run_id is not None]
+    stopped = [r.id for r in rows if r.status == CANCELLING and r.api_run_id is None]
     if stopped:
-        decided.held["cancelled"] += stopped
-    grants = _grants(conn, {r.grant_id for r in to_fire})
+        decided.held["cancelled"] += len(stopped)
+    grants = _grants(conn, {r.grant_id for r in to_fire + polled})
     ready: list[tuple[Any, Grant | None]] = []
     for row in to_fire:
         grant = grants.get(row.grant_id)
@@ -223,7 +227,7 @@ def decide_and_fire(
         ready.append((row, grant))
     slot_status.fire(
         conn,
-        [r.id for r in rows if r.status == CANCELLING] + [r.id for r, _ in ready],
+        stopped + [r.id for r, _ in ready],
         dagster_run_id=dagster_run_id,
         attempt=attempt,
         now=now,
@@ -238,7 +242,7 @@ def decide_and_fire(
         )
     decided.firing = [
         Firing(row, request_body(row, grant.connection_ids if grant else []))
-        for row, grant in ready
+        for row, grant in ready + [(r, grants.get(r.grant_id)) for r in polled]
     ]
     return decided
 

@@ -7,7 +7,7 @@ idempotency key and the same body.
 """
 
 import datetime as dt
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,6 +19,8 @@ from graph_runs.core.ids import new_id
 from graph_runs.core.money import micros_to_usd, usd_to_micros
 from graph_runs.core.statuses import (
     AWAITING_APPROVAL,
+    CANCELLED,
+    CANCELLING,
     FAILED,
     QUEUED,
     SETTLED,
@@ -286,6 +288,17 @@ def record_outcome(
     Returns what the op reports as metadata, including whether this call changed anything.
     """
     row = get_run(conn, ledger_id, lock=True)
+    if row.status == CANCELLING and outcome.status != CANCELLED:
+        # Asked to stop while its call was at the API (a pause with --terminate, overlap
+        # cancel_other, a cancelled dispatch run): the slot ends cancelled, as asked, but
+        # with its API run, output and usage, and the receipt below, because the money was
+        # spent.
+        outcome = replace(
+            outcome,
+            status=CANCELLED,
+            error_code=row.error_code or "cancelled",
+            error_message=row.error_message or "cancelled while its API run was going",
+        )
     # A cancelled row stays cancelled even if the API finished the run meanwhile; its
     # receipt is still written below, because the money was spent.
     changed = row.status not in SETTLED and not (

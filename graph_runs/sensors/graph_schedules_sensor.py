@@ -221,9 +221,13 @@ def _dispatch(
         if why is None:
             continue
         with database.transaction() as conn:
-            moved = batches.redispatch(
-                conn, batch, now=now, why=why, max_attempts=dispatch.max_attempts
-            )
+            if status == "CANCELED":
+                # Someone cancelled the run in Dagster: a decision, not a fault to retry.
+                moved = batches.cancel_by_person(conn, batch, now=now, why=why)
+            else:
+                moved = batches.redispatch(
+                    conn, batch, now=now, why=why, max_attempts=dispatch.max_attempts
+                )
         done[moved.action] += 1
         if moved.action == "retry":
             to_request.append(
@@ -232,6 +236,10 @@ def _dispatch(
             context.log.warning(
                 f"[batch={batch.id}] {why} with {moved.unfinished} slot(s) unrecorded; "
                 f"dispatching attempt {batch.attempt + 1}"
+            )
+        elif moved.action == "cancelled":
+            context.log.warning(
+                f"[batch={batch.id}] {why}: {moved.unfinished} slot(s) settled cancelled"
             )
         elif moved.action == "lost":
             context.log.error(

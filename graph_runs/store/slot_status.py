@@ -83,6 +83,10 @@ _RULES: tuple[tuple[tuple[str | None, ...], tuple[str, ...], str], ...] = (
     ((FAILED,), (SUCCEEDED, FAILED), "settle_outcome"),
     # Pause, delete, overlap cancel_other; then the sensor stops the Dagster run.
     ((PENDING, BUFFERED), (CANCELLED,), "cancel_unstarted"),
+    # A person cancelled a dispatch run: its slots not fired end here; fired ones are
+    # polled to their end by the next attempt, and recorded cancelled with their usage.
+    ((PENDING,), (CANCELLED,), "cancel_batch"),
+    ((RUNNING,), (CANCELLING,), "cancel_batch"),
     ((QUEUED, RUNNING), (CANCELLING,), "request_cancel"),
     ((CANCELLING,), (CANCELLED,), "settle_cancelled"),
     # The approval gate: a rejection, a timeout, the budget at launch, a pause.
@@ -292,9 +296,25 @@ def keep_api_run(conn: sa.Connection, ledger_id: str, api_run_id: str) -> None:
     """
     conn.execute(
         run_ledger.update()
-        .where(run_ledger.c.id == ledger_id, run_ledger.c.status == RUNNING)
+        .where(run_ledger.c.id == ledger_id, run_ledger.c.status.in_([RUNNING, CANCELLING]))
         .values(api_run_id=api_run_id)
     )
+
+
+def cancel_batch(
+    conn: sa.Connection, batch_id: str, *, code: str, message: str, now: dt.datetime
+) -> int:
+    """A person cancelled the batch's dispatch run; returns how many rows moved.
+
+    ``pending`` -> ``cancelled``; ``running`` -> ``cancelling``, whose API run is still
+    polled to its end and recorded.
+    """
+    where = run_ledger.c.batch_id == batch_id
+    values = {"error_code": code, "error_message": message}
+    cancelled = _move_rows(
+        conn, [PENDING], CANCELLED, "cancel_batch", where, values={**values, "finished_at": now}
+    )
+    return cancelled + _move_rows(conn, [RUNNING], CANCELLING, "cancel_batch", where, values=values)
 
 
 def decide_at_instant(
