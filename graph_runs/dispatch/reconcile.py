@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from graph_runs.core.statuses import CANCELLED, CANCELLING, FAILED, QUEUED, RUNNING
 from graph_runs.dispatch.ledger import get_run, record_outcome
 from graph_runs.execution_api.client import Outcome
-from graph_runs.store.tables import IN_FLIGHT_RUN, run_ledger
+from graph_runs.store.tables import IN_FLIGHT_RUN, dispatch_batches, run_ledger
 
 # Dagster run statuses, as DagsterRunStatus values.
 DAGSTER_ENDED = frozenset({"SUCCESS", "FAILURE", "CANCELED"})
@@ -50,8 +50,17 @@ def runs_to_reconcile(conn: sa.Connection, limit: int) -> list[Any]:
                 IN_FLIGHT_RUN,
                 run_ledger.c.status.in_([QUEUED, RUNNING, CANCELLING]),
                 run_ledger.c.dagster_run_id.is_not(None),
-                # A batched slot's Dagster run fires many: its batch's lease recovers it.
-                run_ledger.c.batch_id.is_(None),
+                # A batched slot's Dagster run fires many: its batch's lease recovers it. A
+                # slot of a batch already done is in a run of its own, a re-execution of the
+                # batch's run from the UI, which no lease covers.
+                sa.or_(
+                    run_ledger.c.batch_id.is_(None),
+                    # Correlated, so each in-flight row is one primary-key look-up.
+                    sa.exists().where(
+                        dispatch_batches.c.id == run_ledger.c.batch_id,
+                        dispatch_batches.c.status == "done",
+                    ),
+                ),
             )
             .order_by(run_ledger.c.created_at)
             .limit(limit)

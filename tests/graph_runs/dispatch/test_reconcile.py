@@ -5,9 +5,11 @@ Real SQLite and PostgreSQL databases; Dagster statuses are given as the sensor r
 
 import sqlalchemy as sa
 
+from graph_runs.dispatch import batches
 from graph_runs.dispatch.reconcile import apply_run_statuses, runs_to_reconcile
 from graph_runs.scheduling.in_flight import release_buffered
 from graph_runs.scheduling.schedules import get_schedule, pause_schedule
+from graph_runs.store.tables import dispatch_batches
 from tests.helpers import at, claim_at, ledger_statuses, make_grant, make_schedule, set_run_status
 
 CREATED = at("2026-11-22T10:00:30Z")
@@ -76,3 +78,25 @@ def test_a_buffered_slot_is_released_when_the_running_run_ends(engine: sa.Engine
         assert [s for _, s in ledger_statuses(conn, view["id"])][1] == "pending"
         assert release_buffered(conn, NOW) == []
         assert released
+
+
+def test_a_re_executed_slot_of_a_finished_batch_is_settled_when_its_run_ends(
+    engine: sa.Engine,
+) -> None:
+    """Review defect A1: a UI re-execution of a dispatch run stranded its slot ``running``.
+
+    The re-execution moved the batch's failed rows back to ``running`` inside a batch already
+    done. When that run then ended without an outcome, nothing settled them: reconcile left
+    batched rows to the lease, and the sensor looked only at open batches.
+    """
+    with engine.begin() as conn:
+        view = make_schedule(conn, CREATED, make_grant(conn, CREATED))
+        claim_at(conn, at("2026-11-22T10:01:05Z"))
+        assert batches.form_batches(conn, now=NOW, horizon=NOW, batch_size=10)
+        conn.execute(dispatch_batches.update().values(status="done"))
+        set_run_status(conn, view["id"], "2026-11-22T10:01:00Z", "running", "re-execution")
+        (row,) = runs_to_reconcile(conn, 100)
+        assert row.dagster_run_id == "re-execution"
+        done = apply_run_statuses(conn, [row], {"re-execution": "FAILURE"}, now=NOW)
+        assert done.failed == 1
+        assert ledger_statuses(conn, view["id"]) == [("2026-11-22T10:01:00Z", "failed")]
