@@ -31,7 +31,7 @@ from graph_runs.scheduling.schedules import pause_schedule
 from graph_runs.scheduling.triggers import backfill_schedule
 from graph_runs.store.tables import charge_receipts, dispatch_batches, run_ledger, schedules
 from tests.conftest import RunningApi
-from tests.dagster_helpers import apply_partitions, launch, make_resources, tick
+from tests.dagster_helpers import apply_partitions, daemon_run, launch, make_resources, tick
 from tests.helpers import at, make_grant, make_schedule
 
 CREATED = at("2026-11-22T09:59:30Z")
@@ -142,9 +142,11 @@ def test_overlap_is_decided_at_the_instant_not_when_claimed(
         going = make_schedule(conn, LATE, grant)  # overlap skip
         still = make_schedule(conn, LATE, grant)
     resources, (first,) = claim(instance, database_url, execution_api, "2026-11-22T10:00:30Z")
+    # Both 10:01 slots fired in a run of their own (a re-execution, say), still going at
+    # 10:01:20...
+    elsewhere = daemon_run(instance, first, dg.DagsterRunStatus.STARTED).run_id
     with engine.begin() as conn:
-        # Both 10:01 slots fired elsewhere and are still running at 10:01:20...
-        conn.execute(run_ledger.update().values(status="running", dagster_run_id="elsewhere"))
+        conn.execute(run_ledger.update().values(status="running", dagster_run_id=elsewhere))
         conn.execute(dispatch_batches.update().values(status="done"))
     resources, (second,) = claim(instance, database_url, execution_api, "2026-11-22T10:01:20Z")
     assert [r.status for r in rows(engine)].count("pending") == 2  # nothing decided yet
@@ -155,7 +157,7 @@ def test_overlap_is_decided_at_the_instant_not_when_claimed(
             conn,
             ended.id,
             Outcome(status="succeeded", api_run_id="api-x"),
-            dagster_run_id="elsewhere",
+            dagster_run_id=elsewhere,
             now=at("2026-11-22T10:01:40Z"),
         )
     run = launch(instance, resources, second)
