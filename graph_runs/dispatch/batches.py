@@ -15,7 +15,7 @@ A run of an older attempt may no longer renew the lease, so it stops firing. Aft
 
 import datetime as dt
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from graph_runs.core.ids import new_id
 from graph_runs.core.statuses import CANCELLED, CANCELLING, FAILED, PENDING, QUEUED, RUNNING
 from graph_runs.dispatch.ledger import TAG_PREFIX, record_outcome
+from graph_runs.dispatch.reconcile import DAGSTER_ENDED
 from graph_runs.execution_api.client import Outcome
 from graph_runs.store import slot_status
 from graph_runs.store.tables import dispatch_batches, run_ledger
@@ -302,8 +303,58 @@ class Redispatched:
     """What the sensor did with a batch whose run is gone: next attempt, lost, or done."""
 
     batch_id: str
-    action: str  # "retry", "lost" or "done"
+    action: str  # "retry", "lost", "cancelled" or "done"
     unfinished: int = 0
+    why: str = ""
+
+
+# Dagster's run statuses of a run whose worker is being launched or at work.
+DAGSTER_GOING = frozenset({"STARTING", "STARTED", "CANCELING"})
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """How long a batch's run may go unseen before its batch goes to the next attempt."""
+
+    lease: dt.timedelta = dt.timedelta(seconds=60)
+    start_timeout: dt.timedelta = dt.timedelta(seconds=180)
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+
+
+def recover(
+    conn: sa.Connection,
+    batch: Batch,
+    *,
+    run_id: str,
+    run_status: str | None,
+    now: dt.datetime,
+    limits: Recovery,
+) -> Redispatched | None:
+    """What the sensor does with an open batch whose attempt has a Dagster run.
+
+    ``run_status`` is the run's Dagster status (None: the run no longer exists). A run that
+    ended, or stopped renewing its lease, gives the batch to its next attempt (or settles
+    it, after the last); one a person cancelled cancels its slots; one still starting gets
+    the start timeout to take its lease, one started a lease. None: nothing to do.
+    """
+    if run_status is None or run_status in DAGSTER_ENDED:
+        why = f"Dagster run {run_id} {'is gone' if run_status is None else 'ended ' + run_status}"
+    elif run_status in DAGSTER_GOING and batch.lease_until is None:
+        # A run still STARTING (its worker being launched: an image pull, a pod being
+        # scheduled) gets the launcher's start timeout; one whose worker is up, a lease.
+        grace = limits.start_timeout if run_status == "STARTING" else limits.lease
+        note_started(conn, batch, now=now, grace=grace)
+        return None
+    elif run_status in DAGSTER_GOING and batch.lease_until is not None and batch.lease_until < now:
+        why = f"Dagster run {run_id} stopped renewing its lease ({run_status})"
+    else:
+        return None
+    if run_status == "CANCELED":
+        # Someone cancelled the run in Dagster: a decision, not a fault to retry.
+        moved = cancel_by_person(conn, batch, now=now, why=why)
+    else:
+        moved = redispatch(conn, batch, now=now, why=why, max_attempts=limits.max_attempts)
+    return replace(moved, why=why)
 
 
 # A slot's API run is polled for at most its timeout and this margin after it was fired;

@@ -4,7 +4,7 @@ import datetime as dt
 
 import dagster as dg
 
-from graph_runs.dispatch.batches import DEFAULT_MAX_ATTEMPTS
+from graph_runs.dispatch.batches import DEFAULT_MAX_ATTEMPTS, Recovery
 from graph_runs.dispatch.dispatcher import DispatchLimits
 from graph_runs.settings import DispatchSettings
 
@@ -34,6 +34,14 @@ class DispatchResource(dg.ConfigurableResource):
             lease=dt.timedelta(seconds=self.lease_seconds),
             # Four beats per lease: a run survives three missed renewals.
             heartbeat_seconds=self.lease_seconds / 4,
+        )
+
+    def recovery(self) -> Recovery:
+        """How long a batch's run may go unseen before the sensor dispatches it again."""
+        return Recovery(
+            lease=dt.timedelta(seconds=self.lease_seconds),
+            start_timeout=dt.timedelta(seconds=self.start_timeout_seconds),
+            max_attempts=self.max_attempts,
         )
 
     def lookahead(self, sensor_interval_seconds: int) -> dt.timedelta:

@@ -29,11 +29,11 @@ from graph_runs.core.cron import format_utc, parse_instant
 from graph_runs.dispatch import batches
 from graph_runs.dispatch.batches import Batch
 from graph_runs.dispatch.reconcile import (
-    DAGSTER_ENDED,
     DAGSTER_NOT_STARTED,
     apply_run_statuses,
     runs_to_reconcile,
 )
+from graph_runs.dispatch.tick import claim_and_batch
 from graph_runs.jobs import SCHEDULE_PARTITIONS_NAME, dispatch_batch_job, graph_run_job
 from graph_runs.jobs.run_lookup import existing_batch_runs, run_statuses
 from graph_runs.resources import (
@@ -45,12 +45,10 @@ from graph_runs.resources import (
 from graph_runs.scheduling.claim import (
     ON_TIME_TOLERANCE,
     TickLimits,
-    claim_due_slots,
     live_schedule_ids,
     next_due,
     schedules_changed_since,
 )
-from graph_runs.scheduling.in_flight import release_buffered
 from graph_runs.store import slot_status
 from graph_runs.store.db import SchemaError
 
@@ -65,7 +63,6 @@ MAX_RECONCILED = 2_000
 MAX_OPEN_BATCHES = 2_000
 # Partition keys checked one by one before falling back to reading them all.
 MAX_PARTITION_PROBES = 50
-DAGSTER_GOING = frozenset({"STARTING", "STARTED", "CANCELING"})
 
 
 def tick_limits_for(interval_seconds: int, dispatch: DispatchResource) -> TickLimits:
@@ -204,30 +201,18 @@ def _dispatch(
         if run_id is None:
             to_request.append(batch)
             continue
-        status = statuses.get(run_id)
-        why = None
-        if status is None or status in DAGSTER_ENDED:
-            why = f"Dagster run {run_id} {'is gone' if status is None else 'ended ' + status}"
-        elif status in DAGSTER_GOING and batch.lease_until is None:
-            # A run still STARTING (its worker being launched: an image pull, a pod being
-            # scheduled) gets the launcher's start timeout; one whose worker is up, a lease.
-            grace = (
-                dispatch.start_timeout_seconds if status == "STARTING" else dispatch.lease_seconds
-            )
-            with database.transaction() as conn:
-                batches.note_started(conn, batch, now=now, grace=dt.timedelta(seconds=grace))
-        elif status in DAGSTER_GOING and batch.lease_until is not None and batch.lease_until < now:
-            why = f"Dagster run {run_id} stopped renewing its lease ({status})"
-        if why is None:
-            continue
         with database.transaction() as conn:
-            if status == "CANCELED":
-                # Someone cancelled the run in Dagster: a decision, not a fault to retry.
-                moved = batches.cancel_by_person(conn, batch, now=now, why=why)
-            else:
-                moved = batches.redispatch(
-                    conn, batch, now=now, why=why, max_attempts=dispatch.max_attempts
-                )
+            moved = batches.recover(
+                conn,
+                batch,
+                run_id=run_id,
+                run_status=statuses.get(run_id),
+                now=now,
+                limits=dispatch.recovery(),
+            )
+        if moved is None:
+            continue
+        why = moved.why
         done[moved.action] += 1
         if moved.action == "retry":
             to_request.append(
@@ -267,17 +252,15 @@ def graph_schedules_tick(
 
     settled_failed, cancelled = _reconcile(context, database, now)
     with database.transaction() as conn:
-        released = release_buffered(conn, now)
-        claim = claim_due_slots(
-            conn, now=now, schedule_limits=schedule_limits.limits(), tick_limits=tick_limits
-        )
-        formed = batches.form_batches(
+        claimed = claim_and_batch(
             conn,
             now=now,
-            horizon=now + tick_limits.lookahead,
+            schedule_limits=schedule_limits.limits(),
+            tick_limits=tick_limits,
             batch_size=dispatch.batch_size,
             parallel_runs=dispatch.parallel_runs,
         )
+    released, claim, formed = claimed.released, claimed.claim, claimed.formed
     if claim.cancelled_for_overlap:
         # Overlap cancel_other: stop the older runs now, before the new slot's run is asked
         # for, rather than a tick later.
