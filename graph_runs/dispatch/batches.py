@@ -363,9 +363,13 @@ GIVE_UP_MARGIN = dt.timedelta(minutes=10)
 DEFAULT_RUN_TIMEOUT = dt.timedelta(hours=1)
 
 
-def _api_may_still_run(row: Any, now: dt.datetime) -> bool:
-    """Whether the API may still be running the slot's accepted run, so it is polled on."""
-    if row.api_run_id is None or row.started_at is None:
+def _api_may_still_run(row: Any, now: dt.datetime, *, accepted: bool = True) -> bool:
+    """Whether the API may still be running the slot's run, so it is polled on.
+
+    ``accepted``: only a run the API acknowledged (its id is known). Without it, any slot
+    that was fired counts: its request may have reached the API before its run died.
+    """
+    if row.started_at is None or (accepted and row.api_run_id is None):
         return False
     timeout = (
         dt.timedelta(seconds=row.timeout_seconds) if row.timeout_seconds else DEFAULT_RUN_TIMEOUT
@@ -441,9 +445,8 @@ def cancel_by_person(
     """A person cancelled the batch's dispatch run: a cancel, not a fault to retry.
 
     Slots it had not fired end ``cancelled``; fired ones become ``cancelling`` and the next
-    attempt polls each accepted API run to its end and records it cancelled, with its usage
-    and receipt (the API run went on; the money was spent). Fired slots whose API run is not
-    known end cancelled.
+    attempt resumes each under its key, polls its API run to its end and records it
+    cancelled, with its usage and receipt (the API run went on; the money was spent).
     """
     current = get_batch(conn, batch.id)
     if current is None or current.status != OPEN or current.attempt != batch.attempt:
@@ -456,7 +459,9 @@ def cancel_by_person(
         now=now,
     )
     left = unfinished_rows(conn, batch.id)
-    polled = [row for row in left if _api_may_still_run(row, now)]
+    # A fired slot is resumed with its key, whether or not its run's id came back: the
+    # request may have reached the API, and a run there must be polled and billed.
+    polled = [row for row in left if _api_may_still_run(row, now, accepted=False)]
     _settle_lost(conn, [row for row in left if row not in polled], 1, why, now)
     if polled:
         conn.execute(

@@ -205,10 +205,12 @@ def decide_and_fire(
             message="a newer slot came due while this run was in flight (overlap cancel_other)",
         )
     to_fire = [r for r in rows if r.id not in held and r.status in (PENDING, RUNNING)]
-    # A slot asked to stop after it was fired: its accepted API run is polled to its end and
-    # recorded cancelled with its usage; one never accepted ends cancelled now.
-    polled = [r for r in rows if r.status == CANCELLING and r.api_run_id is not None]
-    stopped = [r.id for r in rows if r.status == CANCELLING and r.api_run_id is None]
+    # A slot asked to stop after it was fired: the decision to fire came first, and its
+    # request may be at the API whether or not its run id came back. It is resumed under its
+    # key (the API answers with the run it has), polled to its end and recorded cancelled,
+    # with what it cost. One never fired ends cancelled now.
+    polled = [r for r in rows if r.status == CANCELLING and r.started_at is not None]
+    stopped = [r.id for r in rows if r.status == CANCELLING and r.started_at is None]
     if stopped:
         decided.held["cancelled"] += len(stopped)
     grants = _grants(conn, {r.grant_id for r in to_fire + polled})

@@ -1,0 +1,123 @@
+"""What must hold, whatever the seed: each a function of the database, the API and history.
+
+Each returns the violations it finds, one readable line each; an empty list is a pass.
+"""
+
+import datetime as dt
+from collections import Counter
+from typing import Any
+
+import sqlalchemy as sa
+
+from graph_runs.core.statuses import IN_FLIGHT, SUCCEEDED
+from graph_runs.store.tables import audit_log, charge_receipts, run_ledger, schedules
+from tests.simulation.world import FaultyApi
+
+
+def _ledger(conn: sa.Connection) -> list[Any]:
+    return list(conn.execute(sa.select(run_ledger)))
+
+
+def money(conn: sa.Connection, api: FaultyApi, *, final: bool) -> list[str]:
+    """Executions, ledger rows and receipts agree; with ``final``, every run is billed."""
+    found: list[str] = []
+    rows = _ledger(conn)
+    by_key = Counter(r.idempotency_key for r in rows)
+    receipts = list(conn.execute(sa.select(charge_receipts)))
+    per_row = Counter(r.graph_run_id for r in receipts)
+    per_api_run = Counter(r.api_run_id for r in receipts)
+    row_ids = {r.id for r in rows}
+    for key, (_digest, api_run_id) in api.store.keys.items():
+        if by_key[key] != 1:
+            found.append(f"API execution {api_run_id} (key {key}) has {by_key[key]} ledger rows")
+    for receipt in receipts:
+        if receipt.api_run_id not in api.store.runs:
+            found.append(f"receipt {receipt.id} bills API run {receipt.api_run_id}, never run")
+        if receipt.graph_run_id not in row_ids:
+            found.append(f"receipt {receipt.id} has no ledger row")
+    found += [f"ledger row {i} has {n} receipts" for i, n in per_row.items() if n > 1]
+    found += [f"API run {i} has {n} receipts" for i, n in per_api_run.items() if n > 1]
+    if not final:
+        return found
+    for row in rows:
+        if row.status in IN_FLIGHT:
+            found.append(f"ledger row {row.id} ({row.trigger_kind}) is still {row.status}")
+        if row.status == SUCCEEDED and per_row[row.id] != 1:
+            found.append(f"succeeded row {row.id} has {per_row[row.id]} receipts")
+    keyed = {r.idempotency_key: r for r in rows}
+    for key, (_digest, api_run_id) in api.store.keys.items():
+        status, _answer = api.store.view(api.store.runs[api_run_id])
+        row = keyed.get(key)
+        if (
+            status == 200
+            and row is not None
+            and row.billing_account
+            and not per_api_run[api_run_id]
+        ):
+            found.append(
+                f"API run {api_run_id} ended and was paid for, but ledger row {row.id} "
+                f"({row.status} {row.error_code}) has no receipt"
+            )
+    return found
+
+
+def counters(conn: sa.Connection) -> list[str]:
+    """A schedule's succeeded and failed counts (what describe shows) equal its ledger's."""
+    counts: Counter[tuple[str, str]] = Counter(
+        (r.schedule_id, r.status) for r in _ledger(conn) if r.schedule_id
+    )
+    found = []
+    for s in conn.execute(sa.select(schedules)):
+        ledger = (counts[(s.id, "succeeded")], counts[(s.id, "failed")])
+        if (s.runs_succeeded, s.runs_failed) != ledger:
+            found.append(
+                f"schedule {s.id} counts {s.runs_succeeded} succeeded, {s.runs_failed} failed; "
+                f"its ledger {ledger[0]} and {ledger[1]}"
+            )
+    return found
+
+
+def _cron_matches(cron: str, slot: dt.datetime) -> bool:
+    step = 2 if cron.startswith("*/2") else 1
+    return slot.second == 0 and slot.minute % step == 0
+
+
+def timing(
+    conn: sa.Connection, api: FaultyApi, cron_history: dict[str, list[tuple[dt.datetime, str]]]
+) -> list[str]:
+    """Nothing fired before its instant, nor while paused, deleted or retimed away.
+
+    Manual and backfill runs are asked for, paused or not, and are not held to it.
+    """
+    history: dict[str, list[tuple[dt.datetime, str, Any]]] = {}
+    for entry in conn.execute(
+        sa.select(audit_log).where(audit_log.c.entity_type == "schedule").order_by(audit_log.c.id)
+    ):
+        history.setdefault(entry.entity_id, []).append((entry.at, entry.action, entry.detail))
+    found: list[str] = []
+    for row in _ledger(conn):
+        if row.trigger_kind != "scheduled" or row.started_at is None:
+            continue
+        first = api.first_seen.get(row.idempotency_key)
+        if first is not None and row.due_at is not None and first < row.due_at:
+            found.append(
+                f"slot {row.id} reached the API at {first}, before its instant {row.due_at}"
+            )
+        paused = deleted = False
+        for at, action, _detail in history.get(row.schedule_id, []):
+            if at >= row.started_at:
+                break
+            paused = {"schedule.pause": True, "schedule.resume": False}.get(action, paused)
+            deleted = deleted or action == "schedule.delete"
+        if paused or deleted:
+            found.append(
+                f"slot {row.id} of schedule {row.schedule_id} fired at {row.started_at}, while "
+                f"it was {'deleted' if deleted else 'paused'}"
+            )
+        crons = [c for at, c in cron_history.get(row.schedule_id, []) if at < row.due_at]
+        if crons and not _cron_matches(crons[-1], row.scheduled_for):
+            found.append(
+                f"slot {row.id} fired for {row.scheduled_for}, no slot of its timing since "
+                f"the retime ({crons[-1]!r})"
+            )
+    return found

@@ -1,0 +1,396 @@
+"""The fault simulator: one seed, one world, many simulated hours, invariants all along.
+
+``Simulation(seed, url, hours).run()`` returns the violations found (none is a pass). Every
+choice comes from ``random.Random(seed)``: which user acts and how, which fault strikes
+where, how the API answers. A failure names its seed, and ``python -m tests.simulation
+--seed N --hours H`` replays it exactly.
+"""
+
+import asyncio
+import contextvars
+import datetime as dt
+import random
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+
+from graph_runs.access.grants import Grant, create_grant
+from graph_runs.core.errors import GraphRunsError
+from graph_runs.core.schedule_spec import ScheduleLimits
+from graph_runs.core.statuses import IN_FLIGHT
+from graph_runs.dispatch import batches
+from graph_runs.dispatch.tick import claim_and_batch
+from graph_runs.money.budgets import set_budget
+from graph_runs.scheduling.claim import TickLimits
+from graph_runs.scheduling.revocation import revoke_and_pause
+from graph_runs.scheduling.schedules import (
+    create_schedule,
+    delete_schedule,
+    pause_schedule,
+    resume_schedule,
+    update_schedule,
+)
+from graph_runs.scheduling.triggers import backfill_schedule, trigger_schedule
+from graph_runs.store.db import make_engine
+from graph_runs.store.tables import run_ledger, schedules
+from tests.simulation import invariants
+from tests.simulation.world import (
+    EPOCH,
+    Dagster,
+    Faults,
+    FaultyApi,
+    SimRun,
+    VirtualTime,
+    make_dispatcher,
+    run_loop,
+    seeded_ids,
+    settle,
+)
+
+TICK = dt.timedelta(seconds=30)
+LOOKAHEAD = dt.timedelta(seconds=50)
+LIMITS = ScheduleLimits()
+RECOVERY = batches.Recovery()
+MAX_SCHEDULES = 12
+# After the simulated hours: everything is paused and left to settle for at most this long
+# (the longest slot timeout, 120 s, plus the 10-minute give-up margin, plus recovery).
+QUIESCE = dt.timedelta(hours=1)
+_current_run: contextvars.ContextVar[SimRun | None] = contextvars.ContextVar("run", default=None)
+
+
+class InjectedDatabaseError(sa.exc.OperationalError):
+    """A statement the simulated database refused (a dropped connection, a failover)."""
+
+
+@dataclass
+class Simulation:
+    """One seed's world; ``run`` drives it and returns what broke."""
+
+    seed: int
+    url: str
+    hours: float = 2.0
+    faults: Faults = field(default_factory=Faults)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+        self.time = VirtualTime(EPOCH)
+        self.api = FaultyApi(self.time, random.Random(self.rng.getrandbits(64)), self.faults)
+        self.dagster = Dagster()
+        self.grants: list[Grant] = []
+        self.cron_history: dict[str, list[tuple[dt.datetime, str]]] = {}
+        self.tasks_of: dict[str, set[asyncio.Task[Any]]] = {}
+        self.violations: list[str] = []
+        self.counts: dict[str, int] = {}
+        self.calm = False  # during checks and the final settling: no faults of ours
+
+    # -- the run ---------------------------------------------------------------------------
+
+    def run(self) -> list[str]:
+        """Drive the world for ``hours``, then settle it; the violations found."""
+        ids = seeded_ids(random.Random(self.rng.getrandbits(64)))
+        real_uuid4, uuid.uuid4 = uuid.uuid4, ids  # type: ignore[assignment]
+        self.engine = make_engine(self.url)
+        sa.event.listen(self.engine, "before_cursor_execute", self._maybe_fail)
+        try:
+            run_loop(self._main())
+        finally:
+            uuid.uuid4 = real_uuid4  # type: ignore[assignment]
+            sa.event.remove(self.engine, "before_cursor_execute", self._maybe_fail)
+            self.engine.dispose()
+        return self.violations
+
+    async def _main(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_task_factory(self._task_factory)
+        # A task of a run that died with an error (its process would have exited with it).
+        loop.set_exception_handler(lambda _loop, _context: self._count("orphan_task_error"))
+        with self.engine.begin() as conn:
+            for owner in ("alice", "bob", "carol"):
+                self.grants.append(
+                    create_grant(
+                        conn,
+                        owner=owner,
+                        billing_account=f"{owner}-billing",
+                        scopes=["graph:execute:*"],
+                        now=self.time.now,
+                    )
+                )
+        end = EPOCH + dt.timedelta(hours=self.hours)
+        next_tick, next_act = EPOCH, EPOCH + dt.timedelta(seconds=5)
+        settling_until: dt.datetime | None = None
+        while True:
+            await settle()
+            if settling_until is None and self.time.now >= end:
+                self._pause_everything()
+                settling_until = self.time.now + QUIESCE
+            if settling_until is not None and (self._quiet() or self.time.now >= settling_until):
+                break
+            starts = [
+                r.starts_at
+                for r in self.dagster.runs.values()
+                if r.starts_at and r.task is None and r.status in ("QUEUED", "STARTING")
+            ]
+            wake = self.time.next_wake()
+            moments = [next_tick, *([next_act] if settling_until is None else []), *starts]
+            if wake is not None:
+                moments.append(wake)
+            self.time.now = max(self.time.now, min(moments))
+            if self.time.now >= next_tick:
+                next_tick += TICK
+                self._tick()
+                self._check(final=False)
+            if settling_until is None and self.time.now >= next_act:
+                next_act = self.time.now + dt.timedelta(seconds=self.rng.expovariate(1 / 20))
+                self._act()
+            self._start_runs()
+            self.time.wake_due()
+        for run in self.dagster.going():
+            self._kill(run, "STARTED")
+        await settle()
+        self._check(final=True)
+
+    def _quiet(self) -> bool:
+        if self.dagster.going():
+            return False
+        with self._calmly(), self.engine.connect() as conn:
+            left = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(run_ledger)
+                .where(run_ledger.c.status.in_(sorted(IN_FLIGHT)))
+            ).scalar_one()
+        return left == 0
+
+    # -- faults ----------------------------------------------------------------------------
+
+    def _maybe_fail(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if not self.calm and self.rng.random() < self.faults.db_error:
+            self._count("db_error")
+            raise InjectedDatabaseError(statement, None, ConnectionError("injected"))
+
+    def _task_factory(self, loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+        context = kwargs.pop("context", None) or contextvars.copy_context()
+        task = asyncio.Task(coro, loop=loop, context=context, **kwargs)
+        run = context.get(_current_run)
+        if run is not None:
+            self.tasks_of.setdefault(run.run_id, set()).add(task)
+        return task
+
+    def _kill(self, run: SimRun, status: str) -> None:
+        """The run's process dies: every task of it stops at its next step boundary."""
+        run.status = status
+        for task in self.tasks_of.get(run.run_id, set()):
+            task.cancel()
+
+    def _count(self, what: str) -> None:
+        self.counts[what] = self.counts.get(what, 0) + 1
+
+    # -- the sensor and Dagster ------------------------------------------------------------
+
+    def _tick(self) -> None:
+        """One sensor tick, as graph_schedules_sensor makes it; it may die on the way."""
+        now, f = self.time.now, self.faults
+        for run in self.dagster.going():
+            if self.calm:
+                break
+            draw = self.rng.random()
+            if draw < f.kill_run:
+                self._count("kill")
+                self._kill(run, self.rng.choice(["STARTED", "FAILURE"]))
+            elif draw < f.kill_run + f.freeze_run:
+                self._count("freeze")
+                run.frozen_until = now + dt.timedelta(seconds=self.rng.uniform(70, 400))
+            elif draw < f.kill_run + f.freeze_run + f.cancel_run:
+                self._count("cancel")
+                self._kill(run, "CANCELED")
+        try:
+            with self.engine.begin() as conn:
+                claim_and_batch(
+                    conn,
+                    now=now,
+                    schedule_limits=LIMITS,
+                    tick_limits=TickLimits(lookahead=LOOKAHEAD),
+                    batch_size=self.rng.choice([1, 5, 50]),
+                    parallel_runs=1,
+                )
+            if not self.calm and self.rng.random() < f.tick_dies:
+                self._count("tick_died_after_commit")
+                return
+            with self.engine.connect() as conn:
+                open_now = batches.open_batches(conn, 2000)
+            for batch in open_now:
+                run = self.dagster.by_key(batch.run_key)
+                if run is None:
+                    self._request(batch.id, batch.attempt)
+                    continue
+                with self.engine.begin() as conn:
+                    moved = batches.recover(
+                        conn, batch, run_id=run.run_id, run_status=run.status, now=now,
+                        limits=RECOVERY,
+                    )  # fmt: skip
+                if moved is not None:
+                    self._count(f"recovered_{moved.action}")
+                if moved is not None and moved.action == "retry":
+                    self._request(batch.id, batch.attempt + 1)
+        except sa.exc.OperationalError:
+            self._count("tick_failed")
+
+    def _request(self, batch_id: str, attempt: int) -> None:
+        """A run request with run key batch:{id}:{attempt}: Dagster makes the run once."""
+        key = batches.run_key(batch_id, attempt)
+        if self.dagster.by_key(key) is not None:
+            return
+        slow = not self.calm and self.rng.random() < self.faults.slow_start
+        delay = self.rng.uniform(60, 240) if slow else self.rng.uniform(0.5, 8)
+        run = SimRun(
+            run_id=f"run-{len(self.dagster.runs) + 1}",
+            batch_id=batch_id,
+            attempt=attempt,
+            status="STARTING" if slow else "QUEUED",
+            starts_at=self.time.now + dt.timedelta(seconds=delay),
+        )
+        self.dagster.runs[key] = run
+
+    def _start_runs(self) -> None:
+        for run in list(self.dagster.runs.values()):
+            if run.task is None and run.starts_at and run.starts_at <= self.time.now:
+                if run.status not in ("QUEUED", "STARTING"):
+                    continue
+                run.status = "STARTED"
+                token = _current_run.set(run)
+                run.task = asyncio.get_running_loop().create_task(self._work(run))
+                _current_run.reset(token)
+
+    async def _work(self, run: SimRun) -> None:
+        """The dispatch job's op: work one attempt; the run fails if slots were left."""
+        dispatcher = make_dispatcher(self.engine, self.api, self.time, run)
+        try:
+            report = await dispatcher.run_batch(run.batch_id, run.attempt)
+        except asyncio.CancelledError:
+            return  # killed: its status is what the killer left
+        except Exception:  # noqa: BLE001 - a run that raises ends FAILURE, as in Dagster
+            self._count("run_raised")
+            run.status = "FAILURE"
+            return
+        finally:
+            # The op has returned or raised: its process exits, and whatever it still had
+            # going (a call, a heartbeat) with it.
+            for task in self.tasks_of.get(run.run_id, set()):
+                if task is not asyncio.current_task():
+                    task.cancel()
+        run.status = "FAILURE" if report.failed or report.unrecorded else "SUCCESS"
+
+    # -- users -----------------------------------------------------------------------------
+
+    def _act(self) -> None:
+        """One user action through the Python API, in its own transaction."""
+        now, rng = self.time.now, self.rng
+        with self._calmly(), self.engine.connect() as conn:
+            live = list(
+                conn.execute(
+                    sa.select(schedules.c.id, schedules.c.cron, schedules.c.grant_id).where(
+                        schedules.c.status != "deleted"
+                    )
+                )
+            )
+        action = rng.choices(
+            ["create", "pause", "resume", "edit", "retime", "delete", "trigger", "backfill",
+             "budget", "revoke"],
+            weights=[6 if len(live) < MAX_SCHEDULES else 0, 3, 4, 2, 2, 1, 2, 1, 1, 0.2],
+        )[0]  # fmt: skip
+        if action != "create" and action not in ("budget",) and not live:
+            return
+        target = rng.choice(live) if live else None
+        try:
+            with self.engine.begin() as conn:
+                self._do(conn, action, target, now)
+            self._count(action)
+        except (GraphRunsError, sa.exc.OperationalError):
+            self._count(f"{action}_refused")
+
+    def _do(self, conn: sa.Connection, action: str, target: Any, now: dt.datetime) -> None:
+        rng = self.rng
+        if action == "create":
+            grant = rng.choice([g for g in self.grants if g.revoked_at is None] or self.grants)
+            cron = rng.choice(["* * * * *", "*/2 * * * *"])
+            view = create_schedule(
+                conn,
+                {
+                    "owner": grant.owner,
+                    "graph_id": "sleep",
+                    "input": {"seconds": rng.choice([0, 1, 5, 30, 90, 150])},
+                    "cron": cron,
+                    "timezone": "UTC",
+                    "grant_id": grant.id,
+                    "overlap": rng.choice(["skip", "buffer_one", "allow_all", "cancel_other"]),
+                    "timeout_seconds": rng.choice([60, 120]),
+                    "jitter_seconds": rng.choice([0, 0, 7]),
+                    "max_runs": rng.choice([None, None, 3]),
+                },
+                limits=LIMITS,
+                now=now,
+            )
+            self.cron_history[view["id"]] = [(now, cron)]
+        elif action == "pause":
+            pause_schedule(conn, target.id, now=now, note="sim", terminate=rng.random() < 0.3)
+        elif action == "resume":
+            resume_schedule(conn, target.id, now=now, limits=LIMITS)
+        elif action == "edit":
+            changes = {"input": {"seconds": rng.choice([0, 1, 5, 30])}}
+            update_schedule(conn, target.id, changes, limits=LIMITS, now=now)
+        elif action == "retime":
+            cron = "*/2 * * * *" if target.cron == "* * * * *" else "* * * * *"
+            update_schedule(conn, target.id, {"cron": cron}, limits=LIMITS, now=now)
+            self.cron_history.setdefault(target.id, []).append((now, cron))
+        elif action == "delete":
+            delete_schedule(conn, target.id, now=now, terminate=rng.random() < 0.5)
+        elif action == "trigger":
+            trigger_schedule(conn, target.id, now=now, request_key=f"k{rng.randrange(5)}")
+        elif action == "backfill":
+            start = now.replace(second=0, microsecond=0) - dt.timedelta(minutes=rng.randrange(2, 8))
+            backfill_schedule(conn, target.id, start=start, end=now, now=now, limits=LIMITS)
+        elif action == "budget":
+            grant = rng.choice(self.grants)
+            limit = Decimal(rng.choice(["0", "1000"]))
+            set_budget(
+                conn, billing_account=grant.billing_account, period="month", limit_usd=limit,
+                now=now,
+            )  # fmt: skip
+        elif action == "revoke":
+            grant = rng.choice(self.grants)
+            revoked, _paused = revoke_and_pause(conn, grant.id, now=now, by="sim")
+            self.grants = [revoked if g.id == grant.id else g for g in self.grants]
+
+    def _pause_everything(self) -> None:
+        """The end of the simulated hours: every schedule paused, its runs left to settle."""
+        self.calm = True
+        self.api.faults = Faults(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        with self.engine.begin() as conn:
+            live = sa.select(schedules.c.id).where(schedules.c.status != "deleted")
+            for schedule_id in conn.execute(live).scalars().all():
+                pause_schedule(conn, schedule_id, now=self.time.now, note="end of simulation")
+
+    # -- checks ----------------------------------------------------------------------------
+
+    @contextmanager
+    def _calmly(self) -> Iterator[None]:
+        """The simulator's own reads: no fault strikes them."""
+        calm, self.calm = self.calm, True
+        try:
+            yield
+        finally:
+            self.calm = calm
+
+    def _check(self, *, final: bool) -> None:
+        with self._calmly(), self.engine.connect() as conn:
+            found = invariants.money(conn, self.api, final=final)
+            found += invariants.counters(conn)
+            found += invariants.timing(conn, self.api, self.cron_history)
+        for line in found:
+            entry = f"at {self.time.now.isoformat()}: {line}"
+            if entry.split(": ", 1)[1] not in {v.split(": ", 1)[1] for v in self.violations}:
+                self.violations.append(entry)
