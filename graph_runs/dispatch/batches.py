@@ -404,15 +404,20 @@ def redispatch(
     if batch.attempt >= max_attempts:
         _settle_lost(conn, [row for row in left if row not in polled], max_attempts, why, now)
     if batch.attempt < max_attempts or polled:
-        conn.execute(
-            _fenced(batch.id, batch.attempt).values(
-                attempt=batch.attempt + 1, dagster_run_id=None, lease_until=None, updated_at=now
-            )
-        )
+        _next_attempt(conn, batch, now)
         unfinished = len(left) if batch.attempt < max_attempts else len(polled)
         return Redispatched(batch.id, "retry", unfinished)
     finish_if_done(conn, batch.id, now=now)
     return Redispatched(batch.id, "lost", len(left))
+
+
+def _next_attempt(conn: sa.Connection, batch: Batch, now: dt.datetime) -> None:
+    """Give the batch to its next attempt, whose run key the sensor asks a run for."""
+    conn.execute(
+        _fenced(batch.id, batch.attempt).values(
+            attempt=batch.attempt + 1, dagster_run_id=None, lease_until=None, updated_at=now
+        )
+    )
 
 
 def _settle_lost(
@@ -464,11 +469,7 @@ def cancel_by_person(
     polled = [row for row in left if _api_may_still_run(row, now, accepted=False)]
     _settle_lost(conn, [row for row in left if row not in polled], 1, why, now)
     if polled:
-        conn.execute(
-            _fenced(batch.id, batch.attempt).values(
-                attempt=batch.attempt + 1, dagster_run_id=None, lease_until=None, updated_at=now
-            )
-        )
+        _next_attempt(conn, batch, now)
         return Redispatched(batch.id, "retry", len(polled))
     finish_if_done(conn, batch.id, now=now)
     return Redispatched(batch.id, "cancelled", len(left))
