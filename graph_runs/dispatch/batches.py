@@ -321,35 +321,47 @@ class Recovery:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
 
 
-def recover(
-    conn: sa.Connection,
-    batch: Batch,
-    *,
-    run_id: str,
-    run_status: str | None,
-    now: dt.datetime,
-    limits: Recovery,
-) -> Redispatched | None:
-    """What the sensor does with an open batch whose attempt has a Dagster run.
+@dataclass(frozen=True)
+class Verdict:
+    """What an open batch needs, by its run's status: its start noted, or to move on."""
 
+    grace: dt.timedelta | None = None  # note the run started: it has this long to lease
+    why: str | None = None  # move the batch on (next attempt, settled, or cancelled)
+    cancelled: bool = False  # a person cancelled the run
+
+
+def assess(
+    batch: Batch, *, run_id: str, run_status: str | None, now: dt.datetime, limits: Recovery
+) -> Verdict | None:
+    """What the sensor must do with an open batch whose attempt has a Dagster run; None: nothing.
+
+    Reads no database, so a tick opens a write transaction only for a batch that needs one.
     ``run_status`` is the run's Dagster status (None: the run no longer exists). A run that
     ended, or stopped renewing its lease, gives the batch to its next attempt (or settles
     it, after the last); one a person cancelled cancels its slots; one still starting gets
-    the start timeout to take its lease, one started a lease. None: nothing to do.
+    the start timeout to take its lease, one started a lease.
     """
     if run_status is None or run_status in DAGSTER_ENDED:
         why = f"Dagster run {run_id} {'is gone' if run_status is None else 'ended ' + run_status}"
-    elif run_status in DAGSTER_GOING and batch.lease_until is None:
+        return Verdict(why=why, cancelled=run_status == "CANCELED")
+    if run_status in DAGSTER_GOING and batch.lease_until is None:
         # A run still STARTING (its worker being launched: an image pull, a pod being
         # scheduled) gets the launcher's start timeout; one whose worker is up, a lease.
-        grace = limits.start_timeout if run_status == "STARTING" else limits.lease
-        note_started(conn, batch, now=now, grace=grace)
+        return Verdict(grace=limits.start_timeout if run_status == "STARTING" else limits.lease)
+    if run_status in DAGSTER_GOING and batch.lease_until is not None and batch.lease_until < now:
+        return Verdict(why=f"Dagster run {run_id} stopped renewing its lease ({run_status})")
+    return None
+
+
+def recover(
+    conn: sa.Connection, batch: Batch, verdict: Verdict, *, now: dt.datetime, limits: Recovery
+) -> Redispatched | None:
+    """Carry out ``assess``'s verdict in ``conn``; None when only the start was noted."""
+    if verdict.grace is not None:
+        note_started(conn, batch, now=now, grace=verdict.grace)
         return None
-    elif run_status in DAGSTER_GOING and batch.lease_until is not None and batch.lease_until < now:
-        why = f"Dagster run {run_id} stopped renewing its lease ({run_status})"
-    else:
-        return None
-    if run_status == "CANCELED":
+    why = verdict.why or ""
+    if verdict.cancelled:
         # Someone cancelled the run in Dagster: a decision, not a fault to retry.
         moved = cancel_by_person(conn, batch, now=now, why=why)
     else:
@@ -400,9 +412,9 @@ def redispatch(
     if not left:
         finish_if_done(conn, batch.id, now=now)
         return Redispatched(batch.id, "done")
-    polled = [row for row in left if _api_may_still_run(row, now)]
+    polled = {row.id for row in left if _api_may_still_run(row, now)}
     if batch.attempt >= max_attempts:
-        _settle_lost(conn, [row for row in left if row not in polled], max_attempts, why, now)
+        _settle_lost(conn, [row for row in left if row.id not in polled], max_attempts, why, now)
     if batch.attempt < max_attempts or polled:
         _next_attempt(conn, batch, now)
         unfinished = len(left) if batch.attempt < max_attempts else len(polled)
@@ -466,8 +478,8 @@ def cancel_by_person(
     left = unfinished_rows(conn, batch.id)
     # A fired slot is resumed with its key, whether or not its run's id came back: the
     # request may have reached the API, and a run there must be polled and billed.
-    polled = [row for row in left if _api_may_still_run(row, now, accepted=False)]
-    _settle_lost(conn, [row for row in left if row not in polled], 1, why, now)
+    polled = {row.id for row in left if _api_may_still_run(row, now, accepted=False)}
+    _settle_lost(conn, [row for row in left if row.id not in polled], 1, why, now)
     if polled:
         _next_attempt(conn, batch, now)
         return Redispatched(batch.id, "retry", len(polled))

@@ -199,8 +199,8 @@ def claim_due_slots(
     if slot_status.insert_new(conn, ledger_rows) < len(ledger_rows):
         # A slot that already had a row (a backfill wrote it, say) was not claimed now: it
         # is no new run of its schedule, nor an approval to open.
-        _count_only_inserted(conn, ledger_rows, updates)
         inserted = _inserted_ids(conn, [r["id"] for r in ledger_rows])
+        _count_only_inserted(ledger_rows, inserted, updates)
         gated = [(r, s) for r, s in gated if r["id"] in inserted]
     open_approvals(conn, gated, now)
     _advance(conn, updates)
@@ -219,10 +219,9 @@ def _inserted_ids(conn: sa.Connection, ids: list[str]) -> set[str]:
 
 
 def _count_only_inserted(
-    conn: sa.Connection, ledger_rows: list[dict[str, Any]], updates: list[dict[str, Any]]
+    ledger_rows: list[dict[str, Any]], inserted: set[str], updates: list[dict[str, Any]]
 ) -> None:
     """Count as runs only the claimed slots whose rows went in (rare: after a conflict)."""
-    inserted = _inserted_ids(conn, [r["id"] for r in ledger_rows])
     fired: Counter[str] = Counter(
         r["schedule_id"] for r in ledger_rows if r["id"] in inserted and r["status"] in FIRED
     )

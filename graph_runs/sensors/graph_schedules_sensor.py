@@ -201,15 +201,14 @@ def _dispatch(
         if run_id is None:
             to_request.append(batch)
             continue
+        limits = dispatch.recovery()
+        verdict = batches.assess(
+            batch, run_id=run_id, run_status=statuses.get(run_id), now=now, limits=limits
+        )
+        if verdict is None:
+            continue
         with database.transaction() as conn:
-            moved = batches.recover(
-                conn,
-                batch,
-                run_id=run_id,
-                run_status=statuses.get(run_id),
-                now=now,
-                limits=dispatch.recovery(),
-            )
+            moved = batches.recover(conn, batch, verdict, now=now, limits=limits)
         if moved is None:
             continue
         why = moved.why

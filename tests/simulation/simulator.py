@@ -227,11 +227,13 @@ class Simulation:
                 if run is None:
                     self._request(batch.id, batch.attempt)
                     continue
+                verdict = batches.assess(
+                    batch, run_id=run.run_id, run_status=run.status, now=now, limits=RECOVERY
+                )
+                if verdict is None:
+                    continue
                 with self.engine.begin() as conn:
-                    moved = batches.recover(
-                        conn, batch, run_id=run.run_id, run_status=run.status, now=now,
-                        limits=RECOVERY,
-                    )  # fmt: skip
+                    moved = batches.recover(conn, batch, verdict, now=now, limits=RECOVERY)
                 if moved is not None:
                     self._count(f"recovered_{moved.action}")
                 if moved is not None and moved.action == "retry":

@@ -1,9 +1,10 @@
 """A deterministic world for the fault simulator: virtual time, a faulty API, Dagster's runs.
 
-Everything of ours is the real code: the sensor's tick (``dispatch.tick.claim_and_batch``
-and ``dispatch.batches.recover``), the dispatch run (``dispatch.dispatcher.Dispatcher``,
-with its real ``ConcurrentCaller`` over httpx), the Python API users call, on a real SQLite
-file or PostgreSQL database. What is simulated is what is not ours:
+Everything of ours is the real code: the sensor's tick (``dispatch.tick.claim_and_batch``,
+``dispatch.batches.assess`` and ``recover``), the dispatch run
+(``dispatch.dispatcher.Dispatcher``, with its real ``ConcurrentCaller`` over httpx), the
+Python API users call, on a real SQLite file or PostgreSQL database. What is simulated is
+what is not ours:
 
 - **time**: one virtual clock. Every sleep (the dispatch run's, its heartbeat's, the
   caller's backoff and polls, the API's latency) waits on it, and the world moves it to the
