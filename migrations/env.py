@@ -13,6 +13,9 @@ with engine.connect() as connection:
         connection=connection,
         target_metadata=metadata,
         render_as_batch=connection.dialect.name == "sqlite",
+        # One transaction per file: a migration with an autocommit block (a concurrent
+        # index build) commits what ran before it, so each file must stand on its own.
+        transaction_per_migration=True,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -5,6 +5,11 @@ insert skips conflicts, counts exactly and keeps every type. Real SQLite and Pos
 """
 
 import datetime as dt
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -21,6 +26,7 @@ from graph_runs.store.db import (
     upgrade,
 )
 from graph_runs.store.tables import ACTIVE_SCHEDULE, execution_grants, metadata, schedules
+from tests.conftest import POSTGRES_VAR
 from tests.helpers import at
 
 
@@ -149,3 +155,71 @@ def test_batched_insert_refuses_a_naive_time_and_writes_nothing(engine: sa.Engin
             insert_ignoring_conflicts(conn, execution_grants, rows)
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(execution_grants)).scalar() == 0
+
+
+@pytest.fixture
+def unmigrated_postgres() -> Iterator[str]:
+    """A PostgreSQL database of this test's own, with no schema, dropped afterwards."""
+    admin_url = os.environ.get(POSTGRES_VAR)
+    if not admin_url:
+        pytest.skip(f"{POSTGRES_VAR} is not set; PostgreSQL tests skipped")
+    admin = make_engine(admin_url).execution_options(isolation_level="AUTOCOMMIT")
+    name = f"graph_runs_migrate_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield sa.make_url(admin.url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.mark.postgres
+def test_0006_builds_its_indexes_without_blocking_ledger_writes(unmigrated_postgres: str) -> None:
+    # A plain CREATE INDEX queues a SHARE lock behind a running writer, and every later
+    # writer queues behind it; a concurrent build lets them through while it waits.
+    from alembic import command
+
+    from graph_runs.store.db import alembic_config
+
+    engine = make_engine(unmigrated_postgres)
+    command.upgrade(alembic_config(engine), "0005")
+    failure: list[BaseException] = []
+
+    def migrate() -> None:
+        try:
+            command.upgrade(alembic_config(engine), "0006")
+        except BaseException as exc:  # noqa: BLE001 - reported by the test's thread below
+            failure.append(exc)
+
+    with engine.connect() as writer:
+        writer.exec_driver_sql("LOCK TABLE graph_runs IN ROW EXCLUSIVE MODE")
+        migration = threading.Thread(target=migrate, daemon=True)
+        migration.start()
+        with engine.connect() as watcher:
+            deadline = time.monotonic() + 20
+            while not watcher.exec_driver_sql(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted"
+            ).scalar():
+                assert time.monotonic() < deadline, "the migration never waited for the writer"
+                time.sleep(0.02)
+        with engine.connect() as later_writer:
+            later_writer.exec_driver_sql("SET lock_timeout = '2s'")
+            later_writer.exec_driver_sql("UPDATE graph_runs SET status = status WHERE false")
+            later_writer.commit()
+        writer.commit()
+    migration.join(timeout=30)
+    assert not migration.is_alive() and not failure, failure
+    with engine.connect() as conn:
+        indexes = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c "
+                    "ON c.oid = i.indexrelid WHERE c.relname LIKE 'ix_graph_runs_%'"
+                )
+            ).all()
+        )
+    assert indexes["ix_graph_runs_created"] and indexes["ix_graph_runs_dagster_run"]
+    assert upgrade(engine)[1] == head_revision()
+    engine.dispose()
