@@ -6,7 +6,6 @@ run statuses, graph-runs' recent runs), repairs the partitions, and runs it all 
 """
 
 import datetime as dt
-import functools
 from typing import Any
 
 import dagster as dg
@@ -15,10 +14,12 @@ import sqlalchemy as sa
 from graph_runs.core.schedule_spec import ScheduleLimits
 from graph_runs.dispatch.batches import BATCH_ID_TAG
 from graph_runs.dispatch.ledger import LEDGER_ID_TAG
+from graph_runs.dispatch.reconcile import runs_to_reconcile
 from graph_runs.jobs.partitions import SCHEDULE_PARTITIONS_NAME
 from graph_runs.jobs.run_lookup import run_statuses
 from graph_runs.operations import drift, drift_repair
 from graph_runs.resources import ClockResource, DatabaseResource, ScheduleLimitsResource
+from graph_runs.store.db import reading
 
 OUR_JOBS = ("graph_run_job", "dispatch_batch_job", "graph_run_adhoc_job")
 # Runs looked at for `run_without_row`: those updated within this window.
@@ -26,8 +27,14 @@ RECENT_RUNS = dt.timedelta(days=1)
 MAX_RUNS_LOOKED_AT = 5_000
 
 
-def dagster_facts(instance: dg.DagsterInstance, now: dt.datetime) -> drift.DagsterFacts:
-    """Dagster's side of the comparison, read in batches."""
+def dagster_facts(
+    instance: dg.DagsterInstance, now: dt.datetime, run_ids: list[str], recent: list[str]
+) -> drift.DagsterFacts:
+    """Dagster's side of the comparison, read in batches, with no database transaction open.
+
+    ``run_ids`` are the in-flight rows' runs; ``recent`` the ledger's newest, which any
+    instance the daemon uses knows (``DagsterFacts.trusted``).
+    """
     runs = [
         drift.RunFacts(
             run_id=record.dagster_run.run_id,
@@ -42,9 +49,12 @@ def dagster_facts(instance: dg.DagsterInstance, now: dt.datetime) -> drift.Dagst
             limit=MAX_RUNS_LOOKED_AT,
         )
     ]
+    statuses = run_statuses(instance, sorted(set(run_ids) | set(recent)))
     return drift.DagsterFacts(
         partitions=frozenset(instance.get_dynamic_partitions(SCHEDULE_PARTITIONS_NAME)),
-        run_statuses=functools.partial(run_statuses, instance),
+        statuses=statuses,
+        looked_up=frozenset(run_ids),
+        trusted=not recent or any(run_id in statuses for run_id in recent),
         runs=runs,
     )
 
@@ -57,26 +67,36 @@ def reconcile(
     limits: ScheduleLimits,
     fix: bool,
 ) -> list[drift.Finding]:
-    """Find drift, and with ``fix`` repair what is safe; Dagster's side if ``instance``."""
-    facts = dagster_facts(instance, now) if instance is not None else None
-    with engine.begin() as conn:
-        findings = drift.find_drift(conn, now=now, limits=limits, dagster=facts)
-        if not fix:
-            return findings
-        drift_repair.repair(conn, findings, now=now, limits=limits, dagster=facts)
+    """Find drift, and with ``fix`` repair what is safe; Dagster's side if ``instance``.
+
+    Dagster is read first, then the database in one reading transaction (on SQLite it
+    holds no write lock), then each repair writes in a short transaction of its own.
+    """
+    facts = None
     if instance is not None:
-        for finding in findings:
-            if finding.kind == "partition_missing":
-                keys = finding.ids
-                instance.add_dynamic_partitions(SCHEDULE_PARTITIONS_NAME, keys)
-            elif finding.kind == "partition_orphaned":
-                keys = finding.ids
-                for key in keys:
-                    instance.delete_dynamic_partition(SCHEDULE_PARTITIONS_NAME, key)
-            else:
-                continue
-            with engine.begin() as conn:
-                drift_repair.record_partition_repairs(conn, finding, keys, now=now)
+        with reading(engine) as conn:
+            in_flight = [r.dagster_run_id for r in runs_to_reconcile(conn, drift.MAX_ROWS)]
+            recent = drift.recent_run_ids(conn)
+        facts = dagster_facts(instance, now, in_flight, recent)
+    with reading(engine) as conn:
+        findings = drift.find_drift(conn, now=now, limits=limits, dagster=facts)
+    if not fix:
+        return findings
+    drift_repair.repair(engine, findings, now=now, limits=limits, dagster=facts)
+    if instance is None or facts is None or not facts.trusted:
+        return findings
+    for finding in findings:
+        if finding.kind == "partition_missing":
+            keys = finding.ids
+            instance.add_dynamic_partitions(SCHEDULE_PARTITIONS_NAME, keys)
+        elif finding.kind == "partition_orphaned":
+            keys = finding.ids
+            for key in keys:
+                instance.delete_dynamic_partition(SCHEDULE_PARTITIONS_NAME, key)
+        else:
+            continue
+        with engine.begin() as conn:
+            drift_repair.record_partition_repairs(conn, finding, keys, now=now)
     return findings
 
 

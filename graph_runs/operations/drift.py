@@ -9,13 +9,21 @@ job.
 
 Kinds, and what ``--fix`` does:
 
+- ``dagster_instance_unknown``: the Dagster instance knows none of the ledger's most
+  recent runs (a ``DAGSTER_HOME`` without its ``dagster.yaml`` is an empty instance, say).
+  Every repair that trusts Dagster's side is refused, and this is left for a person.
 - ``partition_missing`` / ``partition_orphaned``: a live schedule without its partition, a
-  partition without a live schedule. Added or deleted (by the caller, which holds Dagster).
+  partition whose schedule is deleted. Added or deleted (by the caller, which holds Dagster).
+- ``partition_unknown``: a partition of a schedule the database has never had. Left for a
+  person: a stale copy of the schedules database (a restored backup) knows none of the
+  schedules created since, and deleting their partitions would hide them in the UI.
 - ``next_run_missing``: an active schedule without ``next_run_at`` (another application's
-  row, say). Set from now, as an update of its timing would.
+  row, say). Set to the first slot after its cursor, or after its creation when it has
+  none: the slot the sensor would plan, so that no slot is dropped.
 - ``next_run_behind``: an active schedule whose next slot is due for longer than its
-  catch-up window: the sensor is not running or not keeping up. Claimed now, under the
-  schedule's policies, as the sensor's next tick would.
+  catch-up window: the sensor is not running or not keeping up. Left for the sensor, whose
+  catch-up policy decides what fires when it runs again. Claiming here would fire slots
+  hours late, whenever a dispatch run next came, and push the on-time slot aside.
 - ``run_ended_unrecorded``: a ledger row not final whose own Dagster run ended or is gone.
   Settled as the sensor settles it (failed, or cancelled).
 - ``lease_expired``: an open batch whose dispatch run stopped renewing its lease. Left for
@@ -31,7 +39,7 @@ Kinds, and what ``--fix`` does:
 """
 
 import datetime as dt
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -55,6 +63,8 @@ MAX_IDS = 100
 PARTITION_GRACE = dt.timedelta(minutes=5)
 # Rows a check reads at most, so that a huge drift is reported, not read whole.
 MAX_ROWS = 10_000
+# The ledger's newest Dagster runs an instance must know some of to be trusted.
+RECENT_LEDGER_RUNS = 20
 
 
 @dataclass(frozen=True)
@@ -69,19 +79,32 @@ class Kind:
 # Each kind of drift: what it is and what repairs it, in the order the module docstring
 # gives them. Only the fixable ones are repaired (graph_runs.operations.drift_repair).
 KINDS: dict[str, Kind] = {
+    "dagster_instance_unknown": Kind(
+        detail=(
+            "the Dagster instance knows none of the ledger's most recent runs: is DAGSTER_HOME "
+            "the instance the daemon uses?"
+        ),
+        repair="left for a person: repairs that trust Dagster's side are refused",
+        fixable=False,
+    ),
     "partition_missing": Kind(
         detail="live schedules without their partition of graph_run_schedules",
         repair="add the partitions",
         fixable=True,
     ),
     "partition_orphaned": Kind(
-        detail="partitions of graph_run_schedules without a live schedule",
+        detail="partitions of graph_run_schedules whose schedule is deleted",
         repair="delete the partitions",
         fixable=True,
     ),
+    "partition_unknown": Kind(
+        detail="partitions of graph_run_schedules of schedules this database has never had",
+        repair="left for a person: is this the schedules database the sensor reads?",
+        fixable=False,
+    ),
     "next_run_missing": Kind(
         detail="active schedules without a next run",
-        repair="set next_run_at from now",
+        repair="set next_run_at to the first slot the sensor would plan",
         fixable=True,
     ),
     "next_run_behind": Kind(
@@ -89,8 +112,8 @@ KINDS: dict[str, Kind] = {
             "active schedules whose next slot has been due for longer than their catch-up "
             "window: is the daemon running?"
         ),
-        repair="claim their due slots now, under their policies, as the sensor would",
-        fixable=True,
+        repair="left for the sensor, whose catch-up policy decides what fires",
+        fixable=False,
     ),
     "run_ended_unrecorded": Kind(
         detail="ledger rows not final whose Dagster run ended or is gone",
@@ -147,11 +170,35 @@ class RunFacts:
 
 @dataclass(frozen=True)
 class DagsterFacts:
-    """Dagster's side: the schedule partitions, run statuses, and graph-runs' runs."""
+    """Dagster's side, read before any database transaction opens.
+
+    ``statuses`` holds the runs of ``looked_up`` that the instance has; a row whose run
+    was not looked up (written since) is judged next time, never taken for gone.
+    ``trusted`` is whether the instance knows any of the ledger's most recent runs.
+    """
 
     partitions: frozenset[str]
-    run_statuses: Callable[[list[str]], Mapping[str, str]]
+    statuses: Mapping[str, str]
+    looked_up: frozenset[str]
+    trusted: bool = True
     runs: Sequence[RunFacts] = ()
+
+    def ended(self, run_id: str) -> bool:
+        """Whether a looked-up run ended, or is gone."""
+        status = self.statuses.get(run_id)
+        return run_id in self.looked_up and (status is None or status in DAGSTER_ENDED)
+
+
+def recent_run_ids(conn: sa.Connection) -> list[str]:
+    """The Dagster runs of the ledger's newest rows: any instance the daemon uses has them."""
+    return list(
+        conn.execute(
+            sa.select(run_ledger.c.dagster_run_id)
+            .where(run_ledger.c.dagster_run_id.is_not(None))
+            .order_by(run_ledger.c.created_at.desc())
+            .limit(RECENT_LEDGER_RUNS)
+        ).scalars()
+    )
 
 
 @dataclass
@@ -198,8 +245,19 @@ def _partitions(conn: sa.Connection, now: dt.datetime, facts: DagsterFacts) -> l
     settled = {row.id for row in rows if row.created_at <= now - PARTITION_GRACE}
     missing = settled - facts.partitions
     _report(found, "partition_missing", list(missing))
-    orphaned = facts.partitions - live
-    _report(found, "partition_orphaned", list(orphaned))
+    unlive = sorted(facts.partitions - live)
+    deleted: set[str] = set()
+    for start in range(0, len(unlive), 1000):
+        deleted.update(
+            conn.execute(
+                sa.select(schedules.c.id).where(
+                    schedules.c.id.in_(unlive[start : start + 1000]),
+                    schedules.c.status == "deleted",
+                )
+            ).scalars()
+        )
+    _report(found, "partition_orphaned", list(deleted))
+    _report(found, "partition_unknown", [key for key in unlive if key not in deleted])
     return found
 
 
@@ -256,12 +314,7 @@ def _schedules(conn: sa.Connection, now: dt.datetime, limits: ScheduleLimits) ->
 def _runs(conn: sa.Connection, now: dt.datetime, facts: DagsterFacts) -> list[Finding]:
     found: list[Finding] = []
     rows = runs_to_reconcile(conn, MAX_ROWS)
-    statuses = facts.run_statuses(sorted({r.dagster_run_id for r in rows}))
-    ended = [
-        r.id
-        for r in rows
-        if statuses.get(r.dagster_run_id) is None or statuses[r.dagster_run_id] in DAGSTER_ENDED
-    ]
+    ended = [r.id for r in rows if facts.ended(r.dagster_run_id)]
     _report(found, "run_ended_unrecorded", ended)
     expired = list(
         conn.execute(
@@ -360,7 +413,11 @@ def find_drift(
     dagster: DagsterFacts | None,
 ) -> list[Finding]:
     """Every finding, in a fixed order; without ``dagster``, only the database's side."""
-    found = _partitions(conn, now, dagster) if dagster is not None else []
+    found: list[Finding] = []
+    if dagster is not None and not dagster.trusted:
+        _report(found, "dagster_instance_unknown", recent_run_ids(conn))
+    if dagster is not None:
+        found += _partitions(conn, now, dagster)
     found += _schedules(conn, now, limits)
     if dagster is not None:
         found += _runs(conn, now, dagster)

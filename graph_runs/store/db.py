@@ -5,6 +5,8 @@ gets WAL mode and a busy timeout. Postgres URLs are pinned to psycopg2: under SQ
 a bare ``postgresql://`` selects psycopg 3, which dagster-postgres cannot use.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from alembic.script import ScriptDirectory
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+READ_ONLY_OPTION = "graph_runs_read_only"
 
 
 class SchemaError(RuntimeError):
@@ -56,10 +59,26 @@ def make_engine(url: str) -> sa.Engine:
     @sa.event.listens_for(engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
         # Take the write lock up front: a deferred transaction that reads, then writes, can
-        # fail with "database is locked" without waiting for the busy timeout.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # fail with "database is locked" without waiting for the busy timeout. A reading
+        # transaction (see ``reading``) takes no lock: under WAL it reads a snapshot while
+        # others write.
+        reads_only = conn.get_execution_options().get(READ_ONLY_OPTION, False)
+        conn.exec_driver_sql("BEGIN DEFERRED" if reads_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+@contextmanager
+def reading(engine: sa.Engine) -> Iterator[sa.Connection]:
+    """A transaction that only reads: on SQLite it does not hold the one write lock.
+
+    For long reads (whole-ledger checks) that must not stall lease renewals and outcome
+    writes for up to the busy timeout. A write in it fails on SQLite and is rolled back.
+    """
+    with engine.connect() as conn:
+        conn.execution_options(**{READ_ONLY_OPTION: True})
+        with conn.begin():
+            yield conn
 
 
 def alembic_config(engine: sa.Engine | None = None) -> Config:

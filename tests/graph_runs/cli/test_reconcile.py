@@ -4,12 +4,14 @@ Runs main() in-process against a real database named by GRAPH_RUNS_DATABASE_URL,
 DAGSTER_HOME: the database's side alone, as the command says.
 """
 
+import datetime as dt
+
 import pytest
 import sqlalchemy as sa
 
 from graph_runs.store.db import make_engine
 from graph_runs.store.tables import schedules
-from tests.helpers import at, make_grant, make_schedule
+from tests.helpers import make_grant, make_schedule
 
 
 def test_the_command_exits_1_on_drift_and_0_once_repaired(
@@ -19,7 +21,8 @@ def test_the_command_exits_1_on_drift_and_0_once_repaired(
     code, report, _ = cli("reconcile", "--json")
     assert code == 0 and report["findings"] == [] and report["compared"] == "database only"
     engine = make_engine(database_url)
-    created = at("2026-11-22T08:00:30Z")
+    # Created moments ago: its first slot, the repair's next run, is not yet behind.
+    created = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=5)
     with engine.begin() as conn:
         schedule_id = make_schedule(conn, created, make_grant(conn, created), cron="0 13 * * *")[
             "id"
