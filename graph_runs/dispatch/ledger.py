@@ -38,6 +38,9 @@ GRANT_GONE = frozenset({"grant_expired", "grant_revoked", "grant_missing"})
 
 TAG_PREFIX = "graph_runs/"
 LEDGER_ID_TAG = f"{TAG_PREFIX}ledger_id"
+# The run queue's per-account limit (tagConcurrencyLimits) counts runs by this tag, so it
+# must be right when the run is submitted, not only once its op has run.
+BILLING_ACCOUNT_TAG = f"{TAG_PREFIX}billing_account"
 
 
 def api_key(caller_key: str) -> str:
@@ -57,7 +60,7 @@ def run_tags(row: Any) -> dict[str, str]:
     if row.schedule_id:
         tags[f"{TAG_PREFIX}schedule_id"] = row.schedule_id
     if row.billing_account:
-        tags[f"{TAG_PREFIX}billing_account"] = row.billing_account
+        tags[BILLING_ACCOUNT_TAG] = row.billing_account
     if row.scheduled_for:
         tags[f"{TAG_PREFIX}scheduled_for"] = format_utc(row.scheduled_for)
     return tags

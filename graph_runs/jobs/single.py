@@ -40,6 +40,29 @@ class GraphRunRequest(dg.Config):
     timeout_seconds: int | None = None
 
 
+def _refuse_unless_billed(
+    context: dg.OpExecutionContext, account: str | None, *, required: bool, whose: str
+) -> None:
+    """Refuse a run whose billing-account tag is not the account that pays for it.
+
+    The run queue counts runs per account by this tag before any op runs, so a run that
+    claims another account's tag (or, where the submitter must set it, none) would slip
+    past its own account's limit and use another's.
+    """
+    claimed = context.run.tags.get(ledger.BILLING_ACCOUNT_TAG)
+    if claimed == account or (claimed is None and not required) or account is None:
+        return
+    raise dg.Failure(
+        description=(
+            f"the run's tag {ledger.BILLING_ACCOUNT_TAG} is "
+            f"{'missing' if claimed is None else repr(claimed)}, but {whose} bills "
+            f"{account!r}: launch it with the tag {ledger.BILLING_ACCOUNT_TAG}={account}, "
+            "which the run queue's per-account limit counts (docs/immediate-runs.md)"
+        ),
+        metadata={"error_code": "billing_account_tag_mismatch"},
+    )
+
+
 def start_single(
     context: dg.OpExecutionContext,
     config: GraphRunRequest,
@@ -53,6 +76,10 @@ def start_single(
     ledger_id = context.run.tags.get(ledger.LEDGER_ID_TAG)
     if ledger_id:
         with database.transaction() as conn:
+            current = ledger.get_run(conn, ledger_id)
+            _refuse_unless_billed(
+                context, current.billing_account, required=False, whose=f"slot {ledger_id}"
+            )
             return ledger.start_run(conn, ledger_id, dagster_run_id=context.run_id, now=now)
     if context.has_partition_key and not config.idempotency_key:
         # Launched from the Dagster UI for a schedule (a partition backfill, say): a
@@ -65,6 +92,13 @@ def start_single(
                 root_run_id=context.run.root_run_id or context.run_id,
                 requested_by=context.run.tags.get("dagster/user"),
                 now=now,
+            )
+            # Raised in the transaction: a refused run leaves no row behind.
+            _refuse_unless_billed(
+                context,
+                ledger.get_run(conn, ledger_id).billing_account,
+                required=False,
+                whose=f"schedule {context.partition_key}",
             )
             row = ledger.start_run(conn, ledger_id, dagster_run_id=context.run_id, now=now)
         context.instance.add_run_tags(context.run_id, ledger.run_tags(row))
@@ -95,6 +129,12 @@ def start_single(
     except InvalidInput as exc:
         raise dg.Failure(description=f"the ad-hoc run's request is refused: {exc}") from None
     grant = grants.get(config.grant_id)
+    _refuse_unless_billed(
+        context,
+        grant.billing_account if grant else None,
+        required=True,
+        whose=f"grant {config.grant_id}",
+    )
     request = ledger.AdhocRequest(
         idempotency_key=config.idempotency_key,
         graph_id=config.graph_id,

@@ -64,7 +64,12 @@ def test_same_request_twice_executes_once(
         }
     }
     run_ids = [
-        client.submit_job_execution("graph_run_adhoc_job", run_config=run_config) for _ in range(2)
+        client.submit_job_execution(
+            "graph_run_adhoc_job",
+            run_config=run_config,
+            tags={"graph_runs/billing_account": grant.billing_account},
+        )
+        for _ in range(2)
     ]
     with stack.instance(monkeypatch) as instance:
 

@@ -18,6 +18,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from graph_runs.dispatch.ledger import BILLING_ACCOUNT_TAG
 from graph_runs.execution_api.client import ExecutionApiClient, ExecutionApiError, RetryPolicy
 from graph_runs.execution_api.concurrent_calls import Call, ConcurrentCaller, Result
 from graph_runs.execution_api.local.server import ExecutionStore
@@ -188,6 +189,7 @@ def _fire_a_slot_and_an_adhoc_run(
         run_config={"ops": {"check_grant": {"config": request_config}}},
         instance=instance,
         resources=resources,
+        tags={BILLING_ACCOUNT_TAG: grant.billing_account},
         raise_on_error=False,
     )
 

@@ -15,7 +15,9 @@ import sqlalchemy as sa
 
 from graph_runs.access.grants import revoke_grant
 from graph_runs.core.money import micros_to_usd
-from graph_runs.jobs import graph_run_adhoc_job
+from graph_runs.dispatch.ledger import BILLING_ACCOUNT_TAG
+from graph_runs.jobs import graph_run_adhoc_job, graph_run_job
+from graph_runs.jobs.partitions import SCHEDULE_PARTITIONS_NAME
 from graph_runs.resources import ScheduleLimitsResource
 from graph_runs.scheduling.describe import describe_schedule
 from graph_runs.scheduling.schedules import get_schedule
@@ -259,7 +261,10 @@ def test_adhoc_runs_with_one_key_execute_once(
     resources = make_resources(database_url, execution_api, NOW)
     runs = [
         graph_run_adhoc_job.execute_in_process(
-            run_config=config, instance=instance, resources=resources
+            run_config=config,
+            instance=instance,
+            resources=resources,
+            tags={BILLING_ACCOUNT_TAG: "alice-billing"},
         )
         for _ in range(2)
     ]
@@ -273,6 +278,60 @@ def test_adhoc_runs_with_one_key_execute_once(
     )
     tags = instance.get_run_by_id(runs[0].run_id).tags  # type: ignore[union-attr]
     assert tags["graph_runs/ledger_id"] == row.id and tags["graph_runs/owner"] == "alice"
+
+
+@pytest.mark.parametrize("claimed", [None, "mallory-billing"], ids=["untagged", "another's"])
+def test_an_adhoc_run_not_tagged_with_its_grants_account_is_refused_before_any_row(
+    engine: sa.Engine,
+    database_url: str,
+    instance: dg.DagsterInstance,
+    execution_api: RunningApi,
+    claimed: str | None,
+) -> None:
+    # The queue's per-account limit counted this run under the tag it was submitted with:
+    # none, or an account whose limit it should not use.
+    with engine.begin() as conn:
+        grant = make_grant(conn, CREATED)
+    request = {"idempotency_key": "req-7", "graph_id": "echo", "grant_id": grant.id}
+    run = graph_run_adhoc_job.execute_in_process(
+        run_config={"ops": {"check_grant": {"config": request}}},
+        instance=instance,
+        resources=make_resources(database_url, execution_api, NOW),
+        tags={} if claimed is None else {BILLING_ACCOUNT_TAG: claimed},
+        raise_on_error=False,
+    )
+    assert not run.success
+    (failure,) = [e for e in run.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert f"{BILLING_ACCOUNT_TAG}=alice-billing" in str(failure.event_specific_data)
+    assert count(engine, run_ledger) == 0 and execution_api.store.executions == 0
+
+
+@pytest.mark.parametrize("claimed", [None, "mallory-billing"], ids=["untagged", "another's"])
+def test_a_partition_run_from_the_ui_is_refused_only_when_it_claims_another_account(
+    engine: sa.Engine,
+    database_url: str,
+    instance: dg.DagsterInstance,
+    execution_api: RunningApi,
+    claimed: str | None,
+) -> None:
+    # The UI launches a partition run with the tags a person gives it: none is allowed (the
+    # op tags it), another account's is not.
+    with engine.begin() as conn:
+        schedule_id = make_schedule(conn, CREATED, make_grant(conn, CREATED))["id"]
+    instance.add_dynamic_partitions(SCHEDULE_PARTITIONS_NAME, [schedule_id])
+    run = graph_run_job.execute_in_process(
+        instance=instance,
+        partition_key=schedule_id,
+        resources=make_resources(database_url, execution_api, NOW),
+        tags={} if claimed is None else {BILLING_ACCOUNT_TAG: claimed},
+        raise_on_error=False,
+    )
+    if claimed is None:
+        assert run.success and execution_api.store.executions == 1
+        assert instance.get_run_by_id(run.run_id).tags[BILLING_ACCOUNT_TAG] == "alice-billing"  # type: ignore[union-attr]
+    else:
+        assert not run.success and execution_api.store.executions == 0
+        assert count(engine, run_ledger) == 0
 
 
 @pytest.mark.parametrize("neighbours", [0, 2], ids=["alone", "in a batch"])
@@ -337,6 +396,7 @@ def test_adhoc_requests_are_held_to_the_checks_of_a_schedule(
         run_config={"ops": {"check_grant": {"config": request}}},
         instance=instance,
         resources=resources,
+        tags={BILLING_ACCOUNT_TAG: "alice-billing"},
         raise_on_error=False,
     )
     assert not run.success
