@@ -80,6 +80,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                     launch_allowance_seconds=settings.dispatch.launch_allowance_seconds,
                     lease_seconds=settings.dispatch.lease_seconds,
                     start_timeout_seconds=settings.dispatch.start_timeout_seconds,
+                    hand_off_seconds=settings.dispatch.hand_off_seconds,
                 ),
                 "schedule_limits": ScheduleLimitsResource(
                     min_interval_seconds=limits.min_interval_seconds,

@@ -30,6 +30,7 @@ SLOT_ASSET_EVENTS_VAR = "GRAPH_RUNS_SLOT_ASSET_EVENTS"
 LAUNCH_ALLOWANCE_VAR = "GRAPH_RUNS_LAUNCH_ALLOWANCE_SECONDS"
 DISPATCH_LEASE_VAR = "GRAPH_RUNS_DISPATCH_LEASE_SECONDS"
 RUN_START_TIMEOUT_VAR = "GRAPH_RUNS_RUN_START_TIMEOUT_SECONDS"
+HAND_OFF_VAR = "GRAPH_RUNS_DISPATCH_HAND_OFF_SECONDS"
 PARALLEL_RUNS_VAR = "GRAPH_RUNS_PARALLEL_DISPATCH_RUNS"
 API_MAX_ATTEMPTS_VAR = "GRAPH_RUNS_API_MAX_ATTEMPTS"
 API_REQUEST_TIMEOUT_VAR = "GRAPH_RUNS_API_REQUEST_TIMEOUT_SECONDS"
@@ -69,6 +70,10 @@ class DispatchSettings:
             ``STARTING``: an image pull, a pod scheduled) before its batch goes to the next
             attempt. Keep it equal to run monitoring's ``start_timeout_seconds`` (180 in
             dagster.postgres.yaml); a lease's worth was too short on Kubernetes.
+        hand_off_seconds: how long a dispatch run polls its slots' API runs after its last
+            fire; then it hands those still going to the sensor, which polls them without
+            holding a run, and ends. It bounds a dispatch run's life, well under run
+            monitoring's ``max_runtime_seconds``, whatever the slots' timeouts.
     """
 
     batch_size: int = 2500
@@ -79,6 +84,7 @@ class DispatchSettings:
     launch_allowance_seconds: int = 20
     lease_seconds: int = 60
     start_timeout_seconds: int = 180
+    hand_off_seconds: int = 300
 
 
 @dataclass(frozen=True)
@@ -207,6 +213,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             start_timeout_seconds=_whole_number(
                 env, RUN_START_TIMEOUT_VAR, dispatch.start_timeout_seconds, 1
             ),
+            hand_off_seconds=_whole_number(env, HAND_OFF_VAR, dispatch.hand_off_seconds, 0),
         ),
         dagster_home=env.get("DAGSTER_HOME") or None,
         api=ApiSettings(

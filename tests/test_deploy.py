@@ -12,6 +12,11 @@ from typing import Any
 
 import yaml
 
+from graph_runs.settings import DispatchSettings
+
+# The longest sensor interval worth planning for (GRAPH_RUNS_SENSOR_INTERVAL_SECONDS).
+SENSOR_INTERVAL_SECONDS_MAX = 300
+
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 
@@ -75,3 +80,21 @@ def test_the_helm_values_offer_a_read_only_webserver() -> None:
 def test_the_image_leaves_local_state_and_secrets_out() -> None:
     ignored = set((ROOT / ".dockerignore").read_text().split())
     assert {".git", ".venv", ".graph_runs", ".env", "*.db"} <= ignored
+
+
+def test_run_monitoring_never_kills_a_dispatch_run_that_works() -> None:
+    # A dispatch run lives at most: a start, its lookahead (a sensor interval and the launch
+    # allowance), then the hand-off wait and a lease to record; single runs carry their
+    # own bound (dagster/max_runtime, from their slot's timeout).
+    dispatch = DispatchSettings()
+    longest = (
+        dispatch.start_timeout_seconds
+        + SENSOR_INTERVAL_SECONDS_MAX
+        + dispatch.launch_allowance_seconds
+        + dispatch.hand_off_seconds
+        + dispatch.lease_seconds
+    )
+    instance = yaml.safe_load((ROOT / "dagster.postgres.yaml").read_text())
+    values = yaml.safe_load((DEPLOY / "helm" / "values.yaml").read_text())
+    helm = values["dagsterDaemon"]["runMonitoring"]["maxRuntimeSeconds"]
+    assert instance["run_monitoring"]["max_runtime_seconds"] == helm > 2 * longest

@@ -178,6 +178,7 @@ CODE_DEFAULTS: dict[str, object] = {
     "GRAPH_RUNS_LAUNCH_ALLOWANCE_SECONDS": _S.dispatch.launch_allowance_seconds,
     "GRAPH_RUNS_DISPATCH_LEASE_SECONDS": _S.dispatch.lease_seconds,
     "GRAPH_RUNS_RUN_START_TIMEOUT_SECONDS": _S.dispatch.start_timeout_seconds,
+    "GRAPH_RUNS_DISPATCH_HAND_OFF_SECONDS": _S.dispatch.hand_off_seconds,
     "GRAPH_RUNS_API_MAX_ATTEMPTS": _S.api.max_attempts,
     "GRAPH_RUNS_API_REQUEST_TIMEOUT_SECONDS": _S.api.request_timeout_seconds,
     "GRAPH_RUNS_SLOT_ASSET_EVENTS": _S.dispatch.slot_asset_events,

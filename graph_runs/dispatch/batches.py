@@ -31,6 +31,9 @@ from graph_runs.store.tables import dispatch_batches, run_ledger
 OPEN = "open"
 DONE = "done"
 UNFINISHED = (PENDING, QUEUED, RUNNING, CANCELLING)
+# A batch's slots still its runs' to finish: without an outcome, and not handed off to the
+# sensor's polls (graph_runs/dispatch/polling.py), which the batch no longer waits for.
+STILL_THE_BATCHS = sa.and_(run_ledger.c.status.in_(UNFINISHED), run_ledger.c.poll_after.is_(None))
 DEFAULT_MAX_ATTEMPTS = 3
 DISPATCH_LOST = "dispatch_lost"
 MAX_BATCHED_PER_TICK = 20_000
@@ -257,11 +260,11 @@ def note_started(
 
 
 def unfinished_rows(conn: sa.Connection, batch_id: str) -> list[Any]:
-    """The batch's slots that have no outcome yet, in firing order."""
+    """The batch's slots that have no outcome yet and are not handed off, in firing order."""
     return list(
         conn.execute(
             sa.select(run_ledger)
-            .where(run_ledger.c.batch_id == batch_id, run_ledger.c.status.in_(UNFINISHED))
+            .where(run_ledger.c.batch_id == batch_id, STILL_THE_BATCHS)
             .order_by(run_ledger.c.due_at, run_ledger.c.id)
         )
     )
@@ -282,7 +285,7 @@ def _unfinished_count(conn: sa.Connection, batch_id: str) -> int:
     return conn.execute(
         sa.select(sa.func.count())
         .select_from(run_ledger)
-        .where(run_ledger.c.batch_id == batch_id, run_ledger.c.status.in_(UNFINISHED))
+        .where(run_ledger.c.batch_id == batch_id, STILL_THE_BATCHS)
     ).scalar_one()
 
 
@@ -375,7 +378,7 @@ GIVE_UP_MARGIN = dt.timedelta(minutes=10)
 DEFAULT_RUN_TIMEOUT = dt.timedelta(hours=1)
 
 
-def _api_may_still_run(row: Any, now: dt.datetime, *, accepted: bool = True) -> bool:
+def api_may_still_run(row: Any, now: dt.datetime, *, accepted: bool = True) -> bool:
     """Whether the API may still be running the slot's run, so it is polled on.
 
     ``accepted``: only a run the API acknowledged (its id is known). Without it, any slot
@@ -383,10 +386,15 @@ def _api_may_still_run(row: Any, now: dt.datetime, *, accepted: bool = True) -> 
     """
     if row.started_at is None or (accepted and row.api_run_id is None):
         return False
+    return now < give_up_at(row)
+
+
+def give_up_at(row: Any) -> dt.datetime:
+    """When a fired slot's API run stops being polled: its timeout and the margin after."""
     timeout = (
         dt.timedelta(seconds=row.timeout_seconds) if row.timeout_seconds else DEFAULT_RUN_TIMEOUT
     )
-    return now < row.started_at + timeout + GIVE_UP_MARGIN
+    return row.started_at + timeout + GIVE_UP_MARGIN
 
 
 def redispatch(
@@ -412,7 +420,7 @@ def redispatch(
     if not left:
         finish_if_done(conn, batch.id, now=now)
         return Redispatched(batch.id, "done")
-    polled = {row.id for row in left if _api_may_still_run(row, now)}
+    polled = {row.id for row in left if api_may_still_run(row, now)}
     if batch.attempt >= max_attempts:
         _settle_lost(conn, [row for row in left if row.id not in polled], max_attempts, why, now)
     if batch.attempt < max_attempts or polled:
@@ -478,7 +486,7 @@ def cancel_by_person(
     left = unfinished_rows(conn, batch.id)
     # A fired slot is resumed with its key, whether or not its run's id came back: the
     # request may have reached the API, and a run there must be polled and billed.
-    polled = {row.id for row in left if _api_may_still_run(row, now, accepted=False)}
+    polled = {row.id for row in left if api_may_still_run(row, now, accepted=False)}
     _settle_lost(conn, [row for row in left if row.id not in polled], 1, why, now)
     if polled:
         _next_attempt(conn, batch, now)

@@ -13,6 +13,11 @@ transaction. A slot asked to stop while its call is in flight (overlap cancel_ot
 with --terminate) is not abandoned: its API run goes on, so it is polled to its end and
 recorded cancelled, with what it cost.
 
+Once every slot is fired, the run polls for ``DispatchLimits.hand_off`` more; then each
+call still polling an accepted API run stops (``handed_off``), its row keeps its API run id
+and gets a ``poll_after``, and the run ends: the sensor polls those runs from then on
+(``graph_runs.dispatch.polling``), so a slow graph keeps no place in the run queue.
+
 Clock and sleep are injected: tests run a batch at exact instants without waiting.
 """
 
@@ -31,7 +36,13 @@ from graph_runs.dispatch import batches
 from graph_runs.dispatch.firing import Firing, decide_and_fire
 from graph_runs.dispatch.ledger import record_outcome
 from graph_runs.execution_api.client import Outcome
-from graph_runs.execution_api.concurrent_calls import Call, CallSession, ConcurrentCaller, Result
+from graph_runs.execution_api.concurrent_calls import (
+    HANDED_OFF,
+    Call,
+    CallSession,
+    ConcurrentCaller,
+    Result,
+)
 from graph_runs.store import slot_status
 
 logger = logging.getLogger(__name__)
@@ -48,6 +59,9 @@ class DispatchLimits:
     heartbeat_seconds: float = 15.0
     flush_seconds: float = 0.25
     flush_size: int = 200
+    # How long the run polls after its last fire before it hands the API runs still going
+    # to the sensor's polls and ends, giving its place in the run queue back.
+    hand_off: dt.timedelta = dt.timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -74,6 +88,8 @@ class Report:
     # Slots fired whose outcome is not known (the API run still runs, or recording failed):
     # the next attempt resumes them.
     unrecorded: list[str] = field(default_factory=list)
+    # Slots whose API run was still going at the hand-off: the sensor polls them.
+    handed_off: list[str] = field(default_factory=list)
     first_fired_lag: float | None = None
 
     @property
@@ -194,6 +210,8 @@ class Dispatcher:
                             attempt,
                         )
                     )
+            # Everything is fired: what still runs after hand_off is the sensor's to poll.
+            session.hand_off_in(self.limits.hand_off.total_seconds())
             await self._drain(recorder)
 
     def _decide(self, ledger_ids: list[str], batch_id: str, attempt: int, now: dt.datetime) -> Any:
@@ -267,14 +285,20 @@ class Dispatcher:
                 else:
                     items.append(item)
             if items:
-                written, unrecorded = await asyncio.to_thread(self._write, items)
+                written, unrecorded, handed = await asyncio.to_thread(self._write, items)
                 report.recorded.extend(written)
                 report.unrecorded.extend(unrecorded)
+                report.handed_off.extend(handed)
                 if written:
                     self.on_recorded(written)
 
-    def _write(self, items: list[tuple[Result, Any, int]]) -> tuple[list[Recorded], list[str]]:
-        """Record many outcomes in one transaction; if it fails, each in its own."""
+    def _write(
+        self, items: list[tuple[Result, Any, int]]
+    ) -> tuple[list[Recorded], list[str], list[str]]:
+        """Record many outcomes in one transaction; if it fails, each in its own.
+
+        Returns what was recorded, what was left without an outcome, what was handed off.
+        """
         # Schedule order: every writer locks schedules in one order, so two never deadlock.
         items = sorted(items, key=lambda i: (i[1].schedule_id or "", i[1].id))
         now = self.clock()
@@ -285,25 +309,33 @@ class Dispatcher:
             logger.warning("recording %d outcomes at once failed; one by one", len(items))
         written: list[Recorded] = []
         unrecorded: list[str] = []
+        handed: list[str] = []
         for item in items:
             try:
                 with self.engine.begin() as conn:
-                    done, left = self._write_all(conn, [item], now)
+                    done, left, gone = self._write_all(conn, [item], now)
             except Exception as exc:  # noqa: BLE001 - one slot's failure loses no other's
                 logger.error("could not record slot %s: %s", item[1].id, exc)
                 unrecorded.append(item[1].id)
                 continue
             written.extend(done)
             unrecorded.extend(left)
-        return written, unrecorded
+            handed.extend(gone)
+        return written, unrecorded, handed
 
     def _write_all(
         self, conn: sa.Connection, items: list[tuple[Result, Any, int]], now: dt.datetime
-    ) -> tuple[list[Recorded], list[str]]:
+    ) -> tuple[list[Recorded], list[str], list[str]]:
         written: list[Recorded] = []
         unrecorded: list[str] = []
+        handed: list[str] = []
         for result, row, attempt in items:
             error = result.error
+            if error is not None and error.code == HANDED_OFF and error.api_run_id is not None:
+                # Still going after the hand-off: the sensor polls it from the next tick on.
+                if slot_status.hand_off(conn, row.id, error.api_run_id, poll_after=now):
+                    handed.append(row.id)
+                continue
             if error is not None and error.api_run_id is not None:
                 # Accepted, but its end is not known: the API run may still be going (and
                 # spending). Keep its id for the next attempt, never record it failed.
@@ -315,7 +347,7 @@ class Dispatcher:
                 conn, row.id, outcome, dagster_run_id=self.dagster_run_id, now=now
             )
             written.append(Recorded(row, outcome, recorded, attempt))
-        return written, unrecorded
+        return written, unrecorded, handed
 
     # -- the lease -------------------------------------------------------------------------
 
@@ -358,5 +390,6 @@ def summary(report: Report) -> str:
     statuses = ", ".join(f"{n} {s}" for s, n in sorted(report.statuses.items())) or "none"
     return (
         f"batch {report.batch_id} attempt {report.attempt}: fired {report.fired}; "
-        f"{statuses}; {len(report.unrecorded)} without an outcome yet"
+        f"{statuses}; {len(report.unrecorded)} without an outcome yet; "
+        f"{len(report.handed_off)} handed off to the sensor's polls"
     )

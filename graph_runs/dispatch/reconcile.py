@@ -50,6 +50,9 @@ def runs_to_reconcile(conn: sa.Connection, limit: int) -> list[Any]:
                 IN_FLIGHT_RUN,
                 run_ledger.c.status.in_([QUEUED, RUNNING, CANCELLING]),
                 run_ledger.c.dagster_run_id.is_not(None),
+                # Handed off: its dispatch run ended by design, and the sensor polls its API
+                # run (graph_runs/dispatch/polling.py).
+                run_ledger.c.poll_after.is_(None),
                 # A batched slot's Dagster run fires many: its batch's lease recovers it. A
                 # slot of a batch already done is in a run of its own, a re-execution of the
                 # batch's run from the UI, which no lease covers.

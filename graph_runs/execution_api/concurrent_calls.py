@@ -15,7 +15,7 @@ run instead of submitting again, so an API run that still runs is never given up
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,7 +95,44 @@ class ConcurrentCaller:
             for finished in asyncio.as_completed([session.call(call) for call in calls]):
                 yield await finished
 
-    async def _obtain(self, http: httpx.AsyncClient, call: Call, dagster_run_id: str) -> Outcome:
+    async def poll_once(self, calls: Sequence[Call], *, dagster_run_id: str) -> list[Result]:
+        """One poll of each call's accepted API run, concurrently; in the order of ``calls``.
+
+        A run the API says ended gets its outcome; any other answer (still going, a 5xx, a
+        timeout, off the contract) gets neither outcome nor error: poll it again later.
+        No retries here: the next poll is the retry, so a slow API costs one request each.
+        """
+        limits = httpx.Limits(
+            max_connections=self.max_concurrent, max_keepalive_connections=self.max_concurrent
+        )
+        bound = asyncio.Semaphore(self.max_concurrent)
+        async with httpx.AsyncClient(
+            transport=self.transport, timeout=self.request_timeout_seconds, limits=limits
+        ) as http:
+
+            async def poll(call: Call) -> Result:
+                assert call.api_run_id is not None, "only an accepted run is polled"
+                headers = request_headers(self.token, call.idempotency_key, dagster_run_id)
+                url = run_url(runs_url(self.base_url, call.graph_id), call.api_run_id)
+                async with bound:
+                    try:
+                        response = await http.get(url, headers={**headers, "X-Attempt": "1"})
+                        if response.status_code == 200 and is_terminal(response.text):
+                            outcome = Outcome.from_terminal(contract.terminal(response.text), 1)
+                            return Result(call, outcome=redact_outcome(outcome, self.token))
+                    except (httpx.TimeoutException, httpx.TransportError, ValueError):
+                        pass
+                return Result(call)
+
+            return list(await asyncio.gather(*(poll(call) for call in calls)))
+
+    async def _obtain(
+        self,
+        http: httpx.AsyncClient,
+        call: Call,
+        dagster_run_id: str,
+        handing_off: Callable[[], bool] = lambda: False,
+    ) -> Outcome:
         deadline = self.clock() + (call.timeout_seconds or self.default_run_timeout_seconds)
         headers = request_headers(self.token, call.idempotency_key, dagster_run_id)
         url = runs_url(self.base_url, call.graph_id)
@@ -111,8 +148,12 @@ class ConcurrentCaller:
             while True:
                 if self.clock() >= deadline:
                     raise not_terminal_in_time(run_id, attempts)
+                if handing_off():
+                    raise handed_off(run_id, attempts)
                 if attempts:  # a resumed call polls at once; a new one waits after submitting
                     await self.sleep(self.poll_interval_seconds)
+                    if handing_off():
+                        raise handed_off(run_id, attempts)
                 response, polls = await self._send(
                     http, "GET", run_url(url, run_id), headers, None, run_id
                 )
@@ -159,6 +200,19 @@ class CallSession:
         self._dagster_run_id = dagster_run_id
         self._total = asyncio.Semaphore(caller.max_concurrent)
         self._accounts: dict[str | None, asyncio.Semaphore] = {}
+        self._hand_off_at: float | None = None
+
+    def hand_off_in(self, seconds: float) -> None:
+        """``seconds`` from now (the caller's clock), accepted API runs stop being polled.
+
+        Each such call ends at its next poll as the error ``handed_off`` with the API run
+        id: whoever polls next (the sensor) resumes that run. A call not yet accepted is
+        still submitted first.
+        """
+        self._hand_off_at = self._caller.clock() + seconds
+
+    def _handing_off(self) -> bool:
+        return self._hand_off_at is not None and self._caller.clock() >= self._hand_off_at
 
     async def call(self, call: Call) -> Result:
         """Make one call; never raises for the API's answers, only for cancellation."""
@@ -167,13 +221,29 @@ class CallSession:
         )
         async with account, self._total:
             try:
-                outcome = await self._caller._obtain(self._http, call, self._dagster_run_id)
+                outcome = await self._caller._obtain(
+                    self._http, call, self._dagster_run_id, self._handing_off
+                )
             except ExecutionApiError as exc:
                 return Result(call, error=redact_error(exc, self._caller.token))
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 # Off the contract in a way the checks did not name: this call ends, no other.
                 return Result(call, error=_malformed(exc))
         return Result(call, outcome=redact_outcome(outcome, self._caller.token))
+
+
+HANDED_OFF = "handed_off"
+
+
+def handed_off(run_id: str, attempts: int) -> ExecutionApiError:
+    """The error of a call that stopped polling its accepted run for another to resume."""
+    return ExecutionApiError(
+        HANDED_OFF,
+        f"run {run_id} is still going; handed off to be polled later",
+        http_status=None,
+        attempts=attempts,
+        api_run_id=run_id,
+    )
 
 
 def _malformed(exc: Exception) -> ExecutionApiError:

@@ -203,6 +203,7 @@ def dispatch_slots(
         "statuses": dg.MetadataValue.json(dict(report.statuses)),
         "slots": dg.MetadataValue.md(_slot_table(report)),
         "unrecorded": len(report.unrecorded),
+        "handed_off": len(report.handed_off),
         "first_fired_lag_seconds": report.first_fired_lag or 0.0,
     }
     failed = report.failed

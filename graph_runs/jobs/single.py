@@ -17,6 +17,7 @@ from graph_runs.core.errors import Conflict, InvalidInput, NotFound
 from graph_runs.core.schedule_spec import ScheduleLimits, validate_run_request
 from graph_runs.core.statuses import NEVER_RAN
 from graph_runs.dispatch import ledger
+from graph_runs.dispatch.batches import DEFAULT_RUN_TIMEOUT, GIVE_UP_MARGIN
 from graph_runs.execution_api.client import ExecutionApiError, Outcome
 from graph_runs.resources import (
     ClockResource,
@@ -63,6 +64,23 @@ def _refuse_unless_billed(
     )
 
 
+# Run monitoring's per-run bound (Dagster's tag), which overrides max_runtime_seconds.
+MAX_RUNTIME_TAG = "dagster/max_runtime"
+
+
+def _bound_runtime(context: dg.OpExecutionContext, row: Any) -> None:
+    """Let run monitoring kill this run only after its slot's timeout could have passed.
+
+    A run of one slot polls its API run for up to the slot's timeout (up to 7 days); the
+    instance's ``max_runtime_seconds`` (2 h in dagster.postgres.yaml) would kill it first
+    and leave a paid run without its receipt. Dispatch runs need no such tag: they hand
+    long API runs to the sensor after GRAPH_RUNS_DISPATCH_HAND_OFF_SECONDS.
+    """
+    timeout = row.timeout_seconds or DEFAULT_RUN_TIMEOUT.total_seconds()
+    bound = int(timeout + 2 * GIVE_UP_MARGIN.total_seconds())
+    context.instance.add_run_tags(context.run_id, {MAX_RUNTIME_TAG: str(bound)})
+
+
 def start_single(
     context: dg.OpExecutionContext,
     config: GraphRunRequest,
@@ -72,6 +90,19 @@ def start_single(
     limits: ScheduleLimits,
 ) -> Any:
     """Find the run's ledger row (creating it for an ad-hoc request) and mark it running."""
+    row = _start_single(context, config, database, grants, clock, limits)
+    _bound_runtime(context, row)
+    return row
+
+
+def _start_single(
+    context: dg.OpExecutionContext,
+    config: GraphRunRequest,
+    database: DatabaseResource,
+    grants: GrantsResource,
+    clock: ClockResource,
+    limits: ScheduleLimits,
+) -> Any:
     now = clock.now()
     ledger_id = context.run.tags.get(ledger.LEDGER_ID_TAG)
     if ledger_id:

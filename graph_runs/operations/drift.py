@@ -30,6 +30,11 @@ Kinds, and what ``--fix`` does:
   the sensor, which dispatches the next attempt: if it is not doing so, the daemon is down.
 - ``run_without_row``: a run of graph-runs' jobs that no ledger row or batch points back to
   (launched by hand with made-up tags, say). Left for a person.
+- ``api_run_unsettled``: a slot whose API run was accepted (its id is known) but whose end
+  the API never told us: settled by us as lost (``dispatch_lost``, ``dagster_run_lost``,
+  ``dagster_run_failed``, ``dagster_run_canceled``) within the last ``UNSETTLED_WINDOW``, or
+  still in flight past its timeout and the give-up margin. Left for a person: the API run
+  may have succeeded and cost money; look it up at the API by its ``api_run_id``.
 - ``succeeded_without_receipt`` / ``receipt_without_success``: money the ledger cannot
   account for. Left for a person: a receipt is never invented or deleted.
 - ``schedule_in_error``: a row that does not validate. Left for a person (its reason is in
@@ -47,6 +52,7 @@ import sqlalchemy as sa
 
 from graph_runs.core.errors import InvalidInput
 from graph_runs.core.schedule_spec import ScheduleLimits, spec_from_row
+from graph_runs.dispatch.batches import give_up_at
 from graph_runs.dispatch.reconcile import DAGSTER_ENDED, runs_to_reconcile
 from graph_runs.store.tables import (
     ACTIVE_SCHEDULE,
@@ -63,6 +69,11 @@ MAX_IDS = 100
 PARTITION_GRACE = dt.timedelta(minutes=5)
 # Rows a check reads at most, so that a huge drift is reported, not read whole.
 MAX_ROWS = 10_000
+# How far back api_run_unsettled looks (the ledger's creation index bounds the read).
+UNSETTLED_WINDOW = dt.timedelta(days=35)
+# Error codes of slots we settled without the API's word on their run.
+SETTLED_WITHOUT_THE_API = ("dispatch_lost", "dagster_run_lost", "dagster_run_failed",
+                           "dagster_run_canceled")  # fmt: skip
 # The ledger's newest Dagster runs an instance must know some of to be trusted.
 RECENT_LEDGER_RUNS = 20
 
@@ -131,6 +142,11 @@ KINDS: dict[str, Kind] = {
     "run_without_row": Kind(
         detail="runs of graph-runs' jobs that no ledger row or batch points back to",
         repair="left for a person: a run launched by hand outside graph-runs?",
+        fixable=False,
+    ),
+    "api_run_unsettled": Kind(
+        detail="slots whose accepted API run never told us how it ended",
+        repair="left for a person: look each up at the API by its api_run_id",
         fixable=False,
     ),
     "succeeded_without_receipt": Kind(
@@ -374,8 +390,34 @@ def _runs_without_row(conn: sa.Connection, runs: list[RunFacts]) -> list[str]:
     return strays
 
 
-def _money(conn: sa.Connection) -> list[Finding]:
+def _unsettled(conn: sa.Connection, now: dt.datetime) -> list[str]:
+    recent = run_ledger.c.created_at >= now - UNSETTLED_WINDOW
+    lost = conn.execute(
+        sa.select(run_ledger.c.id)
+        .where(
+            recent,
+            run_ledger.c.api_run_id.is_not(None),
+            run_ledger.c.status.in_(["failed", "cancelled"]),
+            run_ledger.c.error_code.in_(SETTLED_WITHOUT_THE_API),
+        )
+        .limit(MAX_ROWS)
+    ).scalars()
+    in_flight = conn.execute(
+        sa.select(run_ledger)
+        .where(
+            recent,
+            run_ledger.c.api_run_id.is_not(None),
+            run_ledger.c.started_at.is_not(None),
+            run_ledger.c.status.in_(["running", "cancelling"]),
+        )
+        .limit(MAX_ROWS)
+    )
+    return [*lost, *(row.id for row in in_flight if give_up_at(row) < now)]
+
+
+def _money(conn: sa.Connection, now: dt.datetime) -> list[Finding]:
     found: list[Finding] = []
+    _report(found, "api_run_unsettled", _unsettled(conn, now))
     no_receipt = list(
         conn.execute(
             sa.select(run_ledger.c.id)
@@ -421,4 +463,4 @@ def find_drift(
     found += _schedules(conn, now, limits)
     if dagster is not None:
         found += _runs(conn, now, dagster)
-    return found + _money(conn)
+    return found + _money(conn, now)

@@ -26,6 +26,7 @@ class DispatchResource(dg.ConfigurableResource):
     launch_allowance_seconds: int = DEFAULTS.launch_allowance_seconds
     lease_seconds: int = DEFAULTS.lease_seconds
     start_timeout_seconds: int = DEFAULTS.start_timeout_seconds
+    hand_off_seconds: int = DEFAULTS.hand_off_seconds
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
 
     def limits(self) -> DispatchLimits:
@@ -34,6 +35,7 @@ class DispatchResource(dg.ConfigurableResource):
             lease=dt.timedelta(seconds=self.lease_seconds),
             # Four beats per lease: a run survives three missed renewals.
             heartbeat_seconds=self.lease_seconds / 4,
+            hand_off=dt.timedelta(seconds=self.hand_off_seconds),
         )
 
     def recovery(self) -> Recovery:

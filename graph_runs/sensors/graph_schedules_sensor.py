@@ -14,9 +14,13 @@ Each tick is a function of its cursor, its resources and the clock:
    next attempt, or after the last one has its slots settled ``dispatch_lost``;
 3. partitions: schedules created or deleted since the last tick gain or lose their
    partition, and every hour a full comparison repairs anything else (rows that another
-   application deleted outright, say). At most ``MAX_PARTITION_CHANGES`` per tick.
+   application deleted outright, say). At most ``MAX_PARTITION_CHANGES`` per tick;
+4. polls: API runs that outlived the dispatch run that fired them (handed off) are polled
+   once each when due, and what ended is recorded (``graph_runs.dispatch.polling``), in a
+   bounded time, so that they hold no place in the run queue.
 """
 
+import asyncio
 import datetime as dt
 import json
 from collections import Counter
@@ -26,7 +30,7 @@ from typing import Any
 import dagster as dg
 
 from graph_runs.core.cron import format_utc, parse_instant
-from graph_runs.dispatch import batches
+from graph_runs.dispatch import batches, polling
 from graph_runs.dispatch.batches import Batch
 from graph_runs.dispatch.reconcile import (
     DAGSTER_NOT_STARTED,
@@ -40,6 +44,7 @@ from graph_runs.resources import (
     ClockResource,
     DatabaseResource,
     DispatchResource,
+    ExecutionApiResource,
     ScheduleLimitsResource,
 )
 from graph_runs.scheduling.claim import (
@@ -233,6 +238,28 @@ def _dispatch(
     return to_request, done
 
 
+# A poll the sensor makes waits this long for an answer at most: the tick has others to make.
+POLL_REQUEST_TIMEOUT_SECONDS = 5.0
+
+
+def _poll(
+    database: DatabaseResource,
+    execution_api: ExecutionApiResource,
+    dispatch: DispatchResource,
+    now: dt.datetime,
+) -> polling.Polled:
+    """Step 4: one poll of each handed-off API run that is due, within a bounded time."""
+    caller = replace(
+        execution_api.concurrent_caller(
+            dispatch.max_concurrent_calls, dispatch.max_calls_per_account
+        ),
+        request_timeout_seconds=min(
+            POLL_REQUEST_TIMEOUT_SECONDS, execution_api.request_timeout_seconds
+        ),
+    )
+    return asyncio.run(polling.poll_handed_off(database.engine(), caller, now=now))
+
+
 def graph_schedules_tick(
     context: dg.SensorEvaluationContext,
     database: DatabaseResource,
@@ -240,6 +267,7 @@ def graph_schedules_tick(
     schedule_limits: ScheduleLimitsResource,
     dispatch: DispatchResource,
     tick_limits: TickLimits,
+    execution_api: ExecutionApiResource | None = None,
 ) -> dg.SensorResult | dg.SkipReason:
     """One evaluation of ``graph_schedules_sensor``; see the module docstring."""
     now = clock.now()
@@ -306,6 +334,7 @@ def graph_schedules_tick(
             )
         )
 
+    polled = _poll(database, execution_api, dispatch, now) if execution_api else polling.Polled()
     new_cursor = SensorCursor(
         last_tick=now,
         last_full_sync=now if full_sync_due and complete else cursor.last_full_sync,
@@ -331,7 +360,9 @@ def graph_schedules_tick(
         f"{'; batches recovered: ' + recoveries if recoveries else ''}; "
         f"{len(released)} buffered released; {settled_failed} run(s) settled failed and "
         f"{cancelled} cancelled; {len(claim.invalid)} invalid schedule(s); "
-        f"+{len(to_add)}/-{len(to_delete)} partition(s)"
+        f"+{len(to_add)}/-{len(to_delete)} partition(s); handed-off API runs polled: "
+        f"{polled.ended} ended, {polled.still_going} going, {polled.given_up} given up"
+        f"{f', {polled.failed_to_record} not recorded' if polled.failed_to_record else ''}"
     )
     context.log.info(summary)
     if run_requests or partition_requests:
@@ -373,6 +404,7 @@ def make_graph_schedules_sensor(minimum_interval_seconds: int) -> dg.SensorDefin
         clock: ClockResource,
         schedule_limits: ScheduleLimitsResource,
         dispatch: DispatchResource,
+        execution_api: ExecutionApiResource,
     ) -> dg.SensorResult | dg.SkipReason:
         return graph_schedules_tick(
             context,
@@ -381,6 +413,7 @@ def make_graph_schedules_sensor(minimum_interval_seconds: int) -> dg.SensorDefin
             schedule_limits,
             dispatch,
             tick_limits_for(minimum_interval_seconds, dispatch),
+            execution_api,
         )
 
     return graph_schedules_sensor

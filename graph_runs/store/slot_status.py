@@ -301,6 +301,36 @@ def keep_api_run(conn: sa.Connection, ledger_id: str, api_run_id: str) -> None:
     )
 
 
+def hand_off(
+    conn: sa.Connection, ledger_id: str, api_run_id: str, *, poll_after: dt.datetime
+) -> bool:
+    """Hand a fired slot's API run, still going, to the sensor's polls: not a status move.
+
+    The row stays ``running`` (or ``cancelling``): its API run is, and overlap must see it.
+    It leaves its batch's unfinished slots, so the batch can close and its dispatch run end.
+    """
+    return bool(
+        conn.execute(
+            run_ledger.update()
+            .where(run_ledger.c.id == ledger_id, run_ledger.c.status.in_([RUNNING, CANCELLING]))
+            .values(api_run_id=api_run_id, poll_after=poll_after)
+        ).rowcount
+    )
+
+
+def next_poll(conn: sa.Connection, ledger_id: str, poll_after: dt.datetime) -> None:
+    """A handed-off slot polled and still going: when to poll it again."""
+    conn.execute(
+        run_ledger.update()
+        .where(
+            run_ledger.c.id == ledger_id,
+            run_ledger.c.status.in_([RUNNING, CANCELLING]),
+            run_ledger.c.poll_after.is_not(None),
+        )
+        .values(poll_after=poll_after)
+    )
+
+
 def cancel_batch(
     conn: sa.Connection, batch_id: str, *, code: str, message: str, now: dt.datetime
 ) -> int:
@@ -353,8 +383,11 @@ def start(conn: sa.Connection, row: Any, *, dagster_run_id: str, now: dt.datetim
 
 
 def settle_outcome(conn: sa.Connection, row: Any, status: str, **values: Any) -> bool:
-    """Record a run's outcome on its row (as read, locked): -> ``status``, with ``values``."""
-    return move(conn, row, status, by="settle_outcome", **values)
+    """Record a run's outcome on its row (as read, locked): -> ``status``, with ``values``.
+
+    A settled row is no longer handed off: nothing polls it again.
+    """
+    return move(conn, row, status, by="settle_outcome", poll_after=None, **values)
 
 
 def cancel_unstarted(

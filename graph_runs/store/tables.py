@@ -47,6 +47,7 @@ LIVE_EXTERNAL_ID = sa.text("external_id IS NOT NULL AND status <> 'deleted'")
 IN_FLIGHT_RUN = sa.text("status IN ('pending', 'buffered', 'queued', 'running', 'cancelling')")
 UNBATCHED_PENDING = sa.text("status = 'pending' AND batch_id IS NULL")
 OPEN_BATCH = sa.text("status = 'open'")
+HANDED_OFF = sa.text("poll_after IS NOT NULL")
 
 execution_grants = sa.Table(
     "execution_grants",
@@ -167,6 +168,9 @@ run_ledger = sa.Table(
     sa.Column("due_at", UTCDateTime),
     sa.Column("batch_id", sa.String(40)),
     sa.Column("dispatch_attempts", sa.Integer, nullable=False, server_default="0"),
+    # Added by 0007: set while the slot's API run, handed off by the dispatch run that fired
+    # it, waits for the sensor's next poll (graph_runs/dispatch/polling.py).
+    sa.Column("poll_after", UTCDateTime),
     sa.UniqueConstraint("idempotency_key", name="uq_graph_runs_idempotency_key"),
     sa.UniqueConstraint("schedule_id", "scheduled_for", name="uq_graph_runs_schedule_slot"),
     # Rows the sensor claimed but Dagster may not have made a run for yet: a handful at most.
@@ -189,6 +193,12 @@ run_ledger = sa.Table(
     # rows up by their Dagster run.
     sa.Index("ix_graph_runs_created", "created_at"),
     sa.Index("ix_graph_runs_dagster_run", "dagster_run_id"),
+    sa.Index(
+        "ix_graph_runs_handed_off",
+        "poll_after",
+        sqlite_where=HANDED_OFF,
+        postgresql_where=HANDED_OFF,
+    ),
     # The sensor batches claimed slots by reading only these rows.
     sa.Index(
         "ix_graph_runs_unbatched",

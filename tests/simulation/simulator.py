@@ -23,7 +23,7 @@ from graph_runs.access.grants import Grant, create_grant
 from graph_runs.core.errors import GraphRunsError
 from graph_runs.core.schedule_spec import ScheduleLimits
 from graph_runs.core.statuses import IN_FLIGHT
-from graph_runs.dispatch import batches
+from graph_runs.dispatch import batches, polling
 from graph_runs.dispatch.tick import claim_and_batch
 from graph_runs.money.budgets import set_budget
 from graph_runs.scheduling.claim import TickLimits
@@ -46,6 +46,7 @@ from tests.simulation.world import (
     FaultyApi,
     SimRun,
     VirtualTime,
+    make_caller,
     make_dispatcher,
     run_loop,
     seeded_ids,
@@ -87,6 +88,7 @@ class Simulation:
         self.violations: list[str] = []
         self.counts: dict[str, int] = {}
         self.calm = False  # during checks and the final settling: no faults of ours
+        self.poller: asyncio.Task[None] | None = None
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -240,6 +242,24 @@ class Simulation:
                     self._request(batch.id, batch.attempt + 1)
         except sa.exc.OperationalError:
             self._count("tick_failed")
+            return
+        if self.poller is None or self.poller.done():
+            # Step 4, the sensor's polls of handed-off API runs: a task of no run, on the
+            # simulated API; the real tick waits for it (15 s at most), this one lets the
+            # world go on meanwhile, and starts none while the last is still polling.
+            self.poller = asyncio.get_running_loop().create_task(self._poll(now))
+
+    async def _poll(self, now: dt.datetime) -> None:
+        try:
+            polled = await polling.poll_handed_off(
+                self.engine, make_caller(self.api, self.time), now=now
+            )
+        except sa.exc.OperationalError:
+            self._count("poll_failed")
+            return
+        for what in ("ended", "still_going", "given_up", "failed_to_record"):
+            if getattr(polled, what):
+                self._count(f"polled_{what}")
 
     def _request(self, batch_id: str, attempt: int) -> None:
         """A run request with run key batch:{id}:{attempt}: Dagster makes the run once."""
@@ -269,7 +289,9 @@ class Simulation:
 
     async def _work(self, run: SimRun) -> None:
         """The dispatch job's op: work one attempt; the run fails if slots were left."""
-        dispatcher = make_dispatcher(self.engine, self.api, self.time, run)
+        dispatcher = make_dispatcher(
+            self.engine, self.api, self.time, run, hand_off=self.rng.choice([0, 5, 30, 300])
+        )
         try:
             report = await dispatcher.run_batch(run.batch_id, run.attempt)
         except asyncio.CancelledError:

@@ -25,7 +25,7 @@ import datetime as dt
 import heapq
 import random
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -176,8 +176,25 @@ def seeded_ids(rng: random.Random) -> Callable[[], uuid.UUID]:
     return lambda: uuid.UUID(int=rng.getrandbits(128), version=4)
 
 
+def make_caller(
+    api: FaultyApi, time: VirtualTime, sleep: Callable[[float], Awaitable[None]] | None = None
+) -> ConcurrentCaller:
+    """A caller of the simulated API on the virtual clock."""
+    return ConcurrentCaller(
+        "http://simulated-api",
+        TOKEN,
+        retry=RetryPolicy(max_attempts=6, base_seconds=0.5, max_seconds=10),
+        request_timeout_seconds=10,
+        poll_interval_seconds=2,
+        transport=api,
+        sleep=sleep or time.sleep,
+        clock=time.monotonic,
+        wall_clock=time.wall,
+    )
+
+
 def make_dispatcher(
-    engine: sa.Engine, api: FaultyApi, time: VirtualTime, run: SimRun
+    engine: sa.Engine, api: FaultyApi, time: VirtualTime, run: SimRun, *, hand_off: float = 300
 ) -> Dispatcher:
     """The dispatch job's body for one run, every sleep of it frozen while the run is."""
 
@@ -186,24 +203,17 @@ def make_dispatcher(
         while run.frozen_until is not None and time.now < run.frozen_until:
             await time.sleep((run.frozen_until - time.now).total_seconds())
 
-    caller = ConcurrentCaller(
-        "http://simulated-api",
-        TOKEN,
-        retry=RetryPolicy(max_attempts=6, base_seconds=0.5, max_seconds=10),
-        request_timeout_seconds=10,
-        poll_interval_seconds=2,
-        transport=api,
-        sleep=sleep,
-        clock=time.monotonic,
-        wall_clock=time.wall,
-    )
     return Dispatcher(
         engine,
-        caller,
+        make_caller(api, time, sleep),
         dagster_run_id=run.run_id,
         clock=lambda: time.now,
         sleep=sleep,
-        limits=DispatchLimits(lease=dt.timedelta(seconds=60), heartbeat_seconds=15),
+        limits=DispatchLimits(
+            lease=dt.timedelta(seconds=60),
+            heartbeat_seconds=15,
+            hand_off=dt.timedelta(seconds=hand_off),
+        ),
     )
 
 

@@ -280,6 +280,29 @@ def test_adhoc_runs_with_one_key_execute_once(
     assert tags["graph_runs/ledger_id"] == row.id and tags["graph_runs/owner"] == "alice"
 
 
+def test_a_single_run_may_live_as_long_as_its_timeout_allows(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
+) -> None:
+    # Run monitoring's max_runtime_seconds (2 h) would kill a run that polls a day-long
+    # API run, and leave it without its receipt: the run carries its own bound.
+    with engine.begin() as conn:
+        grant = make_grant(conn, CREATED)
+    request = {
+        "idempotency_key": "req-9",
+        "graph_id": "echo",
+        "grant_id": grant.id,
+        "timeout_seconds": 86_400,
+    }
+    run = graph_run_adhoc_job.execute_in_process(
+        run_config={"ops": {"check_grant": {"config": request}}},
+        instance=instance,
+        resources=make_resources(database_url, execution_api, NOW),
+        tags={BILLING_ACCOUNT_TAG: "alice-billing"},
+    )
+    tags = instance.get_run_by_id(run.run_id).tags  # type: ignore[union-attr]
+    assert tags["dagster/max_runtime"] == str(86_400 + 2 * 600)
+
+
 @pytest.mark.parametrize("claimed", [None, "mallory-billing"], ids=["untagged", "another's"])
 def test_an_adhoc_run_not_tagged_with_its_grants_account_is_refused_before_any_row(
     engine: sa.Engine,

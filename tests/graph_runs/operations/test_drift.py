@@ -167,6 +167,21 @@ def drift_receipt_without_success(engine: sa.Engine, instance: dg.DagsterInstanc
     return [ledger_id]
 
 
+def drift_api_run_unsettled(engine: sa.Engine, instance: dg.DagsterInstance) -> list[str]:
+    # Given up on while the API may have run it to its end, and billed for it.
+    schedule_id = _with_partition(engine, instance, cron="0 13 * * *")
+    with engine.begin() as conn:
+        conn.execute(schedules.update().values(next_run_at=at("2026-11-22T13:00:00Z")))
+        ledger_id = trigger_schedule(conn, schedule_id, now=NOW)["ledger_id"]
+        conn.execute(
+            run_ledger.update().values(
+                status="failed", error_code="dispatch_lost", api_run_id="apirun_9",
+                started_at=NOW, finished_at=NOW,
+            )
+        )  # fmt: skip
+    return [ledger_id]
+
+
 def drift_schedule_in_error(engine: sa.Engine, instance: dg.DagsterInstance) -> list[str]:
     schedule_id = _with_partition(engine, instance, cron="0 13 * * *")
     with engine.begin() as conn:
@@ -216,6 +231,7 @@ DRIFTS: dict[str, tuple[Callable[[sa.Engine, dg.DagsterInstance], list[str]], bo
     "schedule_on_dead_grant": (drift_schedule_on_dead_grant, True),
     "lease_expired": (drift_lease_expired, False),
     "run_without_row": (drift_run_without_row, False),
+    "api_run_unsettled": (drift_api_run_unsettled, False),
     "succeeded_without_receipt": (drift_succeeded_without_receipt, False),
     "receipt_without_success": (drift_receipt_without_success, False),
     "schedule_in_error": (drift_schedule_in_error, False),

@@ -1,0 +1,157 @@
+"""Polling handed-off API runs: slots whose API run outlived the dispatch run that fired it.
+
+A dispatch run polls its calls for ``GRAPH_RUNS_DISPATCH_HAND_OFF_SECONDS`` after its last
+fire, then hands the API runs still going to the sensor (``poll_after`` set, the row still
+``running``) and ends, so that one slow graph no longer keeps a dispatch run, and its place
+in the run queue, for up to the slot's timeout. Each tick the sensor polls at most
+``MAX_POLLS_PER_TICK`` of them whose ``poll_after`` has come, once each, within
+``POLL_BUDGET_SECONDS`` in all:
+
+- an API run that ended is recorded as the dispatch run would have recorded it (outcome,
+  receipt, counters; ``cancelled`` with its usage if the slot was being cancelled);
+- one still going (or a poll that failed) is polled again later, less often the longer it
+  has run, from ``MIN_INTERVAL`` to ``MAX_INTERVAL``;
+- one past its timeout and ``batches.GIVE_UP_MARGIN`` since it was fired is given up on:
+  ``failed``, ``dispatch_lost``, its API run id kept (``reconcile`` lists such rows as
+  ``api_run_unsettled``).
+
+Resumable by API run id alone: a poll needs nothing of the run that fired the slot.
+"""
+
+import asyncio
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from graph_runs.core.statuses import CANCELLED, CANCELLING, FAILED, RUNNING
+from graph_runs.dispatch.batches import (
+    DISPATCH_LOST,
+    GIVE_UP_MARGIN,
+    api_may_still_run,
+    give_up_at,
+)
+from graph_runs.dispatch.ledger import record_outcome
+from graph_runs.execution_api.client import Outcome
+from graph_runs.execution_api.concurrent_calls import Call, ConcurrentCaller, Result
+from graph_runs.store import slot_status
+from graph_runs.store.tables import run_ledger
+
+logger = logging.getLogger(__name__)
+
+MAX_POLLS_PER_TICK = 500
+POLL_BUDGET_SECONDS = 15.0
+MIN_INTERVAL = dt.timedelta(seconds=15)
+MAX_INTERVAL = dt.timedelta(minutes=5)
+# Sent as the Dagster run of a poll the sensor makes (no run makes it).
+POLLER = "graph_schedules_sensor"
+
+
+@dataclass
+class Polled:
+    """What one tick's polls did."""
+
+    ended: int = 0
+    still_going: int = 0
+    given_up: int = 0
+    failed_to_record: int = 0
+
+
+def due(conn: sa.Connection, now: dt.datetime, limit: int = MAX_POLLS_PER_TICK) -> list[Any]:
+    """Handed-off slots whose next poll has come, longest waiting first (the partial index)."""
+    return list(
+        conn.execute(
+            sa.select(run_ledger)
+            .where(
+                run_ledger.c.poll_after.is_not(None),
+                run_ledger.c.poll_after <= now,
+                run_ledger.c.status.in_([RUNNING, CANCELLING]),
+            )
+            .order_by(run_ledger.c.poll_after, run_ledger.c.id)
+            .limit(limit)
+        )
+    )
+
+
+def next_poll_at(row: Any, now: dt.datetime) -> dt.datetime:
+    """When to poll again: after a tenth of how long the run has gone.
+
+    Within MIN_INTERVAL and MAX_INTERVAL, and never after the instant it is given up at,
+    when it is polled a last time.
+    """
+    gone = now - (row.started_at or now)
+    return min(now + min(MAX_INTERVAL, max(MIN_INTERVAL, gone / 10)), give_up_at(row))
+
+
+def _record_one(conn: sa.Connection, row: Any, result: Result, now: dt.datetime) -> str:
+    if result.outcome is not None:
+        record_outcome(conn, row.id, result.outcome, dagster_run_id=row.dagster_run_id, now=now)
+        return "ended"
+    if api_may_still_run(row, now):
+        slot_status.next_poll(conn, row.id, next_poll_at(row, now))
+        return "still_going"
+    cancelling = row.status == CANCELLING
+    outcome = Outcome(
+        status=CANCELLED if cancelling else FAILED,
+        api_run_id=row.api_run_id,
+        error_code=(row.error_code or "cancelled") if cancelling else DISPATCH_LOST,
+        error_message=(
+            f"API run {row.api_run_id} did not end within the slot's timeout and "
+            f"{GIVE_UP_MARGIN.total_seconds() / 60:.0f} minutes; given up, its id kept to "
+            "look it up at the API"
+        ),
+    )
+    record_outcome(conn, row.id, outcome, dagster_run_id=row.dagster_run_id, now=now)
+    return "given_up"
+
+
+def record(engine: sa.Engine, rows: list[Any], results: list[Result], now: dt.datetime) -> Polled:
+    """Write what the polls found, one short transaction per slot (one failure loses none)."""
+    done = Polled()
+    for row, result in zip(rows, results, strict=True):
+        try:
+            with engine.begin() as conn:
+                what = _record_one(conn, row, result, now)
+        except Exception as exc:  # noqa: BLE001 - polled again next tick, nothing lost
+            logger.warning("could not record the poll of slot %s: %s", row.id, exc)
+            done.failed_to_record += 1
+            continue
+        setattr(done, what, getattr(done, what) + 1)
+    return done
+
+
+async def poll_handed_off(
+    engine: sa.Engine,
+    caller: ConcurrentCaller,
+    *,
+    now: dt.datetime,
+    limit: int = MAX_POLLS_PER_TICK,
+    budget_seconds: float = POLL_BUDGET_SECONDS,
+) -> Polled:
+    """Poll every handed-off slot that is due, once; record what ended."""
+    with engine.connect() as conn:
+        rows = due(conn, now, limit)
+    if not rows:
+        return Polled()
+    calls = [
+        Call(
+            idempotency_key=row.idempotency_key,
+            graph_id=row.graph_id,
+            body={},
+            billing_account=row.billing_account,
+            api_run_id=row.api_run_id,
+        )
+        for row in rows
+    ]
+    try:
+        results = await asyncio.wait_for(
+            caller.poll_once(calls, dagster_run_id=POLLER), budget_seconds
+        )
+    except TimeoutError:
+        # The API is slow: nothing is known of these; each is polled again after its
+        # interval, or given up on if its time is past.
+        logger.warning("polls of %d handed-off slots took over %.0f s", len(rows), budget_seconds)
+        results = [Result(call) for call in calls]
+    return await asyncio.to_thread(record, engine, rows, results, now)
