@@ -61,6 +61,9 @@ class Batch:
     partition_key: str | None
     dagster_run_id: str | None
     lease_until: dt.datetime | None
+    beats: int = 0
+    seen_beats: int | None = None
+    seen_at: dt.datetime | None = None
 
     @property
     def run_key(self) -> str:
@@ -87,6 +90,9 @@ class Batch:
             partition_key=row.partition_key,
             dagster_run_id=row.dagster_run_id,
             lease_until=row.lease_until,
+            beats=row.beats,
+            seen_beats=row.seen_beats,
+            seen_at=row.seen_at,
         )
 
 
@@ -196,7 +202,10 @@ def take_lease(
     return bool(
         conn.execute(
             _fenced(batch_id, attempt).values(
-                dagster_run_id=dagster_run_id, lease_until=now + lease, updated_at=now
+                dagster_run_id=dagster_run_id,
+                lease_until=now + lease,
+                beats=dispatch_batches.c.beats + 1,
+                updated_at=now,
             )
         ).rowcount
     )
@@ -239,7 +248,9 @@ def renew_lease(
     """Extend the lease; False once the sensor has moved the batch on (stop firing)."""
     return bool(
         conn.execute(
-            _fenced(batch_id, attempt).values(lease_until=now + lease, updated_at=now)
+            _fenced(batch_id, attempt).values(
+                lease_until=now + lease, beats=dispatch_batches.c.beats + 1, updated_at=now
+            )
         ).rowcount
     )
 
@@ -256,6 +267,18 @@ def note_started(
         _fenced(batch.id, batch.attempt)
         .where(dispatch_batches.c.lease_until.is_(None))
         .values(lease_until=now + grace, updated_at=now)
+    )
+
+
+def observe_beats(conn: sa.Connection, batch: Batch, *, now: dt.datetime) -> None:
+    """The sensor saw ``batch.beats`` renewals at ``now`` (its clock): the lease runs from here.
+
+    Only for the count it saw: a renewal since then is seen, and timed, next tick.
+    """
+    conn.execute(
+        _fenced(batch.id, batch.attempt)
+        .where(dispatch_batches.c.beats == batch.beats)
+        .values(seen_beats=batch.beats, seen_at=now)
     )
 
 
@@ -329,6 +352,7 @@ class Verdict:
     """What an open batch needs, by its run's status: its start noted, or to move on."""
 
     grace: dt.timedelta | None = None  # note the run started: it has this long to lease
+    observe: bool = False  # note, by the sensor's clock, the lease renewals seen now
     why: str | None = None  # move the batch on (next attempt, settled, or cancelled)
     cancelled: bool = False  # a person cancelled the run
 
@@ -347,12 +371,28 @@ def assess(
     if run_status is None or run_status in DAGSTER_ENDED:
         why = f"Dagster run {run_id} {'is gone' if run_status is None else 'ended ' + run_status}"
         return Verdict(why=why, cancelled=run_status == "CANCELED")
-    if run_status in DAGSTER_GOING and batch.lease_until is None:
-        # A run still STARTING (its worker being launched: an image pull, a pod being
-        # scheduled) gets the launcher's start timeout; one whose worker is up, a lease.
-        return Verdict(grace=limits.start_timeout if run_status == "STARTING" else limits.lease)
-    if run_status in DAGSTER_GOING and batch.lease_until is not None and batch.lease_until < now:
-        return Verdict(why=f"Dagster run {run_id} stopped renewing its lease ({run_status})")
+    if run_status not in DAGSTER_GOING:
+        return None
+    if batch.beats == 0:
+        # Not leased yet. A run still STARTING (its worker being launched: an image pull, a
+        # pod being scheduled) gets the launcher's start timeout; one whose worker is up, a
+        # lease. That grace is written and read by the sensor's clock alone.
+        if batch.lease_until is None:
+            return Verdict(grace=limits.start_timeout if run_status == "STARTING" else limits.lease)
+        if batch.lease_until < now:
+            return Verdict(why=f"Dagster run {run_id} never took its lease ({run_status})")
+        return None
+    # Leased: the run's renewals are beats, timed by this clock from when each was first
+    # seen. The lease's expiry, written by the run's clock, is never read here.
+    if batch.seen_beats != batch.beats or batch.seen_at is None:
+        return Verdict(observe=True)
+    if now - batch.seen_at > limits.lease:
+        return Verdict(
+            why=(
+                f"Dagster run {run_id} stopped renewing its lease ({run_status}): no renewal "
+                f"seen for {(now - batch.seen_at).total_seconds():.0f} s"
+            )
+        )
     return None
 
 
@@ -362,6 +402,9 @@ def recover(
     """Carry out ``assess``'s verdict in ``conn``; None when only the start was noted."""
     if verdict.grace is not None:
         note_started(conn, batch, now=now, grace=verdict.grace)
+        return None
+    if verdict.observe:
+        observe_beats(conn, batch, now=now)
         return None
     why = verdict.why or ""
     if verdict.cancelled:
@@ -435,7 +478,13 @@ def _next_attempt(conn: sa.Connection, batch: Batch, now: dt.datetime) -> None:
     """Give the batch to its next attempt, whose run key the sensor asks a run for."""
     conn.execute(
         _fenced(batch.id, batch.attempt).values(
-            attempt=batch.attempt + 1, dagster_run_id=None, lease_until=None, updated_at=now
+            attempt=batch.attempt + 1,
+            dagster_run_id=None,
+            lease_until=None,
+            beats=0,
+            seen_beats=None,
+            seen_at=None,
+            updated_at=now,
         )
     )
 

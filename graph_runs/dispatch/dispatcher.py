@@ -48,6 +48,8 @@ from graph_runs.store import slot_status
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], dt.datetime]
+# The most a run waits past an instant by its own clock for the database's to reach it.
+MAX_CLOCK_SKEW = dt.timedelta(seconds=30)
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -183,8 +185,8 @@ class Dispatcher:
             for due in sorted(groups):
                 if not await self._wait_until(due):
                     break
+                decided = await self._decide_on_time(groups[due], batch_id, attempt, due)
                 now = self.clock()
-                decided = await asyncio.to_thread(self._decide, groups[due], batch_id, attempt, now)
                 if decided.fenced:
                     # The lease moved on (or ran out) while this run waited: another attempt
                     # owns these slots now.
@@ -214,7 +216,42 @@ class Dispatcher:
             session.hand_off_in(self.limits.hand_off.total_seconds())
             await self._drain(recorder)
 
-    def _decide(self, ledger_ids: list[str], batch_id: str, attempt: int, now: dt.datetime) -> Any:
+    async def _decide_on_time(
+        self, ledger_ids: list[str], batch_id: str, attempt: int, due: dt.datetime
+    ) -> Any:
+        """Decide at ``due``; while the database's clock says it is early, wait and ask again.
+
+        This run's clock may run seconds ahead of the others'. Waiting is bounded by
+        ``MAX_CLOCK_SKEW`` of this run's clock: a database clock further behind than any
+        synchronised machine is taken to be the wrong one, said in the log, and not waited for.
+        """
+        while True:
+            decided = await asyncio.to_thread(
+                self._decide, ledger_ids, batch_id, attempt, self.clock()
+            )
+            if not decided.early_by:
+                return decided
+            if self.clock() - due >= MAX_CLOCK_SKEW:
+                logger.error(
+                    "batch %s: the database's clock is %.1f s behind this run's at %s: "
+                    "firing on this run's clock",
+                    batch_id,
+                    decided.early_by,
+                    due.isoformat(),
+                )
+                return await asyncio.to_thread(
+                    self._decide, ledger_ids, batch_id, attempt, self.clock(), True
+                )
+            await self.sleep(min(decided.early_by, self.limits.heartbeat_seconds))
+
+    def _decide(
+        self,
+        ledger_ids: list[str],
+        batch_id: str,
+        attempt: int,
+        now: dt.datetime,
+        on_own_clock: bool = False,
+    ) -> Any:
         with self.engine.begin() as conn:
             return decide_and_fire(
                 conn,
@@ -223,6 +260,7 @@ class Dispatcher:
                 dagster_run_id=self.dagster_run_id,
                 attempt=attempt,
                 now=now,
+                on_own_clock=on_own_clock,
             )
 
     async def _wait_until(self, due: dt.datetime) -> bool:

@@ -40,6 +40,7 @@ from graph_runs.execution_api.client import Outcome
 from graph_runs.money.budgets import exhausted_accounts
 from graph_runs.scheduling.in_flight import lock_schedules
 from graph_runs.store import slot_status
+from graph_runs.store.db import database_now
 from graph_runs.store.tables import execution_grants, run_ledger, schedules
 
 _CHUNK = 1_000
@@ -64,6 +65,9 @@ class Decided:
     denied: list[tuple[Any, str, str]] = field(default_factory=list)
     # The run no longer holds the batch's lease: nothing was decided, nothing fired.
     fenced: bool = False
+    # The database's clock says the instant is this many seconds away (the worker's clock
+    # runs ahead): nothing was decided; ask again then.
+    early_by: float = 0.0
 
 
 def _chunks(ids: Sequence[str]) -> list[list[str]]:
@@ -128,6 +132,11 @@ def _grants(conn: sa.Connection, grant_ids: set[str]) -> dict[str, Grant]:
     return found
 
 
+# How far the database's clock may be behind an instant when it fires (its resolution, and
+# the moment between the worker's wake and its read).
+CLOCK_TOLERANCE_SECONDS = 0.01
+
+
 def decide_and_fire(
     conn: sa.Connection,
     ledger_ids: list[str],
@@ -136,17 +145,27 @@ def decide_and_fire(
     dagster_run_id: str,
     attempt: int,
     now: dt.datetime,
+    on_own_clock: bool = False,
 ) -> Decided:
     """Decide, at ``now``, which of these slots fire; mark those ``running`` and return them.
 
     Run in one transaction. Rows are re-read here, so whatever a pause, a cancellation or
     another run did to them since the batch was loaded is seen. Fenced: unless
     ``dagster_run_id`` holds the batch's lease for ``attempt`` (``batches.holds_lease``),
-    nothing is decided or fired, and the result says ``fenced``.
+    nothing is decided or fired, and the result says ``fenced``. Unless ``on_own_clock``,
+    nothing fires before the database's clock reaches the slots' instant either: the result
+    then says how early it is (``early_by``).
     """
     if not batches.holds_lease(conn, batch_id, attempt, dagster_run_id=dagster_run_id, now=now):
         return Decided(fenced=True)
     rows = _rows(conn, ledger_ids, batch_id)
+    # The worker slept until the instant by its own clock; a clock a few seconds ahead
+    # would fire early. The database's clock, which every worker shares, has the last word.
+    due = max((r.due_at for r in rows if r.due_at is not None), default=None)
+    if due is not None and not on_own_clock:
+        early = (due - database_now(conn)).total_seconds()
+        if early > CLOCK_TOLERANCE_SECONDS:
+            return Decided(early_by=early)
     schedule_rows = lock_schedules(conn, [r.schedule_id for r in rows if r.schedule_id])
     rows = _rows(conn, ledger_ids, batch_id)  # again, now that their schedules are locked
     decided = Decided()

@@ -220,7 +220,15 @@ def _dispatch(
         done[moved.action] += 1
         if moved.action == "retry":
             to_request.append(
-                replace(batch, attempt=batch.attempt + 1, dagster_run_id=None, lease_until=None)
+                replace(
+                    batch,
+                    attempt=batch.attempt + 1,
+                    dagster_run_id=None,
+                    lease_until=None,
+                    beats=0,
+                    seen_beats=None,
+                    seen_at=None,
+                )
             )
             context.log.warning(
                 f"[batch={batch.id}] {why} with {moved.unfinished} slot(s) unrecorded; "

@@ -5,6 +5,7 @@ gets WAL mode and a busy timeout. Postgres URLs are pinned to psycopg2: under SQ
 a bare ``postgresql://`` selects psycopg 3, which dagster-postgres cannot use.
 """
 
+import datetime as dt
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,6 +67,18 @@ def make_engine(url: str) -> sa.Engine:
         conn.exec_driver_sql("BEGIN DEFERRED" if reads_only else "BEGIN IMMEDIATE")
 
     return engine
+
+
+def database_now(conn: sa.Connection) -> dt.datetime:
+    """The database server's clock, in UTC (to the millisecond on SQLite).
+
+    The one clock every worker and the sensor share, whatever their own say.
+    """
+    if conn.dialect.name == "sqlite":
+        text = conn.exec_driver_sql("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')").scalar_one()
+        return dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC)
+    value: dt.datetime = conn.exec_driver_sql("SELECT clock_timestamp()").scalar_one()
+    return value.astimezone(dt.UTC)
 
 
 @contextmanager

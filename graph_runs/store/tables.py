@@ -226,6 +226,11 @@ dispatch_batches = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
     sa.Column("finished_at", UTCDateTime),
+    # Added by 0008: lease renewals counted by the run, and when the sensor (by its own
+    # clock) first saw the current count: a lease is judged on one clock only.
+    sa.Column("beats", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("seen_beats", sa.Integer),
+    sa.Column("seen_at", UTCDateTime),
     sa.Index(
         "ix_dispatch_batches_open",
         "due_at",

@@ -111,7 +111,7 @@ class Simulation:
         loop.set_task_factory(self._task_factory)
         # A task of a run that died with an error (its process would have exited with it).
         loop.set_exception_handler(lambda _loop, _context: self._count("orphan_task_error"))
-        with self.engine.begin() as conn:
+        with self._calmly(), self.engine.begin() as conn:  # the world's setup: no faults
             for owner in ("alice", "bob", "carol"):
                 self.grants.append(
                     create_grant(
@@ -274,6 +274,7 @@ class Simulation:
             attempt=attempt,
             status="STARTING" if slow else "QUEUED",
             starts_at=self.time.now + dt.timedelta(seconds=delay),
+            skew=dt.timedelta(seconds=-self.rng.choice([0, 0, 3, 45, 150])),
         )
         self.dagster.runs[key] = run
 

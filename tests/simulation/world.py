@@ -156,6 +156,10 @@ class SimRun:
     starts_at: dt.datetime | None = None
     frozen_until: dt.datetime | None = None
     task: asyncio.Task[Any] | None = None
+    # The run's machine's clock minus the sensor's: behind, never ahead (a run whose clock
+    # is ahead waits for the database's clock, the machine's real one, which the simulated
+    # hours cannot move; tests/graph_runs/dispatch/test_clocks.py covers that).
+    skew: dt.timedelta = dt.timedelta(0)
 
 
 @dataclass
@@ -207,7 +211,7 @@ def make_dispatcher(
         engine,
         make_caller(api, time, sleep),
         dagster_run_id=run.run_id,
-        clock=lambda: time.now,
+        clock=lambda: time.now + run.skew,
         sleep=sleep,
         limits=DispatchLimits(
             lease=dt.timedelta(seconds=60),

@@ -153,11 +153,13 @@ def test_a_started_run_that_stops_renewing_its_lease_is_replaced_and_fires_nothi
         result = tick(instance, make_resources(database_url, None, now), None)
         return [r for r in result.run_requests or [] if r.tags[batches.BATCH_ID_TAG] == batch_id]
 
-    assert requests_at("2026-11-22T10:01:30Z") == []  # the lease holds until 10:01:31
-    (again,) = requests_at("2026-11-22T10:01:32Z")
+    # The sensor first sees the renewal at 10:00:45 (by its clock): the lease runs from then.
+    assert requests_at("2026-11-22T10:00:45Z") == []
+    assert requests_at("2026-11-22T10:01:45Z") == []  # no renewal seen for 60 s: holds
+    (again,) = requests_at("2026-11-22T10:01:46Z")
     assert again.run_key == f"batch:{batch_id}:2"
     # The old worker wakes: its attempt is over, so it fires nothing.
-    later = make_resources(database_url, execution_api, "2026-11-22T10:01:33Z")
+    later = make_resources(database_url, execution_api, "2026-11-22T10:01:47Z")
     zombie = launch(instance, later, request)
     assert zombie.success and execution_api.store.executions == 0
     assert statuses(engine, view["id"])[0] == ("2026-11-22T10:01:00Z", "pending")
