@@ -452,9 +452,12 @@ def redispatch(
 
     Fenced on the attempt the caller saw, so two ticks racing move it once. A batch whose
     slots all have outcomes (its run finished as the sensor looked) is only closed. After
-    ``max_attempts`` a slot whose API run was accepted and may still be going is never
-    given up on: the batch gets another attempt, which only polls those runs (same key, same
-    API run), until the API says they ended or their timeout and ``GIVE_UP_MARGIN`` pass.
+    ``max_attempts`` a slot that was fired is never given up on while its API run may be
+    going: the batch gets another attempt, which resumes those slots (same key: the API
+    answers the run it has, or runs it once), until the API says they ended or their
+    timeout and ``GIVE_UP_MARGIN`` pass. Fired counts, not only accepted: a run killed while
+    it polled had not kept the API's run id, and its request did reach the API (the fault
+    simulator's seeds 13 and 25 found such slots settled lost and cancelled, unbilled).
     """
     current = get_batch(conn, batch.id)
     if current is None or current.status != OPEN or current.attempt != batch.attempt:
@@ -463,7 +466,7 @@ def redispatch(
     if not left:
         finish_if_done(conn, batch.id, now=now)
         return Redispatched(batch.id, "done")
-    polled = {row.id for row in left if api_may_still_run(row, now)}
+    polled = {row.id for row in left if api_may_still_run(row, now, accepted=False)}
     if batch.attempt >= max_attempts:
         _settle_lost(conn, [row for row in left if row.id not in polled], max_attempts, why, now)
     if batch.attempt < max_attempts or polled:

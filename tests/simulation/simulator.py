@@ -24,6 +24,7 @@ from graph_runs.core.errors import GraphRunsError
 from graph_runs.core.schedule_spec import ScheduleLimits
 from graph_runs.core.statuses import IN_FLIGHT
 from graph_runs.dispatch import batches, polling
+from graph_runs.dispatch.reconcile import apply_run_statuses, runs_to_reconcile
 from graph_runs.dispatch.tick import claim_and_batch
 from graph_runs.money.budgets import set_budget
 from graph_runs.scheduling.claim import TickLimits
@@ -210,6 +211,7 @@ class Simulation:
                 self._count("cancel")
                 self._kill(run, "CANCELED")
         try:
+            self._reconcile(now)
             with self.engine.begin() as conn:
                 claim_and_batch(
                     conn,
@@ -260,6 +262,21 @@ class Simulation:
         for what in ("ended", "still_going", "given_up", "failed_to_record"):
             if getattr(polled, what):
                 self._count(f"polled_{what}")
+
+    def _reconcile(self, now: dt.datetime) -> None:
+        """Step 0, as the sensor's: rows whose own Dagster run ended are settled."""
+        with self.engine.connect() as conn:
+            rows = runs_to_reconcile(conn, 500)
+        if not rows:
+            return
+        by_id = {run.run_id: run.status for run in self.dagster.runs.values()}
+        statuses = {
+            r.dagster_run_id: by_id[r.dagster_run_id] for r in rows if r.dagster_run_id in by_id
+        }
+        with self.engine.begin() as conn:
+            done = apply_run_statuses(conn, rows, statuses, now=now)
+        if done.failed or done.cancelled:
+            self._count("reconciled")
 
     def _request(self, batch_id: str, attempt: int) -> None:
         """A run request with run key batch:{id}:{attempt}: Dagster makes the run once."""

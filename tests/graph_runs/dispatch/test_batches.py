@@ -119,6 +119,32 @@ def test_a_slot_is_given_up_on_once_its_timeout_and_a_margin_have_passed(
     assert (row.status, row.error_code, row.api_run_id) == ("failed", "dispatch_lost", "r-1")
 
 
+def test_a_fired_slot_whose_api_run_id_never_came_back_is_resumed_past_the_last_attempt(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
+) -> None:
+    """Found by the fault simulator (seeds 13 and 25, 1 h): slots settled lost, unbilled.
+
+    A run killed while it polled had not kept the API's run id, so after the last attempt
+    the slot was settled ``dispatch_lost`` (or ``cancelled``) unbilled, while the API ran
+    it and charged for it.
+    """
+    long_slot(engine)
+    resources = fast_polls(make_resources(database_url, execution_api, "2026-11-22T10:00:30Z"))
+    apply_partitions(instance, tick(instance, resources, None))
+    with engine.begin() as conn:  # three attempts died; the slot was fired, its id not kept
+        conn.execute(dispatch_batches.update().values(attempt=batches.DEFAULT_MAX_ATTEMPTS))
+        conn.execute(
+            run_ledger.update().values(status="running", started_at=at("2026-11-22T10:01:00Z"))
+        )
+        batch = batches.Batch.from_row(conn.execute(sa.select(dispatch_batches)).one())
+        within = batches.redispatch(conn, batch, now=at("2026-11-22T10:05:00Z"), why="died")
+        assert within.action == "retry"
+        batch = batches.Batch.from_row(conn.execute(sa.select(dispatch_batches)).one())
+        past = batches.redispatch(conn, batch, now=at("2026-11-22T10:11:02Z"), why="died")
+    assert past.action == "lost"
+    assert the_row(engine).error_code == "dispatch_lost"
+
+
 def test_a_dispatch_run_cancelled_by_a_person_cancels_its_slots_not_retries_them(
     engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
 ) -> None:
