@@ -65,14 +65,14 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A database of this session's own on the test server, dropped afterwards."""
+@contextmanager
+def private_postgres_database(prefix: str) -> Iterator[str]:
+    """A new, empty database on the test server (skipped without one), dropped afterwards."""
     admin_url = os.environ.get(POSTGRES_VAR)
     if not admin_url:
         pytest.skip(f"{POSTGRES_VAR} is not set; PostgreSQL tests skipped")
     admin = make_engine(admin_url).execution_options(isolation_level="AUTOCOMMIT")
-    name = f"graph_runs_test_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with admin.connect() as conn:
         conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
     url = sa.make_url(make_engine(admin_url).url).set(database=name)
@@ -82,6 +82,13 @@ def postgres_url() -> Iterator[str]:
         with admin.connect() as conn:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A database of this session's own on the test server, dropped afterwards."""
+    with private_postgres_database("graph_runs_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -50,6 +50,12 @@ def run_key(batch_id: str, attempt: int) -> str:
     return f"batch:{batch_id}:{attempt}"
 
 
+# A batch attempt's lease fields before its run takes the lease: no run, nothing renewed.
+NO_LEASE: dict[str, Any] = {
+    "dagster_run_id": None, "lease_until": None, "beats": 0, "seen_beats": None, "seen_at": None,
+}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Batch:
     """A batch as the sensor and the dispatch run see it."""
@@ -64,6 +70,10 @@ class Batch:
     beats: int = 0
     seen_beats: int | None = None
     seen_at: dt.datetime | None = None
+
+    def next_attempt(self) -> "Batch":
+        """The batch as ``_next_attempt`` leaves it: the next attempt, no run, no lease yet."""
+        return replace(self, attempt=self.attempt + 1, **NO_LEASE)
 
     @property
     def run_key(self) -> str:
@@ -481,14 +491,28 @@ def _next_attempt(conn: sa.Connection, batch: Batch, now: dt.datetime) -> None:
     """Give the batch to its next attempt, whose run key the sensor asks a run for."""
     conn.execute(
         _fenced(batch.id, batch.attempt).values(
-            attempt=batch.attempt + 1,
-            dagster_run_id=None,
-            lease_until=None,
-            beats=0,
-            seen_beats=None,
-            seen_at=None,
-            updated_at=now,
+            attempt=batch.attempt + 1, **NO_LEASE, updated_at=now
         )
+    )
+
+
+def lost_outcome(row: Any, *, failed_message: str, cancelled_message: str) -> Outcome:
+    """What a slot given up on without the API's word records, its API run id kept.
+
+    ``cancelled`` if it was being cancelled (the cancel's code kept), else ``dispatch_lost``.
+    """
+    if row.status == CANCELLING:
+        return Outcome(
+            status=CANCELLED,
+            api_run_id=row.api_run_id,
+            error_code=row.error_code or "cancelled",
+            error_message=cancelled_message,
+        )
+    return Outcome(
+        status=FAILED,
+        api_run_id=row.api_run_id,
+        error_code=DISPATCH_LOST,
+        error_message=failed_message[:2000],
     )
 
 
@@ -496,23 +520,13 @@ def _settle_lost(
     conn: sa.Connection, rows: list[Any], max_attempts: int, why: str, now: dt.datetime
 ) -> None:
     for row in rows:
-        if row.status == CANCELLING:
-            outcome = Outcome(
-                status=CANCELLED,
-                api_run_id=row.api_run_id,
-                error_code=row.error_code or "cancelled",
-                error_message=row.error_message or "cancelled while its dispatch run was lost",
-            )
-        else:
-            outcome = Outcome(
-                status=FAILED,
-                api_run_id=row.api_run_id,
-                error_code=DISPATCH_LOST,
-                error_message=(
-                    f"{max_attempts} dispatch runs ended before recording an outcome; "
-                    f"the last: {why}"
-                )[:2000],
-            )
+        outcome = lost_outcome(
+            row,
+            failed_message=(
+                f"{max_attempts} dispatch runs ended before recording an outcome; the last: {why}"
+            ),
+            cancelled_message=row.error_message or "cancelled while its dispatch run was lost",
+        )
         record_outcome(conn, row.id, outcome, dagster_run_id=row.dagster_run_id or "", now=now)
 
 

@@ -26,15 +26,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from graph_runs.core.statuses import CANCELLED, CANCELLING, FAILED, RUNNING
-from graph_runs.dispatch.batches import (
-    DISPATCH_LOST,
-    GIVE_UP_MARGIN,
-    api_may_still_run,
-    give_up_at,
-)
+from graph_runs.core.statuses import CANCELLING, RUNNING
+from graph_runs.dispatch.batches import GIVE_UP_MARGIN, api_may_still_run, give_up_at, lost_outcome
 from graph_runs.dispatch.ledger import record_outcome
-from graph_runs.execution_api.client import Outcome
 from graph_runs.execution_api.concurrent_calls import Call, ConcurrentCaller, Result
 from graph_runs.store import slot_status
 from graph_runs.store.tables import run_ledger
@@ -92,17 +86,12 @@ def _record_one(conn: sa.Connection, row: Any, result: Result, now: dt.datetime)
     if api_may_still_run(row, now):
         slot_status.next_poll(conn, row.id, next_poll_at(row, now))
         return "still_going"
-    cancelling = row.status == CANCELLING
-    outcome = Outcome(
-        status=CANCELLED if cancelling else FAILED,
-        api_run_id=row.api_run_id,
-        error_code=(row.error_code or "cancelled") if cancelling else DISPATCH_LOST,
-        error_message=(
-            f"API run {row.api_run_id} did not end within the slot's timeout and "
-            f"{GIVE_UP_MARGIN.total_seconds() / 60:.0f} minutes; given up, its id kept to "
-            "look it up at the API"
-        ),
+    given_up = (
+        f"API run {row.api_run_id} did not end within the slot's timeout and "
+        f"{GIVE_UP_MARGIN.total_seconds() / 60:.0f} minutes; given up, its id kept to "
+        "look it up at the API"
     )
+    outcome = lost_outcome(row, failed_message=given_up, cancelled_message=given_up)
     record_outcome(conn, row.id, outcome, dagster_run_id=row.dagster_run_id, now=now)
     return "given_up"
 

@@ -26,8 +26,6 @@ from graph_runs.scheduling.schedules import next_due, pause_schedule
 from graph_runs.store.tables import ACTIVE_SCHEDULE, audit, execution_grants, run_ledger, schedules
 
 ACTOR = "graph-runs reconcile"
-# Kinds whose repair trusts what the Dagster instance says.
-TRUSTS_DAGSTER = frozenset({"partition_missing", "partition_orphaned", "run_ended_unrecorded"})
 
 
 def _audit(

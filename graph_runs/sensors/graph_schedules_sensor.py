@@ -219,17 +219,7 @@ def _dispatch(
         why = moved.why
         done[moved.action] += 1
         if moved.action == "retry":
-            to_request.append(
-                replace(
-                    batch,
-                    attempt=batch.attempt + 1,
-                    dagster_run_id=None,
-                    lease_until=None,
-                    beats=0,
-                    seen_beats=None,
-                    seen_at=None,
-                )
-            )
+            to_request.append(batch.next_attempt())
             context.log.warning(
                 f"[batch={batch.id}] {why} with {moved.unfinished} slot(s) unrecorded; "
                 f"dispatching attempt {batch.attempt + 1}"

@@ -44,8 +44,8 @@ def the_batch(engine: sa.Engine) -> Any:
         return conn.execute(sa.select(dispatch_batches)).one()
 
 
-def long_slot(engine: sa.Engine, *, timeout_seconds: int = 1) -> dict[str, Any]:
-    """A slot at 10:01 whose API run takes 30 s; a poll gives up after ``timeout_seconds``."""
+def long_slot(engine: sa.Engine, *, timeout_seconds: int = 1, seconds: int = 30) -> dict[str, Any]:
+    """A slot at 10:01 whose API run takes ``seconds``; polls give up after ``timeout_seconds``."""
     with engine.begin() as conn:
         grant = make_grant(conn, LATE, scopes=["graph:execute:sleep"])
         return make_schedule(
@@ -53,7 +53,7 @@ def long_slot(engine: sa.Engine, *, timeout_seconds: int = 1) -> dict[str, Any]:
             LATE,
             grant,
             graph_id="sleep",
-            input={"seconds": 30},
+            input={"seconds": seconds},
             timeout_seconds=timeout_seconds,
             jitter_seconds=0,
         )

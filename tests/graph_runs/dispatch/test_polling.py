@@ -21,24 +21,13 @@ from graph_runs.scheduling.schedules import pause_schedule
 from graph_runs.store.tables import charge_receipts, dispatch_batches, run_ledger
 from tests.conftest import RunningApi
 from tests.dagster_helpers import FixedClock, apply_partitions, launch, make_resources, tick
-from tests.helpers import at, make_grant, make_schedule
-
-LATE = at("2026-11-22T10:00:05Z")  # an every-minute schedule's first slot is 10:01
+from tests.graph_runs.dispatch.test_batches import long_slot
+from tests.helpers import at
 
 
 def _slow_slot(engine: sa.Engine, *, timeout_seconds: int = 3600) -> dict[str, Any]:
     """A slot at 10:01 whose API run takes 30 minutes (of the API's clock)."""
-    with engine.begin() as conn:
-        grant = make_grant(conn, LATE, scopes=["graph:execute:sleep"])
-        return make_schedule(
-            conn,
-            LATE,
-            grant,
-            graph_id="sleep",
-            input={"seconds": 1800},
-            timeout_seconds=timeout_seconds,
-            jitter_seconds=0,
-        )
+    return long_slot(engine, timeout_seconds=timeout_seconds, seconds=1800)
 
 
 def _resources(database_url: str, api: RunningApi, now: str) -> dict[str, Any]:

@@ -5,10 +5,8 @@ insert skips conflicts, counts exactly and keeps every type. Real SQLite and Pos
 """
 
 import datetime as dt
-import os
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -26,7 +24,7 @@ from graph_runs.store.db import (
     upgrade,
 )
 from graph_runs.store.tables import ACTIVE_SCHEDULE, execution_grants, metadata, schedules
-from tests.conftest import POSTGRES_VAR
+from tests.conftest import private_postgres_database
 from tests.helpers import at
 
 
@@ -160,19 +158,8 @@ def test_batched_insert_refuses_a_naive_time_and_writes_nothing(engine: sa.Engin
 @pytest.fixture
 def unmigrated_postgres() -> Iterator[str]:
     """A PostgreSQL database of this test's own, with no schema, dropped afterwards."""
-    admin_url = os.environ.get(POSTGRES_VAR)
-    if not admin_url:
-        pytest.skip(f"{POSTGRES_VAR} is not set; PostgreSQL tests skipped")
-    admin = make_engine(admin_url).execution_options(isolation_level="AUTOCOMMIT")
-    name = f"graph_runs_migrate_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        yield sa.make_url(admin.url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+    with private_postgres_database("graph_runs_migrate") as url:
+        yield url
 
 
 @pytest.mark.postgres
