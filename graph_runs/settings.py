@@ -56,8 +56,9 @@ class DispatchSettings:
             for each: the shipped dagster.yaml runs four at a time. Set it to the run
             queue's ``max_concurrent_runs``.
         max_concurrent_calls: most execution API calls one dispatch run has in flight.
-        max_calls_per_account: most of those for one billing account, so that one tenant's
-            thousands of slots at 09:00 cannot starve the others.
+        max_calls_per_account: most execution API calls in flight for one billing account,
+            over all runs at once (graph_runs/dispatch/call_places.py), so that one
+            tenant's thousands of slots at 09:00 cannot starve the others.
         slot_asset_events: one asset event per fired slot on its schedule's partition.
         launch_allowance_seconds: how long a dispatch run takes to be up; slots are claimed
             this much (plus a sensor interval) ahead of their instant. 20 s keeps the

@@ -443,11 +443,15 @@ def api_may_still_run(row: Any, now: dt.datetime, *, accepted: bool = True) -> b
 
 
 def give_up_at(row: Any) -> dt.datetime:
-    """When a fired slot's API run stops being polled: its timeout and the margin after."""
+    """When a fired slot's API run stops being polled: its timeout and the margin after.
+
+    Counted from its first call, not its fire: a slot that waited for its account's call
+    place submitted that much later (``called_at``), and its API run ends that much later.
+    """
     timeout = (
         dt.timedelta(seconds=row.timeout_seconds) if row.timeout_seconds else DEFAULT_RUN_TIMEOUT
     )
-    return row.started_at + timeout + GIVE_UP_MARGIN
+    return (row.called_at or row.started_at) + timeout + GIVE_UP_MARGIN
 
 
 def redispatch(

@@ -13,6 +13,11 @@ transaction. A slot asked to stop while its call is in flight (overlap cancel_ot
 with --terminate) is not abandoned: its API run goes on, so it is polled to its end and
 recorded cancelled, with what it cost.
 
+Each call first takes one of its billing account's call places, counted in the database over
+every run (``graph_runs.dispatch.call_places``): most are taken in the fire's own transaction,
+and a call that finds its account's places full waits until an outcome recorded by this run,
+or a place given back by another, lets it go.
+
 Once every slot is fired, the run polls for ``DispatchLimits.hand_off`` more; then each
 call still polling an accepted API run stops (``handed_off``), its row keeps its API run id
 and gets a ``poll_after``, and the run ends: the sensor polls those runs from then on
@@ -32,7 +37,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from graph_runs.core.statuses import FAILED
-from graph_runs.dispatch import batches
+from graph_runs.dispatch import batches, call_places
 from graph_runs.dispatch.firing import Firing, decide_and_fire
 from graph_runs.dispatch.ledger import record_outcome
 from graph_runs.execution_api.client import Outcome
@@ -64,6 +69,9 @@ class DispatchLimits:
     # How long the run polls after its last fire before it hands the API runs still going
     # to the sensor's polls and ends, giving its place in the run queue back.
     hand_off: dt.timedelta = dt.timedelta(minutes=5)
+    # How often a call waiting for its account's call place asks whether one came free in
+    # another run (one freed in this run is handed over when its outcome is recorded).
+    place_poll_seconds: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -131,6 +139,17 @@ class Dispatcher:
         self._results: asyncio.Queue[tuple[Result, Any, int] | None] = asyncio.Queue()
         self._calls: dict[str, asyncio.Task[None]] = {}
         self._lost = False
+        # Fired slots waiting for a call place: ledger id -> (billing account, wake-up), in
+        # the order they fired; and those woken to find their call is not theirs to make.
+        self._waiting: dict[str, tuple[str | None, asyncio.Event]] = {}
+        self._not_called: set[str] = set()
+        # Slots whose call ended here but whose outcome could not be written: they may still
+        # hold a place, given back by the next transaction that takes places.
+        self._unreleased: set[str] = set()
+        self._placer: asyncio.Task[None] | None = None
+        # A batch's run calls only the slots it still fires (another attempt may have fired
+        # them since); the slots of ``run_started`` are the run's alone.
+        self._fenced = False
 
     # -- entry points ----------------------------------------------------------------------
 
@@ -151,6 +170,7 @@ class Dispatcher:
         if not taken:
             report.replaced = True
             return report
+        self._fenced = True
         heartbeat = asyncio.create_task(self._heartbeat(batch_id, attempt))
         try:
             await self._fire_all(rows, batch_id, attempt, report)
@@ -167,11 +187,14 @@ class Dispatcher:
         An approved slot, or a partition run launched from the UI: the run is theirs alone.
         """
         report = Report(attempt=1)
+        # Their call places are taken before the first call, as a batch's are at its fire.
+        taken = await asyncio.to_thread(self._take, [f.row.id for f in rows]) if rows else None
         recorder = asyncio.create_task(self._recorder(report))
         async with self.caller.session(dagster_run_id=self.dagster_run_id) as session:
             for firing in rows:
-                self._start_call(session, firing, 1)
-            await self._drain(recorder)
+                placed = taken is not None and firing.row.id in taken.placed
+                self._start_call(session, firing, 1, placed=placed)
+            await self._drain(recorder, report)
         return report
 
     # -- the work --------------------------------------------------------------------------
@@ -202,7 +225,9 @@ class Dispatcher:
                 if decided.firing and report.first_fired_lag is None:
                     report.first_fired_lag = (now - due).total_seconds()
                 for firing in decided.firing:
-                    self._start_call(session, firing, attempt)
+                    self._start_call(
+                        session, firing, attempt, placed=firing.row.id in decided.placed
+                    )
                 for row, code, message in decided.denied:
                     report.recorded.append(
                         Recorded(
@@ -214,7 +239,7 @@ class Dispatcher:
                     )
             # Everything is fired: what still runs after hand_off is the sensor's to poll.
             session.hand_off_in(self.limits.hand_off.total_seconds())
-            await self._drain(recorder)
+            await self._drain(recorder, report)
 
     async def _decide_on_time(
         self, ledger_ids: list[str], batch_id: str, attempt: int, due: dt.datetime
@@ -261,6 +286,7 @@ class Dispatcher:
                 attempt=attempt,
                 now=now,
                 on_own_clock=on_own_clock,
+                max_calls_per_account=self.caller.max_per_account,
             )
 
     async def _wait_until(self, due: dt.datetime) -> bool:
@@ -272,10 +298,21 @@ class Dispatcher:
             await self.sleep(min(remaining, self.limits.heartbeat_seconds))
         return False
 
-    def _start_call(self, session: CallSession, firing: Firing, attempt: int) -> None:
+    def _start_call(
+        self, session: CallSession, firing: Firing, attempt: int, *, placed: bool = False
+    ) -> None:
         row = firing.row
+        if not placed:
+            self._waiting[row.id] = (row.billing_account, asyncio.Event())
+            if self._placer is None or self._placer.done():
+                self._placer = asyncio.create_task(self._place_waiting())
 
         async def call() -> None:
+            waiting = self._waiting.get(row.id)
+            if waiting is not None:
+                await waiting[1].wait()
+                if row.id in self._not_called:
+                    return
             result = await session.call(
                 Call(
                     idempotency_key=row.idempotency_key,
@@ -290,7 +327,7 @@ class Dispatcher:
 
         self._calls[row.id] = asyncio.create_task(call())
 
-    async def _drain(self, recorder: asyncio.Task[None]) -> None:
+    async def _drain(self, recorder: asyncio.Task[None], report: Report) -> None:
         """Wait for every call, then for the recorder to write the last outcomes."""
         while self._calls:
             pending = list(self._calls.values())
@@ -299,50 +336,123 @@ class Dispatcher:
                 del self._calls[key]
         await self._results.put(None)
         await recorder
+        # Fired, never called: the next attempt (or whoever settles the row) has them.
+        report.unrecorded.extend(sorted(self._not_called))
+
+    # -- call places -----------------------------------------------------------------------
+
+    async def _place_waiting(self) -> None:
+        """While calls wait for a call place, ask now and then whether one came free."""
+        while self._waiting:
+            await self.sleep(self.limits.place_poll_seconds)
+            if not self._waiting:
+                return
+            if self._lost:
+                # The lease moved on: the next attempt makes these calls, not this run.
+                self._placed(call_places.Taken(gone=set(self._waiting)))
+                return
+            wanted, release = list(self._waiting), sorted(self._unreleased)
+            try:
+                taken = await asyncio.to_thread(self._take, wanted, release)
+            except Exception as exc:  # noqa: BLE001 - asked again at the next poll
+                logger.warning("could not take call places: %s", exc)
+                continue
+            self._unreleased.difference_update(release)
+            self._placed(taken)
+
+    def _take(self, wanted: list[str], release: list[str] = []) -> call_places.Taken:  # noqa: B006 - never changed
+        with self.engine.begin() as conn:
+            if release:
+                # Their calls ended here: a place held by one would never come free in this
+                # run, and this run's own waiting calls would wait on it for ever.
+                slot_status.give_back_call_places(conn, release, dagster_run_id=self.dagster_run_id)
+            return self._take_in(conn, wanted)
+
+    def _take_in(self, conn: sa.Connection, wanted: list[str]) -> call_places.Taken:
+        return call_places.take(
+            conn,
+            wanted,
+            dagster_run_id=self.dagster_run_id if self._fenced else None,
+            cap=self.caller.max_per_account,
+            now=self.clock(),
+        )
+
+    def _placed(self, taken: call_places.Taken) -> None:
+        """Wake the calls that have a place now, and those that will not be made."""
+        self._not_called.update(taken.gone)
+        # In the order they wait (not a set's): the simulator replays each seed exactly.
+        woken = [k for k in self._waiting if k in taken.placed or k in taken.gone]
+        for ledger_id in woken:
+            self._waiting.pop(ledger_id)[1].set()
+
+    def _waiting_for(self, items: list[tuple[Result, Any, int]]) -> list[str]:
+        """The waiting calls of the accounts whose places these outcomes give back."""
+        if self._lost or not self._waiting:
+            return []
+        accounts = {row.billing_account for _, row, _ in items}
+        return [k for k, (account, _) in self._waiting.items() if account in accounts]
 
     # -- recording -------------------------------------------------------------------------
 
     async def _recorder(self, report: Report) -> None:
-        """Write outcomes as calls finish, up to ``flush_size`` per transaction."""
+        """Write outcomes as calls finish, up to ``flush_size`` per transaction.
+
+        What has arrived is taken; unless that fills a transaction (or a call waits for the
+        call place one of these outcomes gives back), the recorder waits ``flush_seconds``
+        on the run's own clock for more. No wall-clock timeout: under the simulator's
+        virtual clock a seed groups its writes the same way on every replay.
+        """
         done = False
         while not done:
             first = await self._results.get()
-            items = [] if first is None else [first]
-            done = first is None
-            deadline = asyncio.get_running_loop().time() + self.limits.flush_seconds
-            while not done and len(items) < self.limits.flush_size:
-                timeout = deadline - asyncio.get_running_loop().time()
-                if timeout <= 0:
-                    break
-                try:
-                    item = await asyncio.wait_for(self._results.get(), timeout)
-                except TimeoutError:
-                    break
-                if item is None:
-                    done = True
-                else:
-                    items.append(item)
+            items: list[tuple[Result, Any, int]] = []
+            done = first is None or self._queued(items, first)
+            if not done and len(items) < self.limits.flush_size and not self._waiting_for(items):
+                await self.sleep(self.limits.flush_seconds)
+                done = self._queued(items)
             if items:
-                written, unrecorded, handed = await asyncio.to_thread(self._write, items)
+                wanted = self._waiting_for(items)
+                written, unrecorded, handed, taken = await asyncio.to_thread(
+                    self._write, items, wanted
+                )
+                self._placed(taken)
+                self._unreleased.update(unrecorded)
                 report.recorded.extend(written)
                 report.unrecorded.extend(unrecorded)
                 report.handed_off.extend(handed)
                 if written:
                     self.on_recorded(written)
 
+    def _queued(
+        self, items: list[tuple[Result, Any, int]], first: tuple[Result, Any, int] | None = None
+    ) -> bool:
+        """Add what is queued to ``items``, up to ``flush_size``; True once the end is seen."""
+        if first is not None:
+            items.append(first)
+        while len(items) < self.limits.flush_size and not self._results.empty():
+            item = self._results.get_nowait()
+            if item is None:
+                return True
+            items.append(item)
+        return False
+
     def _write(
-        self, items: list[tuple[Result, Any, int]]
-    ) -> tuple[list[Recorded], list[str], list[str]]:
+        self, items: list[tuple[Result, Any, int]], wanted: list[str]
+    ) -> tuple[list[Recorded], list[str], list[str], call_places.Taken]:
         """Record many outcomes in one transaction; if it fails, each in its own.
 
-        Returns what was recorded, what was left without an outcome, what was handed off.
+        Returns what was recorded, what was left without an outcome, what was handed off,
+        and the call places that the outcomes gave back and ``wanted`` took in the same
+        transaction (one by one, none are taken: the waiting calls' next poll takes them).
         """
         # Schedule order: every writer locks schedules in one order, so two never deadlock.
         items = sorted(items, key=lambda i: (i[1].schedule_id or "", i[1].id))
         now = self.clock()
         try:
             with self.engine.begin() as conn:
-                return self._write_all(conn, items, now)
+                done, left, gone = self._write_all(conn, items, now)
+                taken = self._take_in(conn, wanted) if wanted else call_places.Taken()
+                return done, left, gone, taken
         except Exception:  # noqa: BLE001 - retried row by row below, each failure logged
             logger.warning("recording %d outcomes at once failed; one by one", len(items))
         written: list[Recorded] = []
@@ -359,7 +469,7 @@ class Dispatcher:
             written.extend(done)
             unrecorded.extend(left)
             handed.extend(gone)
-        return written, unrecorded, handed
+        return written, unrecorded, handed, call_places.Taken()
 
     def _write_all(
         self, conn: sa.Connection, items: list[tuple[Result, Any, int]], now: dt.datetime

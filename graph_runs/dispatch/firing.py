@@ -34,7 +34,7 @@ from graph_runs.core.statuses import (
     RUNNING,
     SKIPPED_BUDGET,
 )
-from graph_runs.dispatch import batches
+from graph_runs.dispatch import batches, call_places
 from graph_runs.dispatch.ledger import record_outcome, request_body
 from graph_runs.execution_api.client import Outcome
 from graph_runs.money.budgets import exhausted_accounts
@@ -68,6 +68,9 @@ class Decided:
     # The database's clock says the instant is this many seconds away (the worker's clock
     # runs ahead): nothing was decided; ask again then.
     early_by: float = 0.0
+    # Fired slots that hold their account's call place (call_places): they call at once;
+    # the others of ``firing`` wait for one.
+    placed: set[str] = field(default_factory=set)
 
 
 def _chunks(ids: Sequence[str]) -> list[list[str]]:
@@ -146,6 +149,7 @@ def decide_and_fire(
     attempt: int,
     now: dt.datetime,
     on_own_clock: bool = False,
+    max_calls_per_account: int | None = None,
 ) -> Decided:
     """Decide, at ``now``, which of these slots fire; mark those ``running`` and return them.
 
@@ -154,7 +158,8 @@ def decide_and_fire(
     ``dagster_run_id`` holds the batch's lease for ``attempt`` (``batches.holds_lease``),
     nothing is decided or fired, and the result says ``fenced``. Unless ``on_own_clock``,
     nothing fires before the database's clock reaches the slots' instant either: the result
-    then says how early it is (``early_by``).
+    then says how early it is (``early_by``). With ``max_calls_per_account``, the slots fired
+    take their accounts' free call places, earliest due first (``placed``).
     """
     if not batches.holds_lease(conn, batch_id, attempt, dagster_run_id=dagster_run_id, now=now):
         return Decided(fenced=True)
@@ -265,6 +270,14 @@ def decide_and_fire(
         Firing(row, request_body(row, grant.connection_ids if grant else []))
         for row, grant in ready + [(r, grants.get(r.grant_id)) for r in polled]
     ]
+    calling = [f.row.id for f in decided.firing]
+    if max_calls_per_account is None:
+        decided.placed = set(calling)
+    else:
+        # Last in the transaction: the accounts' locks wait on no one (call_places).
+        decided.placed = call_places.take(
+            conn, calling, dagster_run_id=None, cap=max_calls_per_account, now=now
+        ).placed
     return decided
 
 

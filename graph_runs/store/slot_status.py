@@ -146,9 +146,17 @@ def move(conn: sa.Connection, row: Any, target: str, *, by: str, **values: Any) 
         conn.execute(
             run_ledger.update()
             .where(run_ledger.c.id == row.id, run_ledger.c.status == row.status)
-            .values(status=target, **values)
+            .values(status=target, **_placed(target), **values)
         ).rowcount
     )
+
+
+def _placed(target: str) -> dict[str, Any]:
+    """A row leaving its call gives its account's call place back (dispatch/call_places.py).
+
+    Only a row ``running`` or ``cancelling`` is in a call; every other move ends it.
+    """
+    return {} if target in (RUNNING, CANCELLING) else {"call_place_at": None}
 
 
 def _move_rows(
@@ -166,7 +174,7 @@ def _move_rows(
     statement = (
         run_ledger.update()
         .where(run_ledger.c.status.in_(sorted(sources)), *where)
-        .values(status=target, **(values or {}))
+        .values(status=target, **_placed(target), **(values or {}))
     )
     return conn.execute(statement, params or None).rowcount
 
@@ -293,12 +301,51 @@ def keep_api_run(conn: sa.Connection, ledger_id: str, api_run_id: str) -> None:
     """Remember the API run of a fired slot whose outcome is not known yet.
 
     Its poll timed out or failed; the next dispatch attempt resumes it. Not a status move.
+    Its call has ended, so it gives its account's call place back.
     """
     conn.execute(
         run_ledger.update()
         .where(run_ledger.c.id == ledger_id, run_ledger.c.status.in_([RUNNING, CANCELLING]))
-        .values(api_run_id=api_run_id)
+        .values(api_run_id=api_run_id, call_place_at=None)
     )
+
+
+def give_call_places(conn: sa.Connection, ledger_ids: list[str], *, now: dt.datetime) -> None:
+    """Fired slots take their account's call places (dispatch/call_places.py): not a move.
+
+    ``called_at`` keeps when the slot's first call began: its timeout runs from then. A row
+    leaving ``running``/``cancelling`` gives its place back, and so does one handed off
+    (it keeps the column, but a place is held only with no ``poll_after``).
+    """
+    for start in range(0, len(ledger_ids), _CHUNK):
+        conn.execute(
+            run_ledger.update()
+            .where(
+                run_ledger.c.id.in_(ledger_ids[start : start + _CHUNK]),
+                run_ledger.c.status.in_([RUNNING, CANCELLING]),
+                run_ledger.c.call_place_at.is_(None),
+            )
+            .values(call_place_at=now, called_at=sa.func.coalesce(run_ledger.c.called_at, now))
+        )
+
+
+def give_back_call_places(
+    conn: sa.Connection, ledger_ids: list[str], *, dagster_run_id: str
+) -> None:
+    """Slots whose call in ``dagster_run_id`` ended without an outcome give their places back.
+
+    Not a move: they stay ``running``, and the next attempt resumes them, taking a place
+    again. A slot fired since by another run holds that run's place, which stays.
+    """
+    for start in range(0, len(ledger_ids), _CHUNK):
+        conn.execute(
+            run_ledger.update()
+            .where(
+                run_ledger.c.id.in_(ledger_ids[start : start + _CHUNK]),
+                run_ledger.c.dagster_run_id == dagster_run_id,
+            )
+            .values(call_place_at=None)
+        )
 
 
 def hand_off(
@@ -307,7 +354,9 @@ def hand_off(
     """Hand a fired slot's API run, still going, to the sensor's polls: not a status move.
 
     The row stays ``running`` (or ``cancelling``): its API run is, and overlap must see it.
-    It leaves its batch's unfinished slots, so the batch can close and its dispatch run end.
+    It leaves its batch's unfinished slots, so the batch can close and its dispatch run end,
+    and gives its account's call place back (a place is held only with no ``poll_after``):
+    the sensor's one poll a tick is not a call.
     """
     return bool(
         conn.execute(

@@ -48,6 +48,7 @@ IN_FLIGHT_RUN = sa.text("status IN ('pending', 'buffered', 'queued', 'running', 
 UNBATCHED_PENDING = sa.text("status = 'pending' AND batch_id IS NULL")
 OPEN_BATCH = sa.text("status = 'open'")
 HANDED_OFF = sa.text("poll_after IS NOT NULL")
+HOLDS_CALL_PLACE = sa.text("call_place_at IS NOT NULL AND poll_after IS NULL")
 
 execution_grants = sa.Table(
     "execution_grants",
@@ -171,6 +172,10 @@ run_ledger = sa.Table(
     # Added by 0007: set while the slot's API run, handed off by the dispatch run that fired
     # it, waits for the sensor's next poll (graph_runs/dispatch/polling.py).
     sa.Column("poll_after", UTCDateTime),
+    # Added by 0009: set while the fired slot's call holds one of its billing account's
+    # call places (graph_runs/dispatch/call_places.py), and when its first call began.
+    sa.Column("call_place_at", UTCDateTime),
+    sa.Column("called_at", UTCDateTime),
     sa.UniqueConstraint("idempotency_key", name="uq_graph_runs_idempotency_key"),
     sa.UniqueConstraint("schedule_id", "scheduled_for", name="uq_graph_runs_schedule_slot"),
     # Rows the sensor claimed but Dagster may not have made a run for yet: a handful at most.
@@ -198,6 +203,13 @@ run_ledger = sa.Table(
         "poll_after",
         sqlite_where=HANDED_OFF,
         postgresql_where=HANDED_OFF,
+    ),
+    # Counting an account's call places reads only the slots holding one.
+    sa.Index(
+        "ix_graph_runs_call_places",
+        "billing_account",
+        sqlite_where=HOLDS_CALL_PLACE,
+        postgresql_where=HOLDS_CALL_PLACE,
     ),
     # The sensor batches claimed slots by reading only these rows.
     sa.Index(

@@ -10,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from graph_runs.core.statuses import IN_FLIGHT, SUCCEEDED
+from graph_runs.dispatch import call_places
 from graph_runs.store.tables import audit_log, charge_receipts, run_ledger, schedules
 from tests.simulation.world import FaultyApi
 
@@ -121,3 +122,11 @@ def timing(
                 f"the retime ({crons[-1]!r})"
             )
     return found
+
+
+def places(conn: sa.Connection, cap: int) -> list[str]:
+    """No account holds more call places than its cap, over every run."""
+    return [
+        f"account {account} holds {n} call places, over its cap of {cap}"
+        for account, n in call_places.over_cap(conn, cap).items()
+    ]

@@ -41,6 +41,7 @@ from graph_runs.store.db import make_engine
 from graph_runs.store.tables import run_ledger, schedules
 from tests.simulation import invariants
 from tests.simulation.world import (
+    CALLS_PER_ACCOUNT,
     EPOCH,
     Dagster,
     Faults,
@@ -431,6 +432,7 @@ class Simulation:
         with self._calmly(), self.engine.connect() as conn:
             found = invariants.money(conn, self.api, final=final)
             found += invariants.counters(conn)
+            found += invariants.places(conn, CALLS_PER_ACCOUNT)
             found += invariants.timing(conn, self.api, self.cron_history)
         for line in found:
             entry = f"at {self.time.now.isoformat()}: {line}"

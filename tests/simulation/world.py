@@ -180,6 +180,10 @@ def seeded_ids(rng: random.Random) -> Callable[[], uuid.UUID]:
     return lambda: uuid.UUID(int=rng.getrandbits(128), version=4)
 
 
+# The per-account cap on calls in flight over all runs (graph_runs/dispatch/call_places.py).
+CALLS_PER_ACCOUNT = 2
+
+
 def make_caller(
     api: FaultyApi, time: VirtualTime, sleep: Callable[[float], Awaitable[None]] | None = None
 ) -> ConcurrentCaller:
@@ -188,6 +192,8 @@ def make_caller(
         "http://simulated-api",
         TOKEN,
         retry=RetryPolicy(max_attempts=6, base_seconds=0.5, max_seconds=10),
+        # Small, so that slots of one account wait for each other's call places.
+        max_per_account=CALLS_PER_ACCOUNT,
         request_timeout_seconds=10,
         poll_interval_seconds=2,
         transport=api,
