@@ -93,6 +93,7 @@ def take(
     dagster_run_id: str | None,
     cap: int,
     now: dt.datetime,
+    room: int | None = None,
 ) -> Taken:
     """Give call places to these fired slots, as far as their accounts allow.
 
@@ -100,7 +101,9 @@ def take(
     place already (a call resumed by a later attempt) keeps it; one without a billing
     account needs none. With ``dagster_run_id``, a slot that run no longer fires (another
     attempt fired it since) is ``gone``; without it, the caller is the fenced fire itself.
-    Run as the last step of its transaction.
+    ``room`` bounds the new places: how many more calls the run can make at once (a place
+    held by a call still queued in the run would be one no other run could use). Run as
+    the last step of its transaction.
     """
     rows: list[Any] = []
     for start in range(0, len(wanted), _CHUNK):
@@ -118,7 +121,7 @@ def take(
         )
     by_id = {r.id: r for r in rows}
     taken = Taken()
-    waiting: dict[str, list[str]] = {}
+    asking: list[tuple[str, str]] = []  # (ledger id, account), in the order places go
     for ledger_id in wanted:
         row = by_id.get(ledger_id)
         if (
@@ -131,16 +134,22 @@ def take(
         elif row.call_place_at is not None or not row.billing_account:
             taken.placed.add(ledger_id)
         else:
-            waiting.setdefault(row.billing_account, []).append(ledger_id)
-    if not waiting:
+            asking.append((ledger_id, row.billing_account))
+    if not asking:
         return taken
-    accounts = sorted(waiting)
+    accounts = sorted({account for _, account in asking})
     _lock_accounts(conn, accounts)
     counts = held(conn, accounts)
+    free = {account: max(cap - counts.get(account, 0), 0) for account in accounts}
+    left = len(asking) if room is None else room
     granted: list[str] = []
-    for account in accounts:
-        free = max(cap - counts.get(account, 0), 0)
-        granted.extend(waiting[account][:free])
+    for ledger_id, account in asking:
+        if left <= 0:
+            break
+        if free[account] > 0:
+            free[account] -= 1
+            left -= 1
+            granted.append(ledger_id)
     slot_status.give_call_places(conn, granted, now=now)
     taken.placed.update(granted)
     return taken

@@ -40,6 +40,7 @@ from graph_runs.core.statuses import FAILED
 from graph_runs.dispatch import batches, call_places
 from graph_runs.dispatch.firing import Firing, decide_and_fire
 from graph_runs.dispatch.ledger import record_outcome
+from graph_runs.dispatch.place_queue import PlaceQueue
 from graph_runs.execution_api.client import Outcome
 from graph_runs.execution_api.concurrent_calls import (
     HANDED_OFF,
@@ -71,7 +72,7 @@ class DispatchLimits:
     hand_off: dt.timedelta = dt.timedelta(minutes=5)
     # How often a call waiting for its account's call place asks whether one came free in
     # another run (one freed in this run is handed over when its outcome is recorded).
-    place_poll_seconds: float = 1.0
+    place_poll_seconds: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -139,13 +140,11 @@ class Dispatcher:
         self._results: asyncio.Queue[tuple[Result, Any, int] | None] = asyncio.Queue()
         self._calls: dict[str, asyncio.Task[None]] = {}
         self._lost = False
-        # Fired slots waiting for a call place: ledger id -> (billing account, wake-up), in
-        # the order they fired; and those woken to find their call is not theirs to make.
-        self._waiting: dict[str, tuple[str | None, asyncio.Event]] = {}
-        self._not_called: set[str] = set()
-        # Slots whose call ended here but whose outcome could not be written: they may still
-        # hold a place, given back by the next transaction that takes places.
-        self._unreleased: set[str] = set()
+        self._places = PlaceQueue()
+        # This run's calls that hold a place and have not ended, and the lock that keeps
+        # each transaction taking places from counting the same room as another.
+        self._in_call = 0
+        self._taking = asyncio.Lock()
         self._placer: asyncio.Task[None] | None = None
         # A batch's run calls only the slots it still fires (another attempt may have fired
         # them since); the slots of ``run_started`` are the run's alone.
@@ -188,7 +187,10 @@ class Dispatcher:
         """
         report = Report(attempt=1)
         # Their call places are taken before the first call, as a batch's are at its fire.
-        taken = await asyncio.to_thread(self._take, [f.row.id for f in rows]) if rows else None
+        taken = None
+        if rows:
+            taken = await asyncio.to_thread(self._take, [f.row.id for f in rows], (), self._room())
+            self._in_call += len(taken.placed)
         recorder = asyncio.create_task(self._recorder(report))
         async with self.caller.session(dagster_run_id=self.dagster_run_id) as session:
             for firing in rows:
@@ -251,9 +253,11 @@ class Dispatcher:
         synchronised machine is taken to be the wrong one, said in the log, and not waited for.
         """
         while True:
-            decided = await asyncio.to_thread(
-                self._decide, ledger_ids, batch_id, attempt, self.clock()
-            )
+            async with self._taking:
+                decided = await asyncio.to_thread(
+                    self._decide, ledger_ids, batch_id, attempt, self.clock(), False, self._room()
+                )
+                self._in_call += len(decided.placed)
             if not decided.early_by:
                 return decided
             if self.clock() - due >= MAX_CLOCK_SKEW:
@@ -264,9 +268,18 @@ class Dispatcher:
                     decided.early_by,
                     due.isoformat(),
                 )
-                return await asyncio.to_thread(
-                    self._decide, ledger_ids, batch_id, attempt, self.clock(), True
-                )
+                async with self._taking:
+                    decided = await asyncio.to_thread(
+                        self._decide,
+                        ledger_ids,
+                        batch_id,
+                        attempt,
+                        self.clock(),
+                        True,
+                        self._room(),
+                    )
+                    self._in_call += len(decided.placed)
+                return decided
             await self.sleep(min(decided.early_by, self.limits.heartbeat_seconds))
 
     def _decide(
@@ -276,6 +289,7 @@ class Dispatcher:
         attempt: int,
         now: dt.datetime,
         on_own_clock: bool = False,
+        room: int | None = None,
     ) -> Any:
         with self.engine.begin() as conn:
             return decide_and_fire(
@@ -287,6 +301,7 @@ class Dispatcher:
                 now=now,
                 on_own_clock=on_own_clock,
                 max_calls_per_account=self.caller.max_per_account,
+                room=room,
             )
 
     async def _wait_until(self, due: dt.datetime) -> bool:
@@ -303,26 +318,32 @@ class Dispatcher:
     ) -> None:
         row = firing.row
         if not placed:
-            self._waiting[row.id] = (row.billing_account, asyncio.Event())
+            self._places.join(row)
             if self._placer is None or self._placer.done():
                 self._placer = asyncio.create_task(self._place_waiting())
 
         async def call() -> None:
-            waiting = self._waiting.get(row.id)
-            if waiting is not None:
-                await waiting[1].wait()
-                if row.id in self._not_called:
-                    return
-            result = await session.call(
-                Call(
-                    idempotency_key=row.idempotency_key,
-                    graph_id=row.graph_id,
-                    body=firing.body,
-                    billing_account=row.billing_account,
-                    timeout_seconds=row.timeout_seconds,
-                    api_run_id=row.api_run_id,
+            if not await self._places.turn(row.id):
+                return
+            try:
+                result = await session.call(
+                    Call(
+                        idempotency_key=row.idempotency_key,
+                        graph_id=row.graph_id,
+                        body=firing.body,
+                        billing_account=row.billing_account,
+                        timeout_seconds=row.timeout_seconds,
+                        api_run_id=row.api_run_id,
+                    )
                 )
-            )
+            except BaseException:
+                self._in_call -= 1
+                raise
+            # Its place (and its room in this run) goes straight to the next slot of its
+            # account waiting here, if any: a hand-over costs no transaction.
+            account = row.billing_account
+            if not account or self._lost or not self._places.hand_over(account):
+                self._in_call -= 1
             await self._results.put((result, row, attempt))
 
         self._calls[row.id] = asyncio.create_task(call())
@@ -337,86 +358,97 @@ class Dispatcher:
         await self._results.put(None)
         await recorder
         # Fired, never called: the next attempt (or whoever settles the row) has them.
-        report.unrecorded.extend(sorted(self._not_called))
+        report.unrecorded.extend(sorted(self._places.not_called))
 
     # -- call places -----------------------------------------------------------------------
 
     async def _place_waiting(self) -> None:
         """While calls wait for a call place, ask now and then whether one came free."""
-        while self._waiting:
+        while self._places:
             await self.sleep(self.limits.place_poll_seconds)
-            if not self._waiting:
+            if not self._places:
                 return
             if self._lost:
-                # The lease moved on: the next attempt makes these calls, not this run.
-                self._placed(call_places.Taken(gone=set(self._waiting)))
+                self._places.abandon()
                 return
-            wanted, release = list(self._waiting), sorted(self._unreleased)
-            try:
-                taken = await asyncio.to_thread(self._take, wanted, release)
-            except Exception as exc:  # noqa: BLE001 - asked again at the next poll
-                logger.warning("could not take call places: %s", exc)
-                continue
-            self._unreleased.difference_update(release)
-            self._placed(taken)
+            async with self._taking:
+                wanted, release = self._places.waiting(), sorted(self._places.unreleased)
+                try:
+                    taken = await asyncio.to_thread(self._take, wanted, release, self._room())
+                except Exception as exc:  # noqa: BLE001 - asked again at the next poll
+                    logger.warning("could not take call places: %s", exc)
+                    continue
+                self._places.unreleased.difference_update(release)
+                self._in_call += self._places.wake(taken)
 
-    def _take(self, wanted: list[str], release: list[str] = []) -> call_places.Taken:  # noqa: B006 - never changed
+    def _room(self) -> int:
+        """How many more calls this run can make at once: a place is taken only for one.
+
+        A place held by a call queued behind the run's own bound would be one that no other
+        run could use (four runs of one burst went one after another).
+        """
+        return max(self.caller.max_concurrent - self._in_call, 0)
+
+    def _take(
+        self, wanted: list[str], release: Sequence[str] = (), room: int | None = None
+    ) -> call_places.Taken:
         with self.engine.begin() as conn:
             if release:
                 # Their calls ended here: a place held by one would never come free in this
                 # run, and this run's own waiting calls would wait on it for ever.
-                slot_status.give_back_call_places(conn, release, dagster_run_id=self.dagster_run_id)
-            return self._take_in(conn, wanted)
+                slot_status.give_back_call_places(
+                    conn, list(release), dagster_run_id=self.dagster_run_id
+                )
+            return self._take_in(conn, wanted, room)
 
-    def _take_in(self, conn: sa.Connection, wanted: list[str]) -> call_places.Taken:
+    def _take_in(
+        self, conn: sa.Connection, wanted: list[str], room: int | None
+    ) -> call_places.Taken:
         return call_places.take(
             conn,
             wanted,
             dagster_run_id=self.dagster_run_id if self._fenced else None,
             cap=self.caller.max_per_account,
             now=self.clock(),
+            room=room,
         )
 
-    def _placed(self, taken: call_places.Taken) -> None:
-        """Wake the calls that have a place now, and those that will not be made."""
-        self._not_called.update(taken.gone)
-        # In the order they wait (not a set's): the simulator replays each seed exactly.
-        woken = [k for k in self._waiting if k in taken.placed or k in taken.gone]
-        for ledger_id in woken:
-            self._waiting.pop(ledger_id)[1].set()
+    def _waiting_calls(self) -> list[str]:
+        """The calls waiting for a place, which the outcomes being written may let go.
 
-    def _waiting_for(self, items: list[tuple[Result, Any, int]]) -> list[str]:
-        """The waiting calls of the accounts whose places these outcomes give back."""
-        if self._lost or not self._waiting:
-            return []
-        accounts = {row.billing_account for _, row, _ in items}
-        return [k for k, (account, _) in self._waiting.items() if account in accounts]
+        Each ended call leaves room in this run, and gives its account's place back.
+        """
+        return [] if self._lost else self._places.waiting()
 
     # -- recording -------------------------------------------------------------------------
 
     async def _recorder(self, report: Report) -> None:
         """Write outcomes as calls finish, up to ``flush_size`` per transaction.
 
-        What has arrived is taken; unless that fills a transaction (or a call waits for the
-        call place one of these outcomes gives back), the recorder waits ``flush_seconds``
-        on the run's own clock for more. No wall-clock timeout: under the simulator's
-        virtual clock a seed groups its writes the same way on every replay.
+        What has arrived is taken; unless that fills a transaction, the recorder waits
+        ``flush_seconds`` on the run's own clock for more (a call waiting for a place gets
+        one of its own account's in memory as a call ends; one of another account's waits
+        for this write). No wall-clock timeout: under the simulator's virtual clock a seed
+        groups its writes the same way on every replay.
         """
         done = False
         while not done:
             first = await self._results.get()
             items: list[tuple[Result, Any, int]] = []
             done = first is None or self._queued(items, first)
-            if not done and len(items) < self.limits.flush_size and not self._waiting_for(items):
+            if not done and len(items) < self.limits.flush_size:
                 await self.sleep(self.limits.flush_seconds)
                 done = self._queued(items)
             if items:
-                wanted = self._waiting_for(items)
-                written, unrecorded, handed, taken = await asyncio.to_thread(
-                    self._write, items, wanted
-                )
-                self._placed(taken)
-                self._unreleased.update(unrecorded)
+                async with self._taking:
+                    wanted = self._waiting_calls()
+                    over, self._places.handed_over = self._places.handed_over, []
+                    written, unrecorded, handed, taken = await asyncio.to_thread(
+                        self._write, items, wanted, self._room(), over
+                    )
+                    self._in_call += self._places.wake(taken)
+                # Their calls ended: any place one still holds goes back at the next take.
+                self._places.unreleased.update(unrecorded)
                 report.recorded.extend(written)
                 report.unrecorded.extend(unrecorded)
                 report.handed_off.extend(handed)
@@ -437,27 +469,40 @@ class Dispatcher:
         return False
 
     def _write(
-        self, items: list[tuple[Result, Any, int]], wanted: list[str]
+        self,
+        items: list[tuple[Result, Any, int]],
+        wanted: list[str],
+        room: int,
+        handed_over: list[str],
     ) -> tuple[list[Recorded], list[str], list[str], call_places.Taken]:
         """Record many outcomes in one transaction; if it fails, each in its own.
 
         Returns what was recorded, what was left without an outcome, what was handed off,
         and the call places that the outcomes gave back and ``wanted`` took in the same
         transaction (one by one, none are taken: the waiting calls' next poll takes them).
+        The places ``handed_over`` in memory by the ended calls are marked with them.
         """
         # Schedule order: every writer locks schedules in one order, so two never deadlock.
         items = sorted(items, key=lambda i: (i[1].schedule_id or "", i[1].id))
         now = self.clock()
         try:
             with self.engine.begin() as conn:
+                slot_status.give_call_places(conn, handed_over, now=now)
                 done, left, gone = self._write_all(conn, items, now)
-                taken = self._take_in(conn, wanted) if wanted else call_places.Taken()
+                taken = self._take_in(conn, wanted, room) if wanted else call_places.Taken()
                 return done, left, gone, taken
         except Exception:  # noqa: BLE001 - retried row by row below, each failure logged
             logger.warning("recording %d outcomes at once failed; one by one", len(items))
         written: list[Recorded] = []
         unrecorded: list[str] = []
         handed: list[str] = []
+        try:
+            with self.engine.begin() as conn:
+                slot_status.give_call_places(conn, handed_over, now=now)
+        except Exception as exc:  # noqa: BLE001 - the outcomes are still written below
+            # Left unmarked, these calls go on uncounted while their givers' rows, whose
+            # outcomes are retried below, give their places back: at most these few over.
+            logger.error("could not mark %d handed-over call places: %s", len(handed_over), exc)
         for item in items:
             try:
                 with self.engine.begin() as conn:

@@ -150,6 +150,7 @@ def decide_and_fire(
     now: dt.datetime,
     on_own_clock: bool = False,
     max_calls_per_account: int | None = None,
+    room: int | None = None,
 ) -> Decided:
     """Decide, at ``now``, which of these slots fire; mark those ``running`` and return them.
 
@@ -159,7 +160,8 @@ def decide_and_fire(
     nothing is decided or fired, and the result says ``fenced``. Unless ``on_own_clock``,
     nothing fires before the database's clock reaches the slots' instant either: the result
     then says how early it is (``early_by``). With ``max_calls_per_account``, the slots fired
-    take their accounts' free call places, earliest due first (``placed``).
+    take their accounts' free call places, earliest due first (``placed``), at most
+    ``room`` of them (the calls the run can make at once).
     """
     if not batches.holds_lease(conn, batch_id, attempt, dagster_run_id=dagster_run_id, now=now):
         return Decided(fenced=True)
@@ -276,7 +278,7 @@ def decide_and_fire(
     else:
         # Last in the transaction: the accounts' locks wait on no one (call_places).
         decided.placed = call_places.take(
-            conn, calling, dagster_run_id=None, cap=max_calls_per_account, now=now
+            conn, calling, dagster_run_id=None, cap=max_calls_per_account, now=now, room=room
         ).placed
     return decided
 

@@ -45,6 +45,7 @@ def runs_to_reconcile(conn: sa.Connection, limit: int) -> list[Any]:
                 run_ledger.c.status,
                 run_ledger.c.dagster_run_id,
                 run_ledger.c.schedule_id,
+                run_ledger.c.started_at,
             )
             .where(
                 IN_FLIGHT_RUN,
@@ -83,12 +84,18 @@ def apply_run_statuses(
     ``dagster_status`` maps run ids to their Dagster status; a run it lacks no longer
     exists. A row that changed since it was read (a re-execution took it over, say) is left
     alone. A failure settled here counts as one, so pause-after-failures sees it too.
+
+    A row being cancelled has its Dagster run cancelled (queued) or terminated (started),
+    unless its op has started it (``started_at``): that run is making the slot's one call,
+    and terminating it would leave the API run going, unpolled and unbilled. It is left to
+    end: its outcome is recorded ``cancelled``, with what the API run cost.
     """
     done = Reconciled()
     for row in rows:
         status = dagster_status.get(row.dagster_run_id)
         if status is not None and status not in DAGSTER_ENDED:
-            if row.status == CANCELLING and status != DAGSTER_STOPPING:
+            calling = row.started_at is not None and status not in DAGSTER_NOT_STARTED
+            if row.status == CANCELLING and status != DAGSTER_STOPPING and not calling:
                 done.to_cancel.append((row.id, row.dagster_run_id, status))
             continue
         current = get_run(conn, row.id, lock=True)

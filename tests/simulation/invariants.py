@@ -9,7 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from graph_runs.core.statuses import IN_FLIGHT, SUCCEEDED
+from graph_runs.core.statuses import BUFFERED, IN_FLIGHT, SUCCEEDED
 from graph_runs.dispatch import call_places
 from graph_runs.store.tables import audit_log, charge_receipts, run_ledger, schedules
 from tests.simulation.world import FaultyApi
@@ -121,6 +121,64 @@ def timing(
                 f"slot {row.id} fired for {row.scheduled_for}, no slot of its timing since "
                 f"the retime ({crons[-1]!r})"
             )
+    return found
+
+
+class History:
+    """What the checks saw before, for invariants over time; one per simulation."""
+
+    def __init__(self) -> None:
+        # Ledger row -> (batch, most dispatch attempts seen in it).
+        self.attempts: dict[str, tuple[str | None, int]] = {}
+        # Buffered ledger row -> when a check first saw it buffered.
+        self.buffered_since: dict[str, dt.datetime] = {}
+
+
+def attempts(conn: sa.Connection, history: History) -> list[str]:
+    """A slot's dispatch attempts never go back within its batch.
+
+    Only a fire fenced on the batch's current attempt sets them: a run that woke after its
+    lease moved on and fired anyway (review defect A5) set its older attempt over a newer.
+    """
+    found = []
+    for row in _ledger(conn):
+        batch, most = history.attempts.get(row.id, (row.batch_id, 0))
+        if batch == row.batch_id and row.dispatch_attempts < most:
+            found.append(
+                f"slot {row.id} was fired by attempt {most} of batch {batch}, then by "
+                f"attempt {row.dispatch_attempts}"
+            )
+        kept = most if batch == row.batch_id else 0  # a backfill moves a slot to a new batch
+        history.attempts[row.id] = (row.batch_id, max(row.dispatch_attempts, kept))
+    return found
+
+
+def buffering(conn: sa.Connection, history: History, now: dt.datetime) -> list[str]:
+    """A buffered slot is never overtaken: no newer slot of its schedule starts while it waits.
+
+    Review defect A2: the slot claimed ahead of the next instant fired while the buffered
+    one waited behind it.
+    """
+    rows = _ledger(conn)
+    buffered = {r.id: r for r in rows if r.status == BUFFERED}
+    for gone in set(history.buffered_since) - set(buffered):
+        del history.buffered_since[gone]
+    for ledger_id in buffered:
+        history.buffered_since.setdefault(ledger_id, now)
+    found = []
+    for row in rows:
+        if row.trigger_kind != "scheduled" or row.started_at is None:
+            continue
+        for waiting in buffered.values():
+            if (
+                waiting.schedule_id == row.schedule_id
+                and waiting.scheduled_for < row.scheduled_for
+                and row.started_at > history.buffered_since[waiting.id]
+            ):
+                found.append(
+                    f"slot {row.id} ({row.scheduled_for}) started at {row.started_at}, while "
+                    f"the older slot {waiting.id} ({waiting.scheduled_for}) waited buffered"
+                )
     return found
 
 

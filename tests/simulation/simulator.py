@@ -88,6 +88,7 @@ class Simulation:
         self.cron_history: dict[str, list[tuple[dt.datetime, str]]] = {}
         self.tasks_of: dict[str, set[asyncio.Task[Any]]] = {}
         self.violations: list[str] = []
+        self.history = invariants.History()
         self.counts: dict[str, int] = {}
         self.calm = False  # during checks and the final settling: no faults of ours
         self.poller: asyncio.Task[None] | None = None
@@ -433,6 +434,8 @@ class Simulation:
             found = invariants.money(conn, self.api, final=final)
             found += invariants.counters(conn)
             found += invariants.places(conn, CALLS_PER_ACCOUNT)
+            found += invariants.attempts(conn, self.history)
+            found += invariants.buffering(conn, self.history, self.time.now)
             found += invariants.timing(conn, self.api, self.cron_history)
         for line in found:
             entry = f"at {self.time.now.isoformat()}: {line}"

@@ -30,7 +30,7 @@ from tests.graph_runs.dispatch.test_firing import CLAIMED, CREATED, INSTANT
 from tests.helpers import make_grant, make_schedule
 
 CAP = 3
-# Seconds of the API's clock each slot's graph runs: any two calls started together overlap.
+# Seconds of the API's clock each slot's graph runs.
 RUNS_FOR = 300.0
 # Long enough that neither lease nor hand-off ends a run here: the clock below moves fast.
 LIMITS = DispatchLimits(
@@ -62,19 +62,39 @@ def _claim(engine: sa.Engine, slots: dict[str, int], batch_size: int) -> list[st
     return [b.id for b in formed]
 
 
+class _Firing(Dispatcher):
+    """A dispatcher that counts the instants it has decided: the test's clock waits on them."""
+
+    decided: list[int]
+
+    def _decide(self, *args: Any, **kwargs: Any) -> Any:
+        decided = super()._decide(*args, **kwargs)
+        if not decided.early_by:
+            self.decided[0] += 1
+        return decided
+
+
 def _dispatchers(engine: sa.Engine, api: RunningApi, count: int) -> list[Dispatcher]:
+    """``count`` runs on one virtual clock; no API run ends before every run has fired.
+
+    So the first run to fire holds its accounts' places while the others fire, whatever
+    the threads' timing: which calls went at once does not depend on the machine's speed.
+    """
     current = [CLAIMED]
+    decided = [0]
 
     async def sleep(seconds: float) -> None:
         current[0] += dt.timedelta(seconds=seconds)
         await asyncio.sleep(0.001)  # lets the real HTTP and database threads answer
 
     async def poll_sleep(seconds: float) -> None:
-        api.store.clock.now += seconds  # type: ignore[attr-defined]
+        if decided[0] == count:
+            api.store.clock.now += seconds  # type: ignore[attr-defined]
         await sleep(seconds)
 
-    return [
-        Dispatcher(
+    dispatchers = []
+    for n in range(count):
+        dispatcher = _Firing(
             engine,
             ConcurrentCaller(
                 api.url,
@@ -88,8 +108,9 @@ def _dispatchers(engine: sa.Engine, api: RunningApi, count: int) -> list[Dispatc
             sleep=sleep,
             limits=LIMITS,
         )
-        for n in range(count)
-    ]
+        dispatcher.decided = decided
+        dispatchers.append(dispatcher)
+    return dispatchers
 
 
 def _most_at_once(engine: sa.Engine, api: RunningApi) -> Counter[str]:

@@ -5,11 +5,13 @@ Real SQLite and PostgreSQL databases; Dagster statuses are given as the sensor r
 
 import sqlalchemy as sa
 
-from graph_runs.dispatch import batches
+from graph_runs.dispatch import batches, ledger
 from graph_runs.dispatch.reconcile import apply_run_statuses, runs_to_reconcile
+from graph_runs.execution_api.client import Outcome
 from graph_runs.scheduling.in_flight import release_buffered
 from graph_runs.scheduling.schedules import get_schedule, pause_schedule
-from graph_runs.store.tables import dispatch_batches
+from graph_runs.store.tables import charge_receipts, dispatch_batches
+from tests.graph_runs.dispatch.test_ledger import USAGE
 from tests.helpers import at, claim_at, ledger_statuses, make_grant, make_schedule, set_run_status
 
 CREATED = at("2026-11-22T10:00:30Z")
@@ -100,3 +102,31 @@ def test_a_re_executed_slot_of_a_finished_batch_is_settled_when_its_run_ends(
         done = apply_run_statuses(conn, [row], {"re-execution": "FAILURE"}, now=NOW)
         assert done.failed == 1
         assert ledger_statuses(conn, view["id"]) == [("2026-11-22T10:01:00Z", "failed")]
+
+
+def test_a_started_run_in_its_call_is_not_terminated_and_what_it_cost_is_recorded(
+    engine: sa.Engine,
+) -> None:
+    """``pause --terminate`` of a one-slot run whose op has started its call (issue 21 A4).
+
+    The sensor terminated the run and settled the row ``cancelled``, with no API run id and
+    no receipt, while the API ran the graph and charged for it.
+    """
+    with engine.begin() as conn:
+        grant = make_grant(conn, CREATED)
+        view = make_schedule(conn, CREATED, grant, overlap="allow_all", catchup="all")
+        claim_at(conn, at("2026-11-22T10:02:05Z"))
+        set_run_status(conn, view["id"], "2026-11-22T10:01:00Z", "queued", "run-q")
+        calling = set_run_status(conn, view["id"], "2026-11-22T10:02:00Z", "queued", "run-c")
+        ledger.start_run(conn, calling, dagster_run_id="run-c", now=NOW)
+        pause_schedule(conn, view["id"], now=NOW, note=None, terminate=True)
+        done = apply_run_statuses(
+            conn, runs_to_reconcile(conn, 100), {"run-q": "QUEUED", "run-c": "STARTED"}, now=NOW
+        )
+        assert [run for _, run, _ in done.to_cancel] == ["run-q"]
+        # The op's call ends: the slot is cancelled, with its cost and its receipt.
+        outcome = Outcome(status="succeeded", api_run_id="apirun_1", usage=USAGE)
+        recorded = ledger.record_outcome(conn, calling, outcome, dagster_run_id="run-c", now=NOW)
+        assert recorded["status"] == "cancelled"
+        receipts = conn.execute(sa.select(charge_receipts.c.graph_run_id)).scalars().all()
+        assert receipts == [calling]
