@@ -14,11 +14,13 @@ first call (``called_at``, ``batches.give_up_at``): one that waited for a place 
 given up on for the wait.
 
 Places are taken in the transaction that fires the slots (no transaction of their own, the
-common case), and by the run that waits for one in the transaction that records other
-outcomes of the same account, which gives places back (a hand-over costs no transaction
-either). On PostgreSQL each account's count is taken under a transaction-scoped advisory
-lock, in one order, so two runs never both see the last free place; SQLite's writers are
-serial. The lock is the last one each transaction takes, so it waits on no one.
+common case), as many as the run has room to call at once. A call that ends hands its place
+to the next slot of its account waiting in the same run, in memory, and the transaction
+that records its outcome marks the slot it went to (``dispatch/place_queue.py``); other
+waiting slots take places in that transaction or at the run's next ask. On PostgreSQL
+each account's count is taken under a transaction-scoped advisory lock, in one order, so
+two runs never both see the last free place; SQLite's writers are serial. The lock is the
+last one each transaction takes, so it waits on no one.
 
 A slot without a billing account has no cap: it never waits for a place.
 """

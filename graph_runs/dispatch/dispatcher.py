@@ -14,9 +14,10 @@ with --terminate) is not abandoned: its API run goes on, so it is polled to its 
 recorded cancelled, with what it cost.
 
 Each call first takes one of its billing account's call places, counted in the database over
-every run (``graph_runs.dispatch.call_places``): most are taken in the fire's own transaction,
-and a call that finds its account's places full waits until an outcome recorded by this run,
-or a place given back by another, lets it go.
+every run (``graph_runs.dispatch.call_places``), and only when the run has room to make it
+now: most are taken in the fire's own transaction. A call that ends hands its place to the
+next slot of its account waiting in this run, in memory; any other waiting slot gets one at
+the run's next outcome write, or at its next ask (``DispatchLimits.place_poll_seconds``).
 
 Once every slot is fired, the run polls for ``DispatchLimits.hand_off`` more; then each
 call still polling an accepted API run stops (``handed_off``), its row keeps its API run id
@@ -70,8 +71,8 @@ class DispatchLimits:
     # How long the run polls after its last fire before it hands the API runs still going
     # to the sensor's polls and ends, giving its place in the run queue back.
     hand_off: dt.timedelta = dt.timedelta(minutes=5)
-    # How often a call waiting for its account's call place asks whether one came free in
-    # another run (one freed in this run is handed over when its outcome is recorded).
+    # How often a call waiting for a call place asks whether one came free in another run
+    # (one freed in this run is handed over as its call ends, or at the next outcome write).
     place_poll_seconds: float = 0.25
 
 
