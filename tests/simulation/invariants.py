@@ -157,7 +157,8 @@ def buffering(conn: sa.Connection, history: History, now: dt.datetime) -> list[s
     """A buffered slot is never overtaken: no newer slot of its schedule starts while it waits.
 
     Review defect A2: the slot claimed ahead of the next instant fired while the buffered
-    one waited behind it.
+    one waited behind it. ``started_at`` is the run's clock, which the simulator keeps
+    behind its own: a late clock can hide an overtaking, never invent one.
     """
     rows = _ledger(conn)
     buffered = {r.id: r for r in rows if r.status == BUFFERED}
