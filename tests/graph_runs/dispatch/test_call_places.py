@@ -171,7 +171,7 @@ def test_a_place_is_taken_only_while_the_account_has_one_free_and_given_back_on_
     # Four fired slots of one account, two runs: the first takes the cap's three, the
     # second none until one of the first's rows leaves running; a row fired since by
     # another run is not the first run's to call any more.
-    batch_ids = _claim(engine, {"alice": 4}, batch_size=10)
+    _claim(engine, {"alice": 4}, batch_size=10)
     with engine.begin() as conn:
         ids = [r.id for r in conn.execute(sa.select(run_ledger.c.id).order_by(run_ledger.c.id))]
         slot_status.fire(conn, ids[:3], dagster_run_id="run-1", attempt=1, now=INSTANT)
@@ -186,7 +186,18 @@ def test_a_place_is_taken_only_while_the_account_has_one_free_and_given_back_on_
         assert call_places.held(conn, ["alice-billing"]) == {"alice-billing": 3}
         stale = call_places.take(conn, ids[3:], dagster_run_id="run-1", cap=CAP, now=INSTANT)
         assert stale.gone == {ids[3]} and not stale.placed
-    assert batch_ids
+
+
+def test_a_run_takes_places_only_for_the_calls_it_has_room_to_make(engine: sa.Engine) -> None:
+    # Places held by calls queued behind the run's own bound were places no other run could
+    # use: the four runs of a burst went one after another.
+    _claim(engine, {"alice": 3, "bob": 3}, batch_size=10)
+    with engine.begin() as conn:
+        ids = [r.id for r in conn.execute(sa.select(run_ledger.c.id).order_by(run_ledger.c.id))]
+        slot_status.fire(conn, ids, dagster_run_id="run-1", attempt=1, now=INSTANT)
+        taken = call_places.take(conn, ids, dagster_run_id="run-1", cap=CAP, now=INSTANT, room=4)
+        assert taken.placed == set(ids[:4])  # in the order asked, whatever the account
+        assert sum(call_places.held(conn, ["alice-billing", "bob-billing"]).values()) == 4
 
 
 def test_two_transactions_never_both_take_the_last_place(engine: sa.Engine) -> None:
