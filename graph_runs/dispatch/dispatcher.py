@@ -254,11 +254,7 @@ class Dispatcher:
         synchronised machine is taken to be the wrong one, said in the log, and not waited for.
         """
         while True:
-            async with self._taking:
-                decided = await asyncio.to_thread(
-                    self._decide, ledger_ids, batch_id, attempt, self.clock(), False, self._room()
-                )
-                self._in_call += len(decided.placed)
+            decided = await self._decide_placing(ledger_ids, batch_id, attempt)
             if not decided.early_by:
                 return decided
             if self.clock() - due >= MAX_CLOCK_SKEW:
@@ -269,19 +265,25 @@ class Dispatcher:
                     decided.early_by,
                     due.isoformat(),
                 )
-                async with self._taking:
-                    decided = await asyncio.to_thread(
-                        self._decide,
-                        ledger_ids,
-                        batch_id,
-                        attempt,
-                        self.clock(),
-                        True,
-                        self._room(),
-                    )
-                    self._in_call += len(decided.placed)
-                return decided
+                return await self._decide_placing(ledger_ids, batch_id, attempt, on_own_clock=True)
             await self.sleep(min(decided.early_by, self.limits.heartbeat_seconds))
+
+    async def _decide_placing(
+        self, ledger_ids: list[str], batch_id: str, attempt: int, *, on_own_clock: bool = False
+    ) -> Any:
+        """One decision, taking places within this run's room; the calls placed are counted."""
+        async with self._taking:
+            decided = await asyncio.to_thread(
+                self._decide,
+                ledger_ids,
+                batch_id,
+                attempt,
+                self.clock(),
+                on_own_clock,
+                self._room(),
+            )
+            self._in_call += len(decided.placed)
+        return decided
 
     def _decide(
         self,

@@ -228,16 +228,28 @@ def assign_batch(conn: sa.Connection, assignments: Mapping[str, list[str]]) -> N
     batch (per thousand slots), not per slot: per-slot updates were half a 1,000-slot tick.
     """
     for batch_id, ids in assignments.items():
-        for start in range(0, len(ids), _CHUNK):
-            conn.execute(
-                run_ledger.update()
-                .where(
-                    run_ledger.c.id.in_(ids[start : start + _CHUNK]),
-                    run_ledger.c.status == PENDING,
-                    run_ledger.c.batch_id.is_(None),
-                )
-                .values(batch_id=batch_id)
-            )
+        _update_ids(
+            conn,
+            ids,
+            run_ledger.c.status == PENDING,
+            run_ledger.c.batch_id.is_(None),
+            values={"batch_id": batch_id},
+        )
+
+
+def _update_ids(
+    conn: sa.Connection,
+    ledger_ids: list[str],
+    *where: sa.ColumnElement[bool],
+    values: Mapping[str, Any],
+) -> None:
+    """Set ``values`` on these rows (those matching ``where``), a thousand ids a statement."""
+    for start in range(0, len(ledger_ids), _CHUNK):
+        conn.execute(
+            run_ledger.update()
+            .where(run_ledger.c.id.in_(ledger_ids[start : start + _CHUNK]), *where)
+            .values(**values)
+        )
 
 
 def fire(
@@ -317,16 +329,13 @@ def give_call_places(conn: sa.Connection, ledger_ids: list[str], *, now: dt.date
     leaving ``running``/``cancelling`` gives its place back, and so does one handed off
     (it keeps the column, but a place is held only with no ``poll_after``).
     """
-    for start in range(0, len(ledger_ids), _CHUNK):
-        conn.execute(
-            run_ledger.update()
-            .where(
-                run_ledger.c.id.in_(ledger_ids[start : start + _CHUNK]),
-                run_ledger.c.status.in_([RUNNING, CANCELLING]),
-                run_ledger.c.call_place_at.is_(None),
-            )
-            .values(call_place_at=now, called_at=sa.func.coalesce(run_ledger.c.called_at, now))
-        )
+    _update_ids(
+        conn,
+        ledger_ids,
+        run_ledger.c.status.in_([RUNNING, CANCELLING]),
+        run_ledger.c.call_place_at.is_(None),
+        values={"call_place_at": now, "called_at": sa.func.coalesce(run_ledger.c.called_at, now)},
+    )
 
 
 def give_back_call_places(
@@ -337,15 +346,12 @@ def give_back_call_places(
     Not a move: they stay ``running``, and the next attempt resumes them, taking a place
     again. A slot fired since by another run holds that run's place, which stays.
     """
-    for start in range(0, len(ledger_ids), _CHUNK):
-        conn.execute(
-            run_ledger.update()
-            .where(
-                run_ledger.c.id.in_(ledger_ids[start : start + _CHUNK]),
-                run_ledger.c.dagster_run_id == dagster_run_id,
-            )
-            .values(call_place_at=None)
-        )
+    _update_ids(
+        conn,
+        ledger_ids,
+        run_ledger.c.dagster_run_id == dagster_run_id,
+        values={"call_place_at": None},
+    )
 
 
 def hand_off(

@@ -38,8 +38,18 @@ LIMITS = DispatchLimits(
 )
 
 
-def _claim(engine: sa.Engine, slots: dict[str, int], batch_size: int) -> list[str]:
-    """``slots[owner]`` slots of the sleep graph due at 10:01, in batches of ``batch_size``."""
+def _claim(
+    engine: sa.Engine,
+    slots: dict[str, int],
+    batch_size: int,
+    *,
+    runs_for: float = RUNS_FOR,
+    **fields: Any,
+) -> list[str]:
+    """``slots[owner]`` slots of the sleep graph due at 10:01, in batches of ``batch_size``.
+
+    Each graph runs ``runs_for`` seconds of the API's clock; ``fields`` go to each schedule.
+    """
     with engine.begin() as conn:
         for owner, n in slots.items():
             grant = make_grant(conn, CREATED, owner=owner, scopes=["graph:execute:sleep"])
@@ -49,8 +59,9 @@ def _claim(engine: sa.Engine, slots: dict[str, int], batch_size: int) -> list[st
                     CREATED,
                     grant,
                     graph_id="sleep",
-                    input={"seconds": RUNS_FOR, "n": i},
+                    input={"seconds": runs_for, "n": i},
                     jitter_seconds=0,
+                    **fields,
                 )
         claim_due_slots(
             conn,
@@ -255,25 +266,7 @@ def test_a_call_that_ends_without_an_outcome_gives_its_place_to_the_next(
     while the run waited for one for its next slot: the run renewed its lease for ever and
     fired nothing more.
     """
-    with engine.begin() as conn:
-        grant = make_grant(conn, CREATED, scopes=["graph:execute:sleep"])
-        for i in range(2):
-            make_schedule(
-                conn,
-                CREATED,
-                grant,
-                graph_id="sleep",
-                input={"seconds": 1000, "n": i},
-                jitter_seconds=0,
-                timeout_seconds=60,
-            )
-        claim_due_slots(
-            conn,
-            now=CLAIMED,
-            schedule_limits=ScheduleLimits(),
-            tick_limits=TickLimits(lookahead=dt.timedelta(seconds=50)),
-        )
-        (batch,) = batches.form_batches(conn, now=CLAIMED, horizon=INSTANT, batch_size=10)
+    (batch_id,) = _claim(engine, {"alice": 2}, batch_size=10, runs_for=1000, timeout_seconds=60)
     current = [CLAIMED]
     seconds = [0.0]
 
@@ -301,7 +294,7 @@ def test_a_call_that_ends_without_an_outcome_gives_its_place_to_the_next(
         sleep=sleep,
         limits=LIMITS,
     )
-    report = asyncio.run(asyncio.wait_for(dispatcher.run_batch(batch.id, 1), timeout=60))
+    report = asyncio.run(asyncio.wait_for(dispatcher.run_batch(batch_id, 1), timeout=60))
     assert report.fired == 2 and len(report.unrecorded) == 2
     assert execution_api.store.executions == 2  # the second slot got the first's place
     with engine.connect() as conn:
