@@ -114,13 +114,12 @@ def _single_firing(
         row = start_single(context, config, database, grants, clock, limits)
     except (Conflict, NotFound, InvalidInput) as exc:
         raise dg.Failure(description=str(exc)) from None
-    return _checked(context, database, grants, clock, row)
+    return _checked(context, database, clock, row)
 
 
 def _refirings(
     context: dg.OpExecutionContext,
     database: DatabaseResource,
-    grants: GrantsResource,
     clock: ClockResource,
     batch_id: str,
 ) -> list[Firing]:
@@ -134,7 +133,7 @@ def _refirings(
     firings: list[Firing] = []
     for row in rows:
         try:
-            firings.extend(_checked(context, database, grants, clock, row))
+            firings.extend(_checked(context, database, clock, row))
         except dg.Failure as failure:
             context.log.error(failure.description or "grant check failed")
     return firings
@@ -143,12 +142,11 @@ def _refirings(
 def _checked(
     context: dg.OpExecutionContext,
     database: DatabaseResource,
-    grants: GrantsResource,
     clock: ClockResource,
     row: Any,
 ) -> list[Firing]:
     """The slot, started in this run, if its grant allows it; recorded failed otherwise."""
-    body = checked_body(context, database, grants, clock, row)
+    body = checked_body(context, database, clock, row)
     return [] if body is None else [Firing(row, body)]
 
 
@@ -187,7 +185,7 @@ def dispatch_slots(
         attempt = int(context.run.tags.get(BATCH_ATTEMPT_TAG, "1"))
         report = asyncio.run(dispatcher.run_batch(batch_id, attempt))
         if report.replaced and context.run.tags.get(PARENT_RUN_ID_TAG):
-            firings = _refirings(context, database, grants, clock, batch_id)
+            firings = _refirings(context, database, clock, batch_id)
             report = asyncio.run(dispatcher.run_started(firings)) if firings else report
         elif report.replaced:
             context.log.warning(

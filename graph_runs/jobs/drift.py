@@ -6,6 +6,7 @@ run statuses, graph-runs' recent runs), repairs the partitions, and runs it all 
 """
 
 import datetime as dt
+import functools
 from typing import Any
 
 import dagster as dg
@@ -14,12 +15,10 @@ import sqlalchemy as sa
 from graph_runs.core.schedule_spec import ScheduleLimits
 from graph_runs.dispatch.batches import BATCH_ID_TAG
 from graph_runs.dispatch.ledger import LEDGER_ID_TAG
-from graph_runs.dispatch.reconcile import runs_to_reconcile
 from graph_runs.jobs.partitions import SCHEDULE_PARTITIONS_NAME
 from graph_runs.jobs.run_lookup import run_statuses
 from graph_runs.operations import drift, drift_repair
 from graph_runs.resources import ClockResource, DatabaseResource, ScheduleLimitsResource
-from graph_runs.store.db import reading
 
 OUR_JOBS = ("graph_run_job", "dispatch_batch_job", "graph_run_adhoc_job")
 # Runs looked at for `run_without_row`: those updated within this window.
@@ -69,21 +68,14 @@ def reconcile(
 ) -> list[drift.Finding]:
     """Find drift, and with ``fix`` repair what is safe; Dagster's side if ``instance``.
 
-    Dagster is read first, then the database in one reading transaction (on SQLite it
-    holds no write lock), then each repair writes in a short transaction of its own.
+    The database's side is ``drift_repair.find_and_repair``'s; the partitions, which live
+    in the instance, are repaired here, and only when the instance is trusted.
     """
-    facts = None
-    if instance is not None:
-        with reading(engine) as conn:
-            in_flight = [r.dagster_run_id for r in runs_to_reconcile(conn, drift.MAX_ROWS)]
-            recent = drift.recent_run_ids(conn)
-        facts = dagster_facts(instance, now, in_flight, recent)
-    with reading(engine) as conn:
-        findings = drift.find_drift(conn, now=now, limits=limits, dagster=facts)
-    if not fix:
-        return findings
-    drift_repair.repair(engine, findings, now=now, limits=limits, dagster=facts)
-    if instance is None or facts is None or not facts.trusted:
+    facts_of = None if instance is None else functools.partial(dagster_facts, instance, now)
+    findings, facts = drift_repair.find_and_repair(
+        engine, facts_of, now=now, limits=limits, fix=fix
+    )
+    if not fix or instance is None or facts is None or not facts.trusted:
         return findings
     for finding in findings:
         if finding.kind == "partition_missing":

@@ -15,9 +15,9 @@ import dagster as dg
 from graph_runs.access.grants import GrantDenied
 from graph_runs.core.errors import Conflict, InvalidInput, NotFound
 from graph_runs.core.schedule_spec import ScheduleLimits, validate_run_request
-from graph_runs.core.statuses import NEVER_RAN
 from graph_runs.dispatch import ledger
 from graph_runs.dispatch.batches import DEFAULT_RUN_TIMEOUT, GIVE_UP_MARGIN
+from graph_runs.dispatch.started import check_started
 from graph_runs.execution_api.client import ExecutionApiError, Outcome
 from graph_runs.resources import (
     ClockResource,
@@ -192,38 +192,31 @@ def _start_single(
 def checked_body(
     context: dg.OpExecutionContext,
     database: DatabaseResource,
-    grants: GrantsResource,
     clock: ClockResource,
     row: Any,
 ) -> dict[str, Any] | None:
     """The request body of a row started in this run, if it is to call the API at all.
 
     None for a slot cancelled before its run started; a grant that does not allow the run
-    is recorded as the row's failed outcome, and fails the run naming its code.
+    is recorded as the row's failed outcome (``dispatch.started``), and fails the run
+    naming its code.
     """
     ticket = ledger.Ticket.from_row(row)
-    if row.status in NEVER_RAN:
+    with database.transaction() as conn:
+        checked = check_started(conn, row, dagster_run_id=context.run_id, now=clock.now())
+    if checked is None:
         context.log.warning(
             f"{ticket.label} not calling the execution API: the slot is {row.status} "
             f"({row.error_code}: {row.error_message})"
         )
         return None
-    try:
-        grant = grants.check(row.grant_id, row.graph_id, clock.now(), owner=row.owner)
-    except GrantDenied as denied:
-        context.log.error(f"{ticket.label} grant check failed: {denied.code}: {denied.message}")
-        outcome = Outcome(
-            status=ledger.FAILED, error_code=denied.code, error_message=denied.message
-        )
-        with database.transaction() as conn:
-            ledger.record_outcome(
-                conn, row.id, outcome, dagster_run_id=context.run_id, now=clock.now()
-            )
+    if isinstance(checked, GrantDenied):
+        context.log.error(f"{ticket.label} grant check failed: {checked.code}: {checked.message}")
         raise dg.Failure(
-            description=f"{ticket.label} {denied.code}: {denied.message}",
-            metadata={"error_code": denied.code, "ledger_id": row.id},
-        ) from None
-    return ledger.request_body(row, grant.connection_ids)
+            description=f"{ticket.label} {checked.code}: {checked.message}",
+            metadata={"error_code": checked.code, "ledger_id": row.id},
+        )
+    return checked
 
 
 @dg.op(
@@ -249,7 +242,7 @@ def check_grant(
     except (Conflict, NotFound, InvalidInput) as exc:
         raise dg.Failure(description=str(exc)) from None
     ticket = ledger.Ticket.from_row(row)
-    body = checked_body(context, database, grants, clock, row)
+    body = checked_body(context, database, clock, row)
     if body is None:
         return
     context.log.info(

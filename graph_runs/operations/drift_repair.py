@@ -11,6 +11,7 @@ audit entry is written only for a row that changed, with its values before and a
 """
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,10 +20,12 @@ from graph_runs.core.cron import format_utc, format_utc_or_none
 from graph_runs.core.errors import InvalidInput
 from graph_runs.core.schedule_spec import ScheduleLimits, cursor_of, spec_from_row
 from graph_runs.core.statuses import CANCELLING, QUEUED, RUNNING
-from graph_runs.dispatch.reconcile import apply_run_statuses
+from graph_runs.dispatch.reconcile import apply_run_statuses, runs_to_reconcile
+from graph_runs.operations import drift
 from graph_runs.operations.drift import DagsterFacts, Finding
 from graph_runs.scheduling.revocation import GRANT_PAUSER
 from graph_runs.scheduling.schedules import next_due, pause_schedule
+from graph_runs.store.db import reading
 from graph_runs.store.tables import ACTIVE_SCHEDULE, audit, execution_grants, run_ledger, schedules
 
 ACTOR = "graph-runs reconcile"
@@ -161,6 +164,34 @@ def repair(
                         _settle_ended(conn, finding, entity, now, dagster)
                 elif finding.kind == "schedule_on_dead_grant":
                     _pause_on_dead_grant(conn, finding, entity, now)
+
+
+def find_and_repair(
+    engine: sa.Engine,
+    facts_of: Callable[[list[str], list[str]], DagsterFacts] | None,
+    *,
+    now: dt.datetime,
+    limits: ScheduleLimits,
+    fix: bool,
+) -> tuple[list[Finding], DagsterFacts | None]:
+    """Find drift, and with ``fix`` repair the database's side; the findings and the facts.
+
+    ``facts_of(in_flight, recent)`` reads Dagster's side (None: the database's alone). It
+    is called first, with no transaction open; then the database is read in one reading
+    transaction (on SQLite it holds no write lock), then each repair writes in a short
+    transaction of its own.
+    """
+    facts = None
+    if facts_of is not None:
+        with reading(engine) as conn:
+            in_flight = [r.dagster_run_id for r in runs_to_reconcile(conn, drift.MAX_ROWS)]
+            recent = drift.recent_run_ids(conn)
+        facts = facts_of(in_flight, recent)
+    with reading(engine) as conn:
+        findings = drift.find_drift(conn, now=now, limits=limits, dagster=facts)
+    if fix:
+        repair(engine, findings, now=now, limits=limits, dagster=facts)
+    return findings, facts
 
 
 def record_partition_repairs(
