@@ -8,6 +8,7 @@ skipped when its account is at its budget, cancelled when its schedule stops.
 import datetime as dt
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -211,6 +212,44 @@ def close_unlaunchable(conn: sa.Connection, approval_ids: list[str], now: dt.dat
             .where(approvals.c.id.in_(approval_ids), APPROVED_APPROVAL)
             .values(status=CANCELLED, launched_at=now)
         )
+
+
+@dataclass
+class Launches:
+    """What one look at the approved approvals decided: runs to ask for, and the rest."""
+
+    to_request: list[tuple[Any, Any]] = field(default_factory=list)  # (approval, ledger row)
+    launched: int = 0  # found with a run already: marked launched
+    closed: int = 0  # their slot was settled meanwhile (a paused schedule)
+    over_budget: list[str] = field(default_factory=list)  # recorded skipped_budget
+
+
+def plan_launches(
+    conn: sa.Connection,
+    candidates: list[tuple[Any, Any]],
+    found: dict[str, str],
+    now: dt.datetime,
+) -> Launches:
+    """Given ``to_launch``'s candidates and the runs Dagster has for them, decide each.
+
+    ``found`` maps ledger ids to the run the sensor already asked for (tagged with the
+    approval). Run in one transaction; the caller asks Dagster for ``to_request``'s runs,
+    with the approval id as run key, so that asking twice still makes one run.
+    """
+    launched = {a.id: (row.id, found[row.id]) for a, row in candidates if row.id in found}
+    closed = [
+        a.id for a, row in candidates if row.id not in found and row.status != AWAITING_APPROVAL
+    ]
+    mark_launched(conn, launched, now)
+    close_unlaunchable(conn, closed, now)
+    over_budget = skip_over_budget(conn, [(a, r) for a, r in candidates if r.id not in found], now)
+    skipped = set(over_budget)
+    to_request = [
+        (a, row)
+        for a, row in candidates
+        if row.id not in found and row.status == AWAITING_APPROVAL and a.id not in skipped
+    ]
+    return Launches(to_request, len(launched), len(closed), sorted(over_budget))
 
 
 def cancel_awaiting(

@@ -53,7 +53,7 @@ def dagster_facts(
         partitions=frozenset(instance.get_dynamic_partitions(SCHEDULE_PARTITIONS_NAME)),
         statuses=statuses,
         looked_up=frozenset(run_ids),
-        trusted=not recent or any(run_id in statuses for run_id in recent),
+        trusted=drift.knows_recent(statuses, recent),
         runs=runs,
     )
 

@@ -205,6 +205,15 @@ class DagsterFacts:
         return run_id in self.looked_up and (status is None or status in DAGSTER_ENDED)
 
 
+def knows_recent(statuses: Mapping[str, str], recent: Sequence[str]) -> bool:
+    """Whether an instance with these run statuses is the one the daemon writes to.
+
+    An empty instance (a ``DAGSTER_HOME`` without its ``dagster.yaml``) knows none of the
+    ledger's newest runs, and must not be taken to say they are gone.
+    """
+    return not recent or any(run_id in statuses for run_id in recent)
+
+
 def recent_run_ids(conn: sa.Connection) -> list[str]:
     """The Dagster runs of the ledger's newest rows: any instance the daemon uses has them."""
     return list(

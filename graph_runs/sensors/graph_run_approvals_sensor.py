@@ -21,7 +21,6 @@ import dagster as dg
 
 from graph_runs.approvals import gate as approval_gate
 from graph_runs.core.cron import format_utc
-from graph_runs.core.statuses import AWAITING_APPROVAL
 from graph_runs.dispatch import ledger
 from graph_runs.jobs import SCHEDULE_PARTITIONS_NAME, graph_run_job
 from graph_runs.jobs.run_lookup import existing_runs_tagged
@@ -57,29 +56,12 @@ def _launches(
         context.instance, APPROVAL_ID_TAG, [approval.id for approval, _ in candidates]
     )
     found = {row.id: by_approval[a.id] for a, row in candidates if a.id in by_approval}
-    launched = {
-        approval.id: (row.id, found[row.id]) for approval, row in candidates if row.id in found
-    }
-    # A slot settled while its approval waited for launch (its schedule was paused) stays so.
-    closed = [
-        approval.id
-        for approval, row in candidates
-        if row.id not in found and row.status != AWAITING_APPROVAL
-    ]
     with database.transaction() as conn:
-        approval_gate.mark_launched(conn, launched, now)
-        approval_gate.close_unlaunchable(conn, closed, now)
-        over_budget = set(
-            approval_gate.skip_over_budget(
-                conn, [(a, row) for a, row in candidates if row.id not in found], now
-            )
-        )
-    for approval_id in sorted(over_budget):
+        plan = approval_gate.plan_launches(conn, candidates, found, now)
+    for approval_id in plan.over_budget:
         context.log.warning(f"[approval={approval_id}] not launched: its account is at its budget")
     requests = []
-    for approval, row in candidates:
-        if row.id in found or row.status != AWAITING_APPROVAL or approval.id in over_budget:
-            continue
+    for approval, row in plan.to_request:
         label = (
             f"[schedule={row.schedule_id} owner={row.owner} slot={format_utc(row.scheduled_for)} "
             f"approval={approval.id}]"
@@ -95,7 +77,7 @@ def _launches(
                 tags=approval_tags(approval, row),
             )
         )
-    return requests, len(launched), len(closed)
+    return requests, plan.launched, plan.closed
 
 
 def graph_run_approvals_tick(
