@@ -171,9 +171,15 @@ def _move_rows(
     """Move the rows matching ``where`` whose status is one of ``sources`` to ``target``."""
     for source in sources:
         check(source, target, by)
+    # An executemany (``params``) cannot expand an IN list: each source is its own equality.
+    status = (
+        sa.or_(*(run_ledger.c.status == source for source in sorted(sources)))
+        if params
+        else run_ledger.c.status.in_(sorted(sources))
+    )
     statement = (
         run_ledger.update()
-        .where(run_ledger.c.status.in_(sorted(sources)), *where)
+        .where(status, *where)
         .values(status=target, **_placed(target), **(values or {}))
     )
     return conn.execute(statement, params or None).rowcount

@@ -19,7 +19,14 @@ from graph_runs.scheduling.schedules import pause_schedule
 from graph_runs.sensors.graph_run_approvals_sensor import APPROVAL_ID_TAG, APPROVED_BY_TAG
 from graph_runs.store.tables import charge_receipts, run_ledger
 from tests.conftest import RunningApi
-from tests.dagster_helpers import apply_partitions, approvals_tick, launch, make_resources, tick
+from tests.dagster_helpers import (
+    apply_partitions,
+    approvals_tick,
+    daemon_run,
+    launch,
+    make_resources,
+    tick,
+)
 from tests.helpers import at, make_grant, make_schedule
 
 CREATED = at("2026-11-22T10:00:30Z")
@@ -101,6 +108,37 @@ def test_approved_slot_launches_once_with_approved_by_and_bills_once(
         launched = approvals.get_approval(conn, approval["id"])
     assert (launched["dagster_run_id"], launched["run_status"]) == (run.run_id, "succeeded")
     assert isinstance(approvals_tick(instance, resources), dg.SkipReason)
+
+
+def test_two_approved_slots_whose_runs_exist_are_marked_launched_in_one_tick(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance
+) -> None:
+    # Found by the fault simulator: marking two launches at once (an executemany over an
+    # IN list) raised, so the sensor's every tick crashed on the same two approvals.
+    with engine.begin() as conn:
+        grant = make_grant(conn, CREATED)
+        for _ in range(2):
+            make_schedule(
+                conn, CREATED, grant, requires_approval=True,
+                run_at=at("2026-11-22T10:01:00Z"), cron=None,
+            )  # fmt: skip
+    apply_partitions(instance, tick(instance, make_resources(database_url, None, DUE), None))
+    with engine.connect() as conn:
+        pending = approvals.list_approvals(conn)
+    assert len(pending) == 2
+    for approval in pending:
+        decide(engine, approval["id"], "approve")
+    resources = make_resources(database_url, None, DUE)
+    result = approvals_tick(instance, resources)
+    assert isinstance(result, dg.SensorResult)
+    runs = {r.run_key: daemon_run(instance, r).run_id for r in result.run_requests or []}
+    assert len(runs) == 2
+
+    after = approvals_tick(instance, resources)
+    assert isinstance(after, dg.SkipReason) and "2 already launched" in (after.skip_message or "")
+    with engine.connect() as conn:
+        rows = {r.dagster_run_id: r.status for r in conn.execute(sa.select(run_ledger))}
+    assert rows == {run_id: "queued" for run_id in runs.values()}
 
 
 def test_rejected_slot_never_calls_the_api(
