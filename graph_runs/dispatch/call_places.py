@@ -10,7 +10,7 @@ every such move), is handed off to the sensor's polls (``poll_after``), or its c
 without an outcome (its next attempt takes a place again). A place is a property of the
 row, so none leaks with a run: the row of a dead run keeps its place until the run's next
 attempt resumes the call under it, or the slot is settled. A slot's timeout runs from its
-first call (``called_at``, ``batches.give_up_at``): one that waited for a place is not
+first call (``called_at``, ``api_runs.give_up_at``): one that waited for a place is not
 given up on for the wait.
 
 Places are taken in the transaction that fires the slots (no transaction of their own, the

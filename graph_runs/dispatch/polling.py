@@ -11,27 +11,31 @@ in the run queue, for up to the slot's timeout. Each tick the sensor polls at mo
   receipt, counters; ``cancelled`` with its usage if the slot was being cancelled);
 - one still going (or a poll that failed) is polled again later, less often the longer it
   has run, from ``MIN_INTERVAL`` to ``MAX_INTERVAL``;
-- one past its timeout and ``batches.GIVE_UP_MARGIN`` since it was fired is given up on:
+- one past its timeout and ``api_runs.GIVE_UP_MARGIN`` since it was fired is given up on:
   ``failed``, ``dispatch_lost``, its API run id kept (``reconcile`` lists such rows as
   ``api_run_unsettled``).
 
-Resumable by API run id alone: a poll needs nothing of the run that fired the slot.
+Resumable by API run id alone: a poll needs nothing of the run that fired the slot. A slot
+whose run died before the API's answer came back (``reconcile`` hands such slots here) is
+resumed under its idempotency key instead: submitted again with the body it was fired
+with, the API answers with the run it has, and from then on it is polled by that id.
 """
 
 import asyncio
 import datetime as dt
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import sqlalchemy as sa
 
 from graph_runs.core.statuses import CANCELLING, RUNNING
-from graph_runs.dispatch.batches import GIVE_UP_MARGIN, api_may_still_run, give_up_at, lost_outcome
-from graph_runs.dispatch.ledger import record_outcome
+from graph_runs.dispatch.api_runs import GIVE_UP_MARGIN, api_may_still_run, give_up_at
+from graph_runs.dispatch.batches import lost_outcome
+from graph_runs.dispatch.ledger import record_outcome, request_body
 from graph_runs.execution_api.concurrent_calls import Call, ConcurrentCaller, Result
 from graph_runs.store import slot_status
-from graph_runs.store.tables import run_ledger
+from graph_runs.store.tables import execution_grants, run_ledger
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +87,11 @@ def _record_one(conn: sa.Connection, row: Any, result: Result, now: dt.datetime)
     if result.outcome is not None:
         record_outcome(conn, row.id, result.outcome, dagster_run_id=row.dagster_run_id, now=now)
         return "ended"
-    if api_may_still_run(row, now):
+    learned = result.error.api_run_id if result.error is not None else None
+    if learned and row.api_run_id is None:
+        slot_status.keep_api_run(conn, row.id, learned)
+    # Not only accepted runs: one whose id is not known yet is resumed under its key.
+    if api_may_still_run(row, now, accepted=False):
         slot_status.next_poll(conn, row.id, next_poll_at(row, now))
         return "still_going"
     given_up = (
@@ -92,8 +100,31 @@ def _record_one(conn: sa.Connection, row: Any, result: Result, now: dt.datetime)
         "look it up at the API"
     )
     outcome = lost_outcome(row, failed_message=given_up, cancelled_message=given_up)
+    outcome = replace(outcome, api_run_id=outcome.api_run_id or learned)
     record_outcome(conn, row.id, outcome, dagster_run_id=row.dagster_run_id, now=now)
     return "given_up"
+
+
+def _bodies(conn: sa.Connection, rows: list[Any]) -> dict[str, dict[str, Any]]:
+    """The request bodies of slots to resume under their key: the body they were fired with.
+
+    A grant's connections never change (a grant is only ever revoked), so the body is the
+    first one again, and the API takes it for the same request.
+    """
+    grant_ids = sorted({row.grant_id for row in rows})
+    connections = (
+        {
+            grant.id: list(grant.connection_ids)
+            for grant in conn.execute(
+                sa.select(execution_grants.c.id, execution_grants.c.connection_ids).where(
+                    execution_grants.c.id.in_(grant_ids)
+                )
+            )
+        }
+        if grant_ids
+        else {}
+    )
+    return {row.id: request_body(row, connections.get(row.grant_id, [])) for row in rows}
 
 
 def record(engine: sa.Engine, rows: list[Any], results: list[Result], now: dt.datetime) -> Polled:
@@ -122,13 +153,14 @@ async def poll_handed_off(
     """Poll every handed-off slot that is due, once; record what ended."""
     with engine.connect() as conn:
         rows = due(conn, now, limit)
+        bodies = _bodies(conn, [row for row in rows if row.api_run_id is None])
     if not rows:
         return Polled()
     calls = [
         Call(
             idempotency_key=row.idempotency_key,
             graph_id=row.graph_id,
-            body={},
+            body=bodies.get(row.id, {}),
             billing_account=row.billing_account,
             api_run_id=row.api_run_id,
         )

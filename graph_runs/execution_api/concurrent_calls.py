@@ -96,11 +96,14 @@ class ConcurrentCaller:
                 yield await finished
 
     async def poll_once(self, calls: Sequence[Call], *, dagster_run_id: str) -> list[Result]:
-        """One poll of each call's accepted API run, concurrently; in the order of ``calls``.
+        """One poll of each call's API run, concurrently; in the order of ``calls``.
 
         A run the API says ended gets its outcome; any other answer (still going, a 5xx, a
         timeout, off the contract) gets neither outcome nor error: poll it again later.
         No retries here: the next poll is the retry, so a slow API costs one request each.
+        A call whose API run id is not known (its run died before the answer came back) is
+        submitted again under its key and body instead: the API answers with the run it
+        has, whose id comes back as the error ``handed_off``, or its outcome if it ended.
         """
         limits = httpx.Limits(
             max_connections=self.max_concurrent, max_keepalive_connections=self.max_concurrent
@@ -111,12 +114,24 @@ class ConcurrentCaller:
         ) as http:
 
             async def poll(call: Call) -> Result:
-                assert call.api_run_id is not None, "only an accepted run is polled"
                 headers = request_headers(self.token, call.idempotency_key, dagster_run_id)
-                url = run_url(runs_url(self.base_url, call.graph_id), call.api_run_id)
+                url = runs_url(self.base_url, call.graph_id)
                 async with bound:
                     try:
-                        response = await http.get(url, headers={**headers, "X-Attempt": "1"})
+                        if call.api_run_id is None:
+                            response = await http.post(
+                                url,
+                                headers={**headers, "X-Attempt": "1"},
+                                content=request_content(call.body),
+                            )
+                            if response.status_code == 202:
+                                run_id = contract.accepted(response.text).run_id
+                                return Result(call, error=handed_off(run_id, 1))
+                        else:
+                            response = await http.get(
+                                run_url(url, call.api_run_id),
+                                headers={**headers, "X-Attempt": "1"},
+                            )
                         if response.status_code == 200 and is_terminal(response.text):
                             outcome = Outcome.from_terminal(contract.terminal(response.text), 1)
                             return Result(call, outcome=redact_outcome(outcome, self.token))

@@ -16,7 +16,7 @@ from graph_runs.access.grants import GrantDenied
 from graph_runs.core.errors import Conflict, InvalidInput, NotFound
 from graph_runs.core.schedule_spec import ScheduleLimits, validate_run_request
 from graph_runs.dispatch import ledger
-from graph_runs.dispatch.batches import DEFAULT_RUN_TIMEOUT, GIVE_UP_MARGIN
+from graph_runs.dispatch.api_runs import DEFAULT_RUN_TIMEOUT, GIVE_UP_MARGIN
 from graph_runs.dispatch.started import check_started
 from graph_runs.execution_api.client import ExecutionApiError, Outcome
 from graph_runs.resources import (

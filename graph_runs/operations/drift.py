@@ -52,7 +52,7 @@ import sqlalchemy as sa
 
 from graph_runs.core.errors import InvalidInput
 from graph_runs.core.schedule_spec import ScheduleLimits, spec_from_row
-from graph_runs.dispatch.batches import give_up_at
+from graph_runs.dispatch.api_runs import give_up_at
 from graph_runs.dispatch.reconcile import DAGSTER_ENDED, runs_to_reconcile
 from graph_runs.store.tables import (
     ACTIVE_SCHEDULE,

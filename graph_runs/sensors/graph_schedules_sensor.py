@@ -138,6 +138,11 @@ def _reconcile(
     statuses = run_statuses(context.instance, sorted({row.dagster_run_id for row in rows}))
     with database.transaction() as conn:
         done = apply_run_statuses(conn, rows, statuses, now=now)
+    if done.handed_off:
+        context.log.warning(
+            f"{done.handed_off} slot(s) whose run ended in the middle of its call: the API "
+            "may have their runs, so they are polled to their end (step 4), not settled"
+        )
     cancelled = done.cancelled
     for ledger_id, run_id, status in done.to_cancel:
         try:

@@ -361,20 +361,22 @@ def give_back_call_places(
 
 
 def hand_off(
-    conn: sa.Connection, ledger_id: str, api_run_id: str, *, poll_after: dt.datetime
+    conn: sa.Connection, ledger_id: str, api_run_id: str | None, *, poll_after: dt.datetime
 ) -> bool:
     """Hand a fired slot's API run, still going, to the sensor's polls: not a status move.
 
     The row stays ``running`` (or ``cancelling``): its API run is, and overlap must see it.
     It leaves its batch's unfinished slots, so the batch can close and its dispatch run end,
     and gives its account's call place back (a place is held only with no ``poll_after``):
-    the sensor's one poll a tick is not a call.
+    the sensor's one poll a tick is not a call. Without ``api_run_id`` (a run that died
+    before the API's answer came back), the polls learn it by submitting under the key.
     """
+    known = {"api_run_id": api_run_id} if api_run_id else {}
     return bool(
         conn.execute(
             run_ledger.update()
             .where(run_ledger.c.id == ledger_id, run_ledger.c.status.in_([RUNNING, CANCELLING]))
-            .values(api_run_id=api_run_id, poll_after=poll_after)
+            .values(poll_after=poll_after, **known)
         ).rowcount
     )
 

@@ -9,8 +9,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from graph_runs.core.statuses import BUFFERED, IN_FLIGHT, SUCCEEDED
+from graph_runs.approvals.decisions import APPROVED
+from graph_runs.core.statuses import AWAITING_APPROVAL, BUFFERED, IN_FLIGHT, SUCCEEDED
 from graph_runs.dispatch import call_places
+from graph_runs.store.tables import approvals as approvals_table
 from graph_runs.store.tables import audit_log, charge_receipts, run_ledger, schedules
 from tests.simulation.world import FaultyApi
 
@@ -189,3 +191,39 @@ def places(conn: sa.Connection, cap: int) -> list[str]:
         f"account {account} holds {n} call places, over its cap of {cap}"
         for account, n in call_places.over_cap(conn, cap).items()
     ]
+
+
+def approvals(conn: sa.Connection, api: FaultyApi, *, final: bool) -> list[str]:
+    """A gated slot reaches the API only once approved, and never before its decision.
+
+    A rejection, an expiry under on-timeout skip, or a pause that cancelled the approval
+    means the API never sees the slot's key. With ``final``, no slot waits for approval:
+    the end's pause cancelled every one still waiting.
+    """
+    # A backfill over a gated slot that never ran runs it as the person's explicit request,
+    # not gated (docs/approvals.md): the row's trigger kind says which it was.
+    query = sa.select(run_ledger.c.id, run_ledger.c.idempotency_key).where(
+        run_ledger.c.trigger_kind == "scheduled"
+    )
+    keys = {row.id: row.idempotency_key for row in conn.execute(query)}
+    found = []
+    for approval in conn.execute(sa.select(approvals_table)):
+        first = api.first_seen.get(keys.get(approval.graph_run_id, ""))
+        if first is None:
+            continue
+        if approval.status != APPROVED:
+            found.append(
+                f"slot {approval.graph_run_id} reached the API at {first}, but its approval "
+                f"{approval.id} is {approval.status}"
+            )
+        elif approval.decided_at is not None and first < approval.decided_at:
+            found.append(
+                f"slot {approval.graph_run_id} reached the API at {first}, before its "
+                f"approval {approval.id} was decided at {approval.decided_at}"
+            )
+    if final:
+        waiting = conn.execute(
+            sa.select(run_ledger.c.id).where(run_ledger.c.status == AWAITING_APPROVAL)
+        ).scalars()
+        found += [f"slot {i} still awaits approval after the end's pause" for i in waiting]
+    return found

@@ -19,14 +19,20 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from graph_runs.access.grants import Grant, create_grant
+from graph_runs.access.grants import Grant, GrantDenied, create_grant
+from graph_runs.approvals import decisions
+from graph_runs.approvals import gate as approval_gate
 from graph_runs.core.errors import GraphRunsError
 from graph_runs.core.schedule_spec import ScheduleLimits
-from graph_runs.core.statuses import IN_FLIGHT
-from graph_runs.dispatch import batches, polling
+from graph_runs.core.statuses import AWAITING_APPROVAL, IN_FLIGHT
+from graph_runs.dispatch import batches, ledger, polling
+from graph_runs.dispatch.dispatcher import Report
+from graph_runs.dispatch.firing import Firing
 from graph_runs.dispatch.reconcile import apply_run_statuses, runs_to_reconcile
+from graph_runs.dispatch.started import check_started
 from graph_runs.dispatch.tick import claim_and_batch
 from graph_runs.money.budgets import set_budget
+from graph_runs.operations import drift, drift_repair
 from graph_runs.scheduling.claim import TickLimits
 from graph_runs.scheduling.revocation import revoke_and_pause
 from graph_runs.scheduling.schedules import (
@@ -38,7 +44,7 @@ from graph_runs.scheduling.schedules import (
 )
 from graph_runs.scheduling.triggers import backfill_schedule, trigger_schedule
 from graph_runs.store.db import make_engine
-from graph_runs.store.tables import run_ledger, schedules
+from graph_runs.store.tables import PENDING_APPROVAL, approvals, run_ledger, schedules
 from tests.simulation import invariants
 from tests.simulation.world import (
     CALLS_PER_ACCOUNT,
@@ -63,6 +69,10 @@ MAX_SCHEDULES = 12
 # After the simulated hours: everything is paused and left to settle for at most this long
 # (the longest slot timeout, 120 s, plus the 10-minute give-up margin, plus recovery).
 QUIESCE = dt.timedelta(hours=1)
+# Run monitoring fails a run whose process died, left STARTED, within about this long
+# (dagster.postgres.yaml; Dagster's worker health check polls every 120 s).
+MONITORING = (dt.timedelta(seconds=120), dt.timedelta(seconds=300))
+APPROVERS = ("reviewer-1", "reviewer-2")
 _current_run: contextvars.ContextVar[SimRun | None] = contextvars.ContextVar("run", default=None)
 
 
@@ -92,6 +102,10 @@ class Simulation:
         self.counts: dict[str, int] = {}
         self.calm = False  # during checks and the final settling: no faults of ours
         self.poller: asyncio.Task[None] | None = None
+        self.reconciling = False
+        self.monitoring = dt.timedelta(
+            seconds=self.rng.uniform(*(m.total_seconds() for m in MONITORING))
+        )
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -146,7 +160,11 @@ class Simulation:
                 moments.append(wake)
             self.time.now = max(self.time.now, min(moments))
             if self.time.now >= next_tick:
-                next_tick += TICK
+                if not self.calm and self.rng.random() < self.faults.clock_jump:
+                    self._count("clock_jump")
+                    self.time.now += dt.timedelta(seconds=self.rng.uniform(30, 900))
+                # A daemon that fell behind ticks once, now, not once for each tick it missed.
+                next_tick = max(next_tick + TICK, self.time.now)
                 self._tick()
                 self._check(final=False)
             if settling_until is None and self.time.now >= next_act:
@@ -166,7 +184,7 @@ class Simulation:
             left = conn.execute(
                 sa.select(sa.func.count())
                 .select_from(run_ledger)
-                .where(run_ledger.c.status.in_(sorted(IN_FLIGHT)))
+                .where(run_ledger.c.status.in_(sorted(IN_FLIGHT | {AWAITING_APPROVAL})))
             ).scalar_one()
         return left == 0
 
@@ -188,6 +206,7 @@ class Simulation:
     def _kill(self, run: SimRun, status: str) -> None:
         """The run's process dies: every task of it stops at its next step boundary."""
         run.status = status
+        run.died_at = self.time.now
         for task in self.tasks_of.get(run.run_id, set()):
             task.cancel()
 
@@ -199,9 +218,15 @@ class Simulation:
     def _tick(self) -> None:
         """One sensor tick, as graph_schedules_sensor makes it; it may die on the way."""
         now, f = self.time.now, self.faults
+        for run in self.dagster.runs.values():
+            if run.status == "STARTED" and run.died_at and now >= run.died_at + self.monitoring:
+                run.status = "FAILURE"  # run monitoring: its worker is gone
         for run in self.dagster.going():
             if self.calm:
                 break
+            if self.rng.random() < f.clock_step:
+                self._count("clock_step")
+                run.skew = -dt.timedelta(seconds=self.rng.choice([0, 3, 45, 150]))
             draw = self.rng.random()
             if draw < f.kill_run:
                 self._count("kill")
@@ -231,7 +256,7 @@ class Simulation:
             for batch in open_now:
                 run = self.dagster.by_key(batch.run_key)
                 if run is None:
-                    self._request(batch.id, batch.attempt)
+                    self._request_batch(batch.id, batch.attempt)
                     continue
                 verdict = batches.assess(
                     batch, run_id=run.run_id, run_status=run.status, now=now, limits=RECOVERY
@@ -243,7 +268,8 @@ class Simulation:
                 if moved is not None:
                     self._count(f"recovered_{moved.action}")
                 if moved is not None and moved.action == "retry":
-                    self._request(batch.id, batch.attempt + 1)
+                    self._request_batch(batch.id, batch.attempt + 1)
+            self._approvals_tick(now)
         except sa.exc.OperationalError:
             self._count("tick_failed")
             return
@@ -265,6 +291,24 @@ class Simulation:
             if getattr(polled, what):
                 self._count(f"polled_{what}")
 
+    def _approvals_tick(self, now: dt.datetime) -> None:
+        """The approvals sensor's tick (graph_run_approvals_sensor), on this Dagster."""
+        with self.engine.begin() as conn:
+            approval_gate.settle_timeouts(conn, now, 1_000)
+        with self.engine.connect() as conn:
+            candidates = approval_gate.to_launch(conn, 500)
+        if not candidates:
+            return
+        found = {}
+        for approval, row in candidates:
+            run = self.dagster.by_key(approval.id)
+            if run is not None:
+                found[row.id] = run.run_id
+        with self.engine.begin() as conn:
+            plan = approval_gate.plan_launches(conn, candidates, found, now)
+        for approval, row in plan.to_request:
+            self._request(approval.id, ledger_id=row.id)
+
     def _reconcile(self, now: dt.datetime) -> None:
         """Step 0, as the sensor's: rows whose own Dagster run ended are settled."""
         with self.engine.connect() as conn:
@@ -279,10 +323,22 @@ class Simulation:
             done = apply_run_statuses(conn, rows, statuses, now=now)
         if done.failed or done.cancelled:
             self._count("reconciled")
+        if done.handed_off:
+            self._count("reconciled_to_polls")
 
-    def _request(self, batch_id: str, attempt: int) -> None:
-        """A run request with run key batch:{id}:{attempt}: Dagster makes the run once."""
-        key = batches.run_key(batch_id, attempt)
+    def _request_batch(self, batch_id: str, attempt: int) -> None:
+        """A run request with run key batch:{id}:{attempt}."""
+        self._request(batches.run_key(batch_id, attempt), batch_id=batch_id, attempt=attempt)
+
+    def _request(
+        self,
+        key: str,
+        *,
+        batch_id: str | None = None,
+        attempt: int = 1,
+        ledger_id: str | None = None,
+    ) -> None:
+        """A run request: Dagster makes one run per run key, however often asked."""
         if self.dagster.by_key(key) is not None:
             return
         slow = not self.calm and self.rng.random() < self.faults.slow_start
@@ -291,6 +347,7 @@ class Simulation:
             run_id=f"run-{len(self.dagster.runs) + 1}",
             batch_id=batch_id,
             attempt=attempt,
+            ledger_id=ledger_id,
             status="STARTING" if slow else "QUEUED",
             starts_at=self.time.now + dt.timedelta(seconds=delay),
             skew=dt.timedelta(seconds=-self.rng.choice([0, 0, 3, 45, 150])),
@@ -313,7 +370,10 @@ class Simulation:
             self.engine, self.api, self.time, run, hand_off=self.rng.choice([0, 5, 30, 300])
         )
         try:
-            report = await dispatcher.run_batch(run.batch_id, run.attempt)
+            if run.batch_id is not None:
+                report = await dispatcher.run_batch(run.batch_id, run.attempt)
+            else:
+                report = await self._work_one(run, dispatcher)
         except asyncio.CancelledError:
             return  # killed: its status is what the killer left
         except Exception:  # noqa: BLE001 - a run that raises ends FAILURE, as in Dagster
@@ -327,6 +387,19 @@ class Simulation:
                 if task is not asyncio.current_task():
                     task.cancel()
         run.status = "FAILURE" if report.failed or report.unrecorded else "SUCCESS"
+
+    async def _work_one(self, run: SimRun, dispatcher: Any) -> Report:
+        """graph_run_job's op for an approved slot: start it, check its grant, call once."""
+        assert run.ledger_id is not None
+        now = self.time.now + run.skew
+        with self.engine.begin() as conn:
+            row = ledger.start_run(conn, run.ledger_id, dagster_run_id=run.run_id, now=now)
+            checked = check_started(conn, row, dagster_run_id=run.run_id, now=now)
+        if isinstance(checked, GrantDenied):
+            raise checked  # recorded failed; the op raises dg.Failure, and its run fails
+        if checked is None:
+            return Report()
+        return await dispatcher.run_started([Firing(row, checked)])
 
     # -- users -----------------------------------------------------------------------------
 
@@ -343,10 +416,14 @@ class Simulation:
             )
         action = rng.choices(
             ["create", "pause", "resume", "edit", "retime", "delete", "trigger", "backfill",
-             "budget", "revoke"],
-            weights=[6 if len(live) < MAX_SCHEDULES else 0, 3, 4, 2, 2, 1, 2, 1, 1, 0.2],
+             "budget", "revoke", "approve", "reject", "reconcile"],
+            weights=[6 if len(live) < MAX_SCHEDULES else 0, 3, 4, 2, 2, 1, 2, 1, 1, 0.2, 4, 1.5,
+                     0.7],
         )[0]  # fmt: skip
-        if action != "create" and action not in ("budget",) and not live:
+        if action == "reconcile":
+            self._reconcile_fix(now)
+            return
+        if action not in ("create", "budget") and not live:
             return
         target = rng.choice(live) if live else None
         try:
@@ -374,6 +451,9 @@ class Simulation:
                     "timeout_seconds": rng.choice([60, 120]),
                     "jitter_seconds": rng.choice([0, 0, 7]),
                     "max_runs": rng.choice([None, None, 3]),
+                    "requires_approval": rng.random() < 0.25,
+                    "approval_timeout_seconds": rng.choice([60, 300]),
+                    "on_approval_timeout": rng.choice(["skip", "approve"]),
                 },
                 limits=LIMITS,
                 now=now,
@@ -404,15 +484,70 @@ class Simulation:
                 conn, billing_account=grant.billing_account, period="month", limit_usd=limit,
                 now=now,
             )  # fmt: skip
+        elif action in ("approve", "reject"):
+            pending = conn.execute(
+                sa.select(approvals.c.id).where(PENDING_APPROVAL).order_by(approvals.c.id)
+            ).scalars()
+            choices = list(pending)
+            if choices:
+                decide = decisions.approve if action == "approve" else decisions.reject
+                decide(conn, rng.choice(choices), by=rng.choice(APPROVERS), now=now)
         elif action == "revoke":
             grant = rng.choice(self.grants)
             revoked, _paused = revoke_and_pause(conn, grant.id, now=now, by="sim")
             self.grants = [revoked if g.id == grant.id else g for g in self.grants]
 
+    def _reconcile_fix(self, now: dt.datetime) -> None:
+        """``graph-runs reconcile --fix``, now and then against an empty instance (B2).
+
+        Between its finding and its fixing, a user may act: the repair must see it.
+        """
+        wrong = self.rng.random() < 0.2
+        runs = [] if wrong else list(self.dagster.runs.values())
+
+        def facts(in_flight: list[str], recent: list[str]) -> drift.DagsterFacts:
+            statuses = {r.run_id: r.status for r in runs}
+            looked = {i: statuses[i] for i in {*in_flight, *recent} if i in statuses}
+            return drift.DagsterFacts(
+                partitions=frozenset() if wrong else frozenset(self.cron_history),
+                statuses=looked,
+                looked_up=frozenset(in_flight),
+                trusted=drift.knows_recent(looked, recent),
+                runs=[
+                    drift.RunFacts(
+                        run_id=r.run_id,
+                        job_name="dispatch_batch_job" if r.batch_id else "graph_run_job",
+                        status=r.status,
+                        ledger_id=r.ledger_id,
+                        batch_id=r.batch_id,
+                    )
+                    for r in runs
+                ],
+            )
+
+        try:
+            findings, found = drift_repair.find_and_repair(
+                self.engine, facts, now=now, limits=LIMITS, fix=False
+            )
+            if self.rng.random() < 0.5 and not self.reconciling:
+                self.reconciling = True
+                try:
+                    self._act()
+                finally:
+                    self.reconciling = False
+            drift_repair.repair(self.engine, findings, now=now, limits=LIMITS, dagster=found)
+        except sa.exc.OperationalError:
+            self._count("reconcile_refused")
+            return
+        self._count("reconcile_wrong_instance" if wrong else "reconcile")
+        for finding in findings:
+            if finding.repaired:
+                self._count(f"repaired_{finding.kind}")
+
     def _pause_everything(self) -> None:
         """The end of the simulated hours: every schedule paused, its runs left to settle."""
         self.calm = True
-        self.api.faults = Faults(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        self.api.faults = Faults.none()
         with self.engine.begin() as conn:
             live = sa.select(schedules.c.id).where(schedules.c.status != "deleted")
             for schedule_id in conn.execute(live).scalars().all():
@@ -437,6 +572,7 @@ class Simulation:
             found += invariants.attempts(conn, self.history)
             found += invariants.buffering(conn, self.history, self.time.now)
             found += invariants.timing(conn, self.api, self.cron_history)
+            found += invariants.approvals(conn, self.api, final=final)
         for line in found:
             entry = f"at {self.time.now.isoformat()}: {line}"
             if entry.split(": ", 1)[1] not in {v.split(": ", 1)[1] for v in self.violations}:

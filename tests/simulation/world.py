@@ -21,6 +21,7 @@ what is not ours:
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import datetime as dt
 import heapq
 import random
@@ -104,6 +105,16 @@ class Faults:
     slow_start: float = 0.1
     tick_dies: float = 0.03
     db_error: float = 0.002
+    # The whole host stops and resumes (a suspended VM, a stalled daemon): at a tick, time
+    # leaps ahead, and every sleeper wakes late at once.
+    clock_jump: float = 0.01
+    # A run's machine steps its clock (NTP), to another skew behind the sensor's.
+    clock_step: float = 0.01
+
+    @classmethod
+    def none(cls) -> "Faults":
+        """No fault at all: the final settling."""
+        return cls(**{f.name: 0.0 for f in dataclasses.fields(cls)})
 
 
 class FaultyApi(httpx.AsyncBaseTransport):
@@ -147,11 +158,16 @@ class FaultyApi(httpx.AsyncBaseTransport):
 
 @dataclass
 class SimRun:
-    """A Dagster run of one batch attempt, as Dagster's run storage would hold it."""
+    """A Dagster run, as Dagster's run storage would hold it.
+
+    Of one batch attempt (``dispatch_batch_job``), or of one approved slot (``graph_run_job``,
+    run key the approval id, ``ledger_id`` its slot).
+    """
 
     run_id: str
-    batch_id: str
+    batch_id: str | None
     attempt: int
+    ledger_id: str | None = None
     status: str = "QUEUED"
     starts_at: dt.datetime | None = None
     frozen_until: dt.datetime | None = None
@@ -160,6 +176,8 @@ class SimRun:
     # is ahead waits for the database's clock, the machine's real one, which the simulated
     # hours cannot move; tests/graph_runs/dispatch/test_clocks.py covers that).
     skew: dt.timedelta = dt.timedelta(0)
+    # When its process died; run monitoring fails a run left STARTED some minutes later.
+    died_at: dt.datetime | None = None
 
 
 @dataclass

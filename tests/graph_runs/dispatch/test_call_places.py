@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from graph_runs.core.schedule_spec import ScheduleLimits
-from graph_runs.dispatch import batches, call_places
+from graph_runs.dispatch import api_runs, batches, call_places
 from graph_runs.dispatch.dispatcher import Dispatcher, DispatchLimits
 from graph_runs.execution_api.concurrent_calls import ConcurrentCaller
 from graph_runs.scheduling.claim import TickLimits, claim_due_slots
@@ -253,8 +253,8 @@ def test_a_slot_that_waited_for_its_place_is_polled_for_its_whole_timeout_from_i
         row = conn.execute(sa.select(run_ledger)).one()
     timeout = dt.timedelta(seconds=row.timeout_seconds or 3600)
     assert row.call_place_at is None  # its call ended without an outcome: place given back
-    assert batches.give_up_at(row) == called + timeout + batches.GIVE_UP_MARGIN
-    assert batches.api_may_still_run(row, INSTANT + timeout + batches.GIVE_UP_MARGIN)
+    assert api_runs.give_up_at(row) == called + timeout + api_runs.GIVE_UP_MARGIN
+    assert api_runs.api_may_still_run(row, INSTANT + timeout + api_runs.GIVE_UP_MARGIN)
 
 
 def test_a_call_that_ends_without_an_outcome_gives_its_place_to_the_next(

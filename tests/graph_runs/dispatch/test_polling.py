@@ -11,18 +11,23 @@ runs execute in-process against the real local execution API over HTTP, whose ``
 graph runs until the test moves the API's clock.
 """
 
+import uuid
 from typing import Any
 
 import dagster as dg
+import httpx
 import sqlalchemy as sa
+from dagster._core.test_utils import create_run_for_test
 
+from graph_runs.dispatch import ledger
+from graph_runs.execution_api.client import request_content, request_headers, runs_url
 from graph_runs.resources import DispatchResource
 from graph_runs.scheduling.schedules import pause_schedule
 from graph_runs.store.tables import charge_receipts, dispatch_batches, run_ledger
 from tests.conftest import RunningApi
 from tests.dagster_helpers import FixedClock, apply_partitions, launch, make_resources, tick
 from tests.graph_runs.dispatch.test_batches import long_slot
-from tests.helpers import at
+from tests.helpers import at, make_grant
 
 
 def _slow_slot(engine: sa.Engine, *, timeout_seconds: int = 3600) -> dict[str, Any]:
@@ -136,3 +141,48 @@ def test_polls_of_an_api_that_is_down_change_nothing_but_their_next_poll(
     assert result.cursor is not None
     row = _row(engine)
     assert row.status == "running" and row.poll_after > at("2026-11-22T10:02:00Z")
+
+
+def test_a_run_of_one_slot_that_dies_in_its_call_is_resumed_under_its_key_and_billed(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
+) -> None:
+    # Found by the fault simulator (seed 1, with approvals): a run of one slot (approved,
+    # ad-hoc, a UI partition run) killed after its POST reached the API, before the answer
+    # came back. Reconcile settled the row failed with no API run id; nothing ever polled
+    # the API run, which ran and was paid for without a receipt.
+    died = str(uuid.uuid4())
+    now = at("2026-11-22T10:01:00Z")
+    with engine.begin() as conn:
+        grant = make_grant(conn, now, scopes=["graph:execute:sleep"])
+        request = ledger.AdhocRequest(
+            idempotency_key="adhoc-1", graph_id="sleep", grant_id=grant.id,
+            input={"seconds": 1800}, timeout_seconds=3600,
+        )  # fmt: skip
+        row = ledger.start_adhoc_run(
+            conn, request, owner=grant.owner, billing_account=grant.billing_account,
+            dagster_run_id=died, now=now,
+        )  # fmt: skip
+    # The op's one call reached the API; its process died before it read the answer.
+    body = ledger.request_body(row, grant.connection_ids)
+    answer = httpx.post(
+        runs_url(execution_api.url, "sleep"),
+        headers=request_headers(execution_api.token, row.idempotency_key, died),
+        content=request_content(body),
+    )
+    assert answer.status_code == 202
+    create_run_for_test(
+        instance, job_name="graph_run_adhoc_job", run_id=died,
+        status=dg.DagsterRunStatus.FAILURE,
+    )  # fmt: skip
+    resources = _resources(database_url, execution_api, "2026-11-22T10:02:00Z")
+    tick(instance, resources, None)
+    with engine.connect() as conn:
+        polled = ledger.get_run(conn, row.id)
+    # Not settled: handed to the sensor's polls, which learnt the API run under the key.
+    assert (polled.status, polled.api_run_id) == ("running", answer.json()["run_id"])
+    execution_api.store.clock.now += 1800
+    tick(instance, _at(resources, "2026-11-22T10:33:00Z"), None)
+    with engine.connect() as conn:
+        done = ledger.get_run(conn, row.id)
+    assert (done.status, done.poll_after) == ("succeeded", None)
+    assert _count(engine, charge_receipts) == 1 and execution_api.store.executions == 1
