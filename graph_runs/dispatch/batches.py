@@ -454,7 +454,13 @@ def redispatch(
         return Redispatched(batch.id, "done")
     polled = {row.id for row in left if api_may_still_run(row, now, accepted=False)}
     if batch.attempt >= max_attempts:
-        _settle_lost(conn, [row for row in left if row.id not in polled], max_attempts, why, now)
+        rest = [row for row in left if row.id not in polled]
+        # Fired, but past the bound (a host that slept through it, say): the API may have
+        # ended their runs meanwhile. One poll asks before they are given up (polling.py).
+        for row in rest:
+            if row.started_at is not None:
+                slot_status.hand_off(conn, row.id, row.api_run_id, poll_after=now)
+        _settle_lost(conn, [r for r in rest if r.started_at is None], max_attempts, why, now)
     if batch.attempt < max_attempts or polled:
         _next_attempt(conn, batch, now)
         unfinished = len(left) if batch.attempt < max_attempts else len(polled)

@@ -24,7 +24,7 @@ with, the API answers with the run it has, and from then on it is polled by that
 import asyncio
 import datetime as dt
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -89,18 +89,24 @@ def _record_one(conn: sa.Connection, row: Any, result: Result, now: dt.datetime)
         return "ended"
     learned = result.error.api_run_id if result.error is not None else None
     if learned and row.api_run_id is None:
-        slot_status.keep_api_run(conn, row.id, learned)
+        # Learnt by submitting under the key: the API may have started the run just now
+        # (the first request never reached it), so it is not given up on this poll.
+        slot_status.keep_api_run(conn, row.id, learned, resumed_at=now)
+        slot_status.next_poll(conn, row.id, now + MIN_INTERVAL)
+        return "still_going"
     # Not only accepted runs: one whose id is not known yet is resumed under its key.
     if api_may_still_run(row, now, accepted=False):
         slot_status.next_poll(conn, row.id, next_poll_at(row, now))
         return "still_going"
+    margin = f"{GIVE_UP_MARGIN.total_seconds() / 60:.0f} minutes"
     given_up = (
-        f"API run {row.api_run_id} did not end within the slot's timeout and "
-        f"{GIVE_UP_MARGIN.total_seconds() / 60:.0f} minutes; given up, its id kept to "
-        "look it up at the API"
+        f"API run {row.api_run_id} did not end within the slot's timeout and {margin}; "
+        "given up, its id kept to look it up at the API"
+        if row.api_run_id
+        else f"the API did not answer under the slot's key within its timeout and {margin}; "
+        "given up"
     )
     outcome = lost_outcome(row, failed_message=given_up, cancelled_message=given_up)
-    outcome = replace(outcome, api_run_id=outcome.api_run_id or learned)
     record_outcome(conn, row.id, outcome, dagster_run_id=row.dagster_run_id, now=now)
     return "given_up"
 

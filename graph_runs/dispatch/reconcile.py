@@ -15,7 +15,6 @@ from typing import Any
 import sqlalchemy as sa
 
 from graph_runs.core.statuses import CANCELLED, CANCELLING, FAILED, QUEUED, RUNNING
-from graph_runs.dispatch.api_runs import api_may_still_run
 from graph_runs.dispatch.ledger import get_run, record_outcome
 from graph_runs.execution_api.client import Outcome
 from graph_runs.store import slot_status
@@ -89,8 +88,9 @@ def apply_run_statuses(
     exists. A row that changed since it was read (a re-execution took it over, say) is left
     alone. A failure settled here counts as one, so pause-after-failures sees it too.
 
-    A row whose op started it (``started_at``) is not settled while the API may still run
-    it: it is handed to the sensor's polls (``handed_off``), which record what it did.
+    A row whose op started it (``started_at``) is not settled here: the API may have its
+    run. It is handed to the sensor's polls (``handed_off``), which record what it did, or
+    give it up once its bound has passed and a poll found nothing.
 
     A row being cancelled has its Dagster run cancelled (queued) or terminated (started),
     unless its op has started it (``started_at``): that run is making the slot's one call,
@@ -108,10 +108,11 @@ def apply_run_statuses(
         current = get_run(conn, row.id, lock=True)
         if (current.status, current.dagster_run_id) != (row.status, row.dagster_run_id):
             continue
-        if api_may_still_run(current, now, accepted=False):
+        if current.started_at is not None:
             # Its run died after starting the slot's one call (an approved slot, a UI
             # partition run): the API may have that run, and be spending. Nothing retries a
-            # run of one slot, so the sensor's polls resume it under its key, to its end.
+            # run of one slot, so the sensor's polls resume it under its key, to its end;
+            # one past its bound is polled once before it is given up.
             slot_status.hand_off(conn, row.id, current.api_run_id, poll_after=now)
             done.handed_off += 1
             continue

@@ -315,16 +315,21 @@ def unclaim(conn: sa.Connection, ledger_ids: list[str]) -> int:
     return taken
 
 
-def keep_api_run(conn: sa.Connection, ledger_id: str, api_run_id: str) -> None:
+def keep_api_run(
+    conn: sa.Connection, ledger_id: str, api_run_id: str, *, resumed_at: dt.datetime | None = None
+) -> None:
     """Remember the API run of a fired slot whose outcome is not known yet.
 
     Its poll timed out or failed; the next dispatch attempt resumes it. Not a status move.
-    Its call has ended, so it gives its account's call place back.
+    Its call has ended, so it gives its account's call place back. ``resumed_at``: the
+    sensor's polls learnt the run by submitting under the key, and the API may have started
+    it only then, so its timeout counts from that call (``called_at``).
     """
+    resumed = {"called_at": resumed_at} if resumed_at is not None else {}
     conn.execute(
         run_ledger.update()
         .where(run_ledger.c.id == ledger_id, run_ledger.c.status.in_([RUNNING, CANCELLING]))
-        .values(api_run_id=api_run_id, call_place_at=None)
+        .values(api_run_id=api_run_id, call_place_at=None, **resumed)
     )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import dagster as dg
 import sqlalchemy as sa
 
-from graph_runs.dispatch import batches
+from graph_runs.dispatch import batches, polling
 from graph_runs.dispatch.dispatcher import Dispatcher, DispatchLimits
 from graph_runs.execution_api.concurrent_calls import ConcurrentCaller
 from graph_runs.scheduling.schedules import pause_schedule
@@ -94,29 +94,68 @@ def test_a_slot_whose_api_run_may_still_run_is_polled_past_the_last_attempt(
     assert receipts(engine) == 1 and execution_api.store.executions == 1
 
 
-def test_a_slot_is_given_up_on_once_its_timeout_and_a_margin_have_passed(
+def _past_the_last_attempt(engine: sa.Engine, **row: Any) -> tuple[str, str]:
+    """Three attempts died; ``row``'s values set; redispatched within, then past the bound.
+
+    The slot (10:01, 1 s timeout) is polled on until 10:11:01; returns both verdicts.
+    """
+    with engine.begin() as conn:
+        conn.execute(dispatch_batches.update().values(attempt=batches.DEFAULT_MAX_ATTEMPTS))
+        conn.execute(
+            run_ledger.update().values(
+                status="running", started_at=at("2026-11-22T10:01:00Z"), **row
+            )
+        )
+        batch = batches.Batch.from_row(conn.execute(sa.select(dispatch_batches)).one())
+        within = batches.redispatch(conn, batch, now=at("2026-11-22T10:11:00Z"), why="died")
+        batch = batches.Batch.from_row(conn.execute(sa.select(dispatch_batches)).one())
+        past = batches.redispatch(conn, batch, now=at("2026-11-22T10:11:02Z"), why="died")
+    return within.action, past.action
+
+
+def _sensor_polls(engine: sa.Engine, api: RunningApi, now: str) -> polling.Polled:
+    """Step 4 of a sensor tick at ``now``: the polls of handed-off slots."""
+    caller = ConcurrentCaller(api.url, api.token)
+    return asyncio.run(polling.poll_handed_off(engine, caller, now=at(now)))
+
+
+def test_a_slot_is_given_up_on_once_its_timeout_and_a_margin_have_passed_and_a_poll_said_nothing(
     engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
 ) -> None:
+    long_slot(engine)
+    resources = fast_polls(make_resources(database_url, execution_api, "2026-11-22T10:00:30Z"))
+    apply_partitions(instance, tick(instance, resources, None))
+    # 1 s timeout + 10 min margin: polled on at 10:11:00, handed to one last poll after.
+    assert _past_the_last_attempt(engine, api_run_id="r-1") == ("retry", "lost")
+    row = the_row(engine)
+    assert (row.status, row.poll_after) == ("running", at("2026-11-22T10:11:02Z"))
+    # The API knows no run r-1: the poll says nothing, and the slot is given up on.
+    assert _sensor_polls(engine, execution_api, "2026-11-22T10:11:02Z").given_up == 1
+    row = the_row(engine)
+    assert (row.status, row.error_code, row.api_run_id) == ("failed", "dispatch_lost", "r-1")
+
+
+def test_a_slot_past_its_bound_whose_api_run_ended_is_billed_after_one_poll(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
+) -> None:
+    """Found by the fault simulator (a clock jump, PostgreSQL seed 4): billed, not lost.
+
+    A host that slept past a slot's bound woke to give it up unpolled, and its API run,
+    which had ended and been paid for, was never billed.
+    """
     long_slot(engine)
     resources = fast_polls(make_resources(database_url, execution_api, "2026-11-22T10:00:30Z"))
     first = tick(instance, resources, None)
     apply_partitions(instance, first)
     (request,) = first.run_requests or []
-    with engine.begin() as conn:  # three attempts died; the API run was accepted long ago
-        conn.execute(dispatch_batches.update().values(attempt=batches.DEFAULT_MAX_ATTEMPTS))
-        conn.execute(
-            run_ledger.update().values(
-                status="running", api_run_id="r-1", started_at=at("2026-11-22T10:01:00Z")
-            )
-        )
-        batch = batches.Batch.from_row(conn.execute(sa.select(dispatch_batches)).one())
-        within = batches.redispatch(conn, batch, now=at("2026-11-22T10:11:00Z"), why="died")
-        assert within.action == "retry"  # 1 s timeout + 10 min margin: still polled
-        batch = batches.Batch.from_row(conn.execute(sa.select(dispatch_batches)).one())
-        past = batches.redispatch(conn, batch, now=at("2026-11-22T10:11:02Z"), why="died")
-    assert past.action == "lost"
+    assert not launch(instance, resources, request).success  # accepted; 1 s polls gave up
+    accepted = the_row(engine).api_run_id
+    execution_api.store.clock.now += 60  # the API run ends while the host sleeps
+    assert _past_the_last_attempt(engine, api_run_id=accepted) == ("retry", "lost")
+    assert _sensor_polls(engine, execution_api, "2026-11-22T10:11:02Z").ended == 1
     row = the_row(engine)
-    assert (row.status, row.error_code, row.api_run_id) == ("failed", "dispatch_lost", "r-1")
+    assert (row.status, row.api_run_id) == ("succeeded", accepted)
+    assert receipts(engine) == 1 and execution_api.store.executions == 1
 
 
 def test_a_fired_slot_whose_api_run_id_never_came_back_is_resumed_past_the_last_attempt(
@@ -126,23 +165,22 @@ def test_a_fired_slot_whose_api_run_id_never_came_back_is_resumed_past_the_last_
 
     A run killed while it polled had not kept the API's run id, so after the last attempt
     the slot was settled ``dispatch_lost`` (or ``cancelled``) unbilled, while the API ran
-    it and charged for it.
+    it and charged for it. Past its bound it is now resumed under its key by the sensor's
+    polls, which learn its run and poll it to its end.
     """
     long_slot(engine)
     resources = fast_polls(make_resources(database_url, execution_api, "2026-11-22T10:00:30Z"))
     apply_partitions(instance, tick(instance, resources, None))
-    with engine.begin() as conn:  # three attempts died; the slot was fired, its id not kept
-        conn.execute(dispatch_batches.update().values(attempt=batches.DEFAULT_MAX_ATTEMPTS))
-        conn.execute(
-            run_ledger.update().values(status="running", started_at=at("2026-11-22T10:01:00Z"))
-        )
-        batch = batches.Batch.from_row(conn.execute(sa.select(dispatch_batches)).one())
-        within = batches.redispatch(conn, batch, now=at("2026-11-22T10:05:00Z"), why="died")
-        assert within.action == "retry"
-        batch = batches.Batch.from_row(conn.execute(sa.select(dispatch_batches)).one())
-        past = batches.redispatch(conn, batch, now=at("2026-11-22T10:11:02Z"), why="died")
-    assert past.action == "lost"
-    assert the_row(engine).error_code == "dispatch_lost"
+    assert _past_the_last_attempt(engine) == ("retry", "lost")
+    assert _sensor_polls(engine, execution_api, "2026-11-22T10:11:02Z").still_going == 1
+    row = the_row(engine)
+    assert row.status == "running" and row.api_run_id is not None
+    # Learnt just now: the API may have started it only now; its timeout counts from here.
+    assert row.called_at == at("2026-11-22T10:11:02Z")
+    execution_api.store.clock.now += 30
+    assert _sensor_polls(engine, execution_api, "2026-11-22T10:11:20Z").ended == 1
+    assert (the_row(engine).status, receipts(engine)) == ("succeeded", 1)
+    assert execution_api.store.executions == 1
 
 
 def test_a_dispatch_run_cancelled_by_a_person_cancels_its_slots_not_retries_them(
