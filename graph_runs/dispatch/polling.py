@@ -11,9 +11,10 @@ in the run queue, for up to the slot's timeout. Each tick the sensor polls at mo
   receipt, counters; ``cancelled`` with its usage if the slot was being cancelled);
 - one still going (or a poll that failed) is polled again later, less often the longer it
   has run, from ``MIN_INTERVAL`` to ``MAX_INTERVAL``;
-- one past its timeout and ``api_runs.GIVE_UP_MARGIN`` since it was fired is given up on:
-  ``failed``, ``dispatch_lost``, its API run id kept (``reconcile`` lists such rows as
-  ``api_run_unsettled``).
+- one past its timeout and ``api_runs.GIVE_UP_MARGIN`` since it was fired is given up on
+  once the API answers that its run has not ended (or that it has no such run), or, if the
+  API cannot be asked, ``UNANSWERED_GRACE`` later: ``failed``, ``dispatch_lost``, its API
+  run id kept (``reconcile`` lists such rows as ``api_run_unsettled``).
 
 Resumable by API run id alone: a poll needs nothing of the run that fired the slot. A slot
 whose run died before the API's answer came back (``reconcile`` hands such slots here) is
@@ -42,6 +43,9 @@ logger = logging.getLogger(__name__)
 MAX_POLLS_PER_TICK = 500
 POLL_BUDGET_SECONDS = 15.0
 MIN_INTERVAL = dt.timedelta(seconds=15)
+# Past its bound, a slot is given up only once the API answered that its run had not
+# ended (or that it has no such run), or, if it could not be asked, this much later.
+UNANSWERED_GRACE = dt.timedelta(hours=1)
 MAX_INTERVAL = dt.timedelta(minutes=5)
 # Sent as the Dagster run of a poll the sensor makes (no run makes it).
 POLLER = "graph_schedules_sensor"
@@ -97,6 +101,11 @@ def _record_one(conn: sa.Connection, row: Any, result: Result, now: dt.datetime)
     # Not only accepted runs: one whose id is not known yet is resumed under its key.
     if api_may_still_run(row, now, accepted=False):
         slot_status.next_poll(conn, row.id, next_poll_at(row, now))
+        return "still_going"
+    if not result.answered and now < give_up_at(row) + UNANSWERED_GRACE:
+        # Past its bound, but the API could not be asked (down, or this one request
+        # failed): its run may have ended and been paid for. Asked again, for a while.
+        slot_status.next_poll(conn, row.id, now + MIN_INTERVAL)
         return "still_going"
     margin = f"{GIVE_UP_MARGIN.total_seconds() / 60:.0f} minutes"
     given_up = (

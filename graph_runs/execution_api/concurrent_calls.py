@@ -59,6 +59,9 @@ class Result:
     call: Call
     outcome: Outcome | None = None
     error: ExecutionApiError | None = None
+    # A poll the API answered, saying the run has not ended (or that it has no such run);
+    # False when it could not be asked (a timeout, a reset, a 5xx, an answer off the contract).
+    answered: bool = False
 
 
 @dataclass
@@ -100,6 +103,8 @@ class ConcurrentCaller:
 
         A run the API says ended gets its outcome; any other answer (still going, a 5xx, a
         timeout, off the contract) gets neither outcome nor error: poll it again later.
+        ``answered`` tells the API's own "not ended" (202) or "no such run" (404) from a
+        poll that could not ask it.
         No retries here: the next poll is the retry, so a slow API costs one request each.
         A call whose API run id is not known (its run died before the answer came back) is
         submitted again under its key and body instead: the API answers with the run it
@@ -135,6 +140,8 @@ class ConcurrentCaller:
                         if response.status_code == 200 and is_terminal(response.text):
                             outcome = Outcome.from_terminal(contract.terminal(response.text), 1)
                             return Result(call, outcome=redact_outcome(outcome, self.token))
+                        if response.status_code in (202, 404):
+                            return Result(call, answered=True)
                     except (httpx.TimeoutException, httpx.TransportError, ValueError):
                         pass
                 return Result(call)

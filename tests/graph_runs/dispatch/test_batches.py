@@ -135,6 +135,27 @@ def test_a_slot_is_given_up_on_once_its_timeout_and_a_margin_have_passed_and_a_p
     assert (row.status, row.error_code, row.api_run_id) == ("failed", "dispatch_lost", "r-1")
 
 
+def test_past_its_bound_a_slot_is_not_given_up_while_the_api_cannot_be_asked(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
+) -> None:
+    # Found by the fault simulator (SQLite seed 20, a clock jump): the one poll after the
+    # host woke hit a 503, and the slot was given up though its API run had ended, paid.
+    long_slot(engine)
+    resources = fast_polls(make_resources(database_url, execution_api, "2026-11-22T10:00:30Z"))
+    apply_partitions(instance, tick(instance, resources, None))
+    assert _past_the_last_attempt(engine, api_run_id="r-1") == ("retry", "lost")
+    down = RunningApi(
+        url="http://127.0.0.1:9", token=execution_api.token, store=execution_api.store
+    )
+    assert _sensor_polls(engine, down, "2026-11-22T10:11:02Z").still_going == 1
+    assert _sensor_polls(engine, down, "2026-11-22T11:11:00Z").still_going == 1
+    assert the_row(engine).status == "running"
+    # An hour past its bound with no answer at all (and its next poll due), it is given up,
+    # its id kept.
+    assert _sensor_polls(engine, down, "2026-11-22T11:11:30Z").given_up == 1
+    assert (the_row(engine).error_code, the_row(engine).api_run_id) == ("dispatch_lost", "r-1")
+
+
 def test_a_slot_past_its_bound_whose_api_run_ended_is_billed_after_one_poll(
     engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
 ) -> None:
