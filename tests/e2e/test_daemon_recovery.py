@@ -67,17 +67,50 @@ def descends_from(pid: int, ancestor: int) -> bool:
     return False
 
 
-def write_lock_held(engine: sa.Engine, batch_id: str, dagster_home: Path) -> str | None:
-    """What some process holds a write on that the sensor or the next run would wait for.
+def local_ports(pid: int) -> list[int]:
+    """The local TCP ports of ``pid``'s sockets: how PostgreSQL names its connections."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed since it was listed
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    ports = []
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes:
+                ports.append(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
 
-    On PostgreSQL, the batch's row (the sensor moves it to its next attempt); on SQLite, the
-    schedules database and every file of Dagster's own storage, which a writer locks whole.
-    None when nothing is held.
+
+def write_lock_held(pid: int, engine: sa.Engine, batch_id: str, dagster_home: Path) -> str | None:
+    """What ``pid`` holds that the sensor or the next run would wait for.
+
+    On PostgreSQL, any transaction it has open, in either database: the next run's asset
+    event waits on the asset's row in Dagster's ``asset_keys``, which a worker frozen inside
+    its own event's transaction keeps locked for good (CI hung on exactly that); and the
+    batch's row, which the sensor moves to its next attempt. On SQLite, the schedules
+    database and every file of Dagster's own storage, which a writer locks whole. None when
+    nothing is held.
     """
     files = list(dagster_home.rglob("*.db"))
     if engine.dialect.name == "sqlite":
         files.append(Path(str(engine.url.database)))
     else:
+        with engine.connect() as conn:
+            busy = conn.execute(
+                sa.text(
+                    "SELECT datname FROM pg_stat_activity"
+                    " WHERE client_port = ANY(:ports) AND state <> 'idle'"
+                ),
+                {"ports": local_ports(pid)},
+            ).scalars()
+            held = sorted(set(busy))
+        if held:
+            return f"a transaction in {', '.join(held)}"
         try:
             with engine.connect() as conn, conn.begin():
                 conn.execute(
@@ -111,7 +144,7 @@ def freeze_outside_a_write(pid: int, engine: sa.Engine, batch_id: str, dagster_h
     held = None
     for _ in range(50):
         os.kill(pid, signal.SIGSTOP)
-        held = write_lock_held(engine, batch_id, dagster_home)
+        held = write_lock_held(pid, engine, batch_id, dagster_home)
         if held is None:
             return
         os.kill(pid, signal.SIGCONT)
