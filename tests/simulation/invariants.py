@@ -126,7 +126,10 @@ def _stopped_throughout(
 
 
 def timing(
-    conn: sa.Connection, api: FaultyApi, cron_history: dict[str, list[tuple[dt.datetime, str]]]
+    conn: sa.Connection,
+    api: FaultyApi,
+    cron_history: dict[str, list[tuple[dt.datetime, str]]],
+    now: dt.datetime,
 ) -> list[str]:
     """Nothing fired before its instant, nor while paused, deleted or retimed away.
 
@@ -146,8 +149,9 @@ def timing(
             found.append(
                 f"slot {row.id} reached the API at {first}, before its instant {row.due_at}"
             )
+        # A request still on its way has not fired yet: its span runs to now.
         stopped = _stopped_throughout(
-            history.get(row.schedule_id, []), row.started_at, first or row.started_at
+            history.get(row.schedule_id, []), row.started_at, first or now
         )
         if stopped:
             found.append(

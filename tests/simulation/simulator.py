@@ -571,7 +571,7 @@ class Simulation:
             found += invariants.places(conn, CALLS_PER_ACCOUNT)
             found += invariants.attempts(conn, self.history)
             found += invariants.buffering(conn, self.history, self.time.now)
-            found += invariants.timing(conn, self.api, self.cron_history)
+            found += invariants.timing(conn, self.api, self.cron_history, self.time.now)
             found += invariants.approvals(conn, self.api, final=final)
         for line in found:
             entry = f"at {self.time.now.isoformat()}: {line}"
