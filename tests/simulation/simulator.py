@@ -41,6 +41,7 @@ from graph_runs.scheduling.schedules import (
     pause_schedule,
     resume_schedule,
     update_schedule,
+    upsert_schedule,
 )
 from graph_runs.scheduling.triggers import backfill_schedule, trigger_schedule
 from graph_runs.store.db import make_engine
@@ -415,15 +416,15 @@ class Simulation:
                 )
             )
         action = rng.choices(
-            ["create", "pause", "resume", "edit", "retime", "delete", "trigger", "backfill",
-             "budget", "revoke", "approve", "reject", "reconcile"],
-            weights=[6 if len(live) < MAX_SCHEDULES else 0, 3, 4, 2, 2, 1, 2, 1, 1, 0.2, 4, 1.5,
-                     0.7],
+            ["create", "upsert", "pause", "resume", "edit", "retime", "delete", "trigger",
+             "backfill", "budget", "revoke", "approve", "reject", "reconcile"],
+            weights=[6 if len(live) < MAX_SCHEDULES else 0, 1.5, 3, 4, 2, 2, 1, 2, 1, 1, 0.2,
+                     4, 1.5, 0.7],
         )[0]  # fmt: skip
         if action == "reconcile":
             self._reconcile_fix(now)
             return
-        if action not in ("create", "budget") and not live:
+        if action not in ("create", "upsert", "budget") and not live:
             return
         target = rng.choice(live) if live else None
         try:
@@ -459,6 +460,28 @@ class Simulation:
                 now=now,
             )
             self.cron_history[view["id"]] = [(now, cron)]
+        elif action == "upsert":
+            # An app syncing its state: the whole spec under one of a few external ids, which
+            # creates, changes (its timing and input among them) or leaves a schedule alone.
+            grant = rng.choice([g for g in self.grants if g.revoked_at is None] or self.grants)
+            cron = rng.choice(["* * * * *", "*/2 * * * *"])
+            view, _outcome = upsert_schedule(
+                conn,
+                {
+                    "owner": grant.owner,
+                    "external_id": f"app-{rng.randrange(3)}",
+                    "graph_id": "sleep",
+                    "input": {"seconds": rng.choice([0, 5, 30])},
+                    "cron": cron,
+                    "timezone": "UTC",
+                    "grant_id": grant.id,
+                    "overlap": rng.choice(["skip", "allow_all"]),
+                    "timeout_seconds": 60,
+                },
+                limits=LIMITS,
+                now=now,
+            )
+            self.cron_history.setdefault(view["id"], []).append((now, cron))
         elif action == "pause":
             pause_schedule(conn, target.id, now=now, note="sim", terminate=rng.random() < 0.3)
         elif action == "resume":
