@@ -17,8 +17,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -e '.[dev]'
 	touch $(STAMP)
 
+# make dev PORT=3001 API_PORT=8766 when the defaults are taken.
+PORT ?= 3000
+API_PORT ?=
 dev: $(STAMP)
-	$(BIN)/graph-runs dev
+	$(BIN)/graph-runs dev --port $(PORT) $(if $(API_PORT),--api-port $(API_PORT))
 
 test: $(STAMP)
 	$(BIN)/ruff check .

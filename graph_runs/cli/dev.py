@@ -5,6 +5,7 @@ they exist), starts the local execution API and ``dagster dev`` with DAGSTER_HOM
 ``.graph_runs/``, and stops both on Ctrl-C.
 """
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -25,6 +26,7 @@ from graph_runs.cli.support import settings as load_settings
 from graph_runs.scheduling.schedules import create_schedule, list_schedules
 from graph_runs.settings import (
     EXECUTION_API_TOKEN_VAR,
+    EXECUTION_API_URL_VAR,
     HOME_VAR,
     SENSOR_INTERVAL_VAR,
     Settings,
@@ -91,8 +93,14 @@ def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def run_dev(settings: Settings, *, port: int, as_json: bool) -> int:
-    """Run the local stack in the foreground; returns the exit status."""
+def run_dev(settings: Settings, *, port: int, as_json: bool, api_port: int | None = None) -> int:
+    """Run the local stack in the foreground; returns the exit status.
+
+    ``api_port`` moves the local execution API (and every process's URL of it) to that
+    port of 127.0.0.1, for a machine where 8765 is taken.
+    """
+    if api_port is not None:
+        settings = dataclasses.replace(settings, execution_api_url=f"http://127.0.0.1:{api_port}")
     home = settings.home
     dagster_home = home / "dagster"
     dagster_home.mkdir(parents=True, exist_ok=True)
@@ -111,6 +119,7 @@ def run_dev(settings: Settings, *, port: int, as_json: bool) -> int:
         "DAGSTER_HOME": str(dagster_home),
         HOME_VAR: str(home),
         EXECUTION_API_TOKEN_VAR: _dev_token(home),
+        EXECUTION_API_URL_VAR: settings.execution_api_url,
     }
     env.setdefault(SENSOR_INTERVAL_VAR, DEV_SENSOR_INTERVAL_SECONDS)
     # Started in the background by a non-interactive shell, this process inherits SIGINT as
@@ -184,8 +193,24 @@ def run_dev(settings: Settings, *, port: int, as_json: bool) -> int:
 
 
 @click.command("dev")
-@click.option("--port", type=click.IntRange(1, 65535), default=3000, show_default=True)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=3000,
+    show_default=True,
+    help="The Dagster UI's port (make dev PORT=...).",
+)
+@click.option(
+    "--api-port",
+    type=click.IntRange(1, 65535),
+    help=(
+        "Serve the local execution API on this port of 127.0.0.1 instead of "
+        "GRAPH_RUNS_EXECUTION_API_URL's (make dev API_PORT=...)."
+    ),
+)
 @json_option
-def dev(port: int, as_json: bool) -> None:
+def dev(port: int, api_port: int | None, as_json: bool) -> None:
     """Migrate, seed a demo, and run the execution API, the Dagster webserver and daemon."""
-    raise click.exceptions.Exit(run_dev(load_settings(), port=port, as_json=as_json))
+    raise click.exceptions.Exit(
+        run_dev(load_settings(), port=port, as_json=as_json, api_port=api_port)
+    )

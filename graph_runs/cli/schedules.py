@@ -34,14 +34,17 @@ from graph_runs.scheduling.describe import describe_schedule
 from graph_runs.scheduling.triggers import DEFAULT_MANUAL_OVERLAP
 
 MAX_PREVIEW = 10_000
+MAX_REASON = 160
 
 
 def _schedule_line(s: dict[str, Any]) -> str:
     timing = f"cron={s['cron']!r} tz={s['timezone']}" if s["cron"] else f"run_at={s['run_at']}"
     state = s["status"] if s["enabled"] else f"{s['status']} (paused)"
+    # A paused schedule's cursor still names a slot, which will not fire until it resumes.
+    upcoming = (s["next_run_at"] or "-") if s["enabled"] else "paused"
     return (
         f"{s['id']}  owner={s['owner']}  graph={s['graph_id']}  {timing}  {state}  "
-        f"next={s['next_run_at'] or '-'}  scheduled={s['runs_total']} ok={s['runs_succeeded']} "
+        f"next={upcoming}  scheduled={s['runs_total']} ok={s['runs_succeeded']} "
         f"failed={s['runs_failed']}"
     )
 
@@ -336,6 +339,16 @@ def schedules_describe(schedule_id: str, as_json: bool) -> None:
     emit(as_json, data, _describe_text)
 
 
+def _reason(run: dict[str, Any]) -> str:
+    """Why a slot ended as it did, on its own line's end; one line however long the message."""
+    if not run["error_code"]:
+        return ""
+    message = " ".join((run["error_message"] or "").split())
+    if len(message) > MAX_REASON:
+        message = message[: MAX_REASON - 1] + "…"
+    return f"  reason={run['error_code']}" + (f": {message}" if message else "")
+
+
 def _describe_text(d: dict[str, Any]) -> str:
     lines = [_schedule_line(d)]
     policies = d["policies"]
@@ -353,14 +366,15 @@ def _describe_text(d: dict[str, Any]) -> str:
         )
     )
     fires = [f"{f['fires_at']}" for f in d["next_fire_times"]]
-    lines.append("next fire times: " + (", ".join(fires) or "none"))
+    none = "none (paused)" if d["pause"]["paused"] else "none"
+    lines.append("next fire times: " + (", ".join(fires) or none))
     for title, key in (("running", "running"), ("recent actions", "recent_actions")):
         lines.append(f"{title}:")
         for run in d[key]:
             lines.append(
                 f"  {run['scheduled_for'] or run['trigger_kind']:<20}  {run['status']:<15}  "
                 f"started={run['started_at'] or '-'}  dagster={run['dagster_run_id'] or '-'}  "
-                f"cost_usd={run['cost_usd'] or '-'}"
+                f"cost_usd={run['cost_usd'] or '-'}{_reason(run)}"
             )
         if not d[key]:
             lines.append("  none")

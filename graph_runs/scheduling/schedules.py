@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from graph_runs.access.grants import billing_account_of, get_grant
+from graph_runs.access.grants import SCOPE_PREFIX, billing_account_of, get_grant
 from graph_runs.core.cron import format_utc, format_utc_or_none
 from graph_runs.core.errors import Conflict, InvalidInput, NotFound
 from graph_runs.core.ids import new_id
@@ -37,6 +37,8 @@ FAILURE_PAUSER = "graph-runs (consecutive failures)"
 # Slots that came due while paused are written on resume, up to this many; the rest are
 # counted in the audit log.
 MAX_PAUSED_SLOTS_RECORDED = 10_000
+# A one-time run_at this far behind the clock is still "now" (a slow client, a skewed one).
+RUN_AT_GRACE = dt.timedelta(minutes=1)
 
 
 def next_due(
@@ -56,13 +58,36 @@ def next_due(
     return (None, None) if slot is None else (slot, policies.due_at(schedule_id, slot))
 
 
-def _check_grant(conn: sa.Connection, spec: ScheduleSpec) -> None:
+def _check_grant(conn: sa.Connection, spec: ScheduleSpec, now: dt.datetime) -> None:
+    """Refuse a grant that could not run the schedule's slots, rather than fail each later."""
     grant = get_grant(conn, spec.grant_id)
     if grant is None:
         raise InvalidInput("grant_id", f"grant {spec.grant_id} not found")
     if grant.owner != spec.owner:
         raise InvalidInput(
             "grant_id", f"grant {grant.id} belongs to {grant.owner}, not {spec.owner}"
+        )
+    if not grant.covers(spec.graph_id):
+        raise InvalidInput(
+            "grant_id",
+            f"grant {grant.id} cannot run graph {spec.graph_id}: it has no scope "
+            f"{SCOPE_PREFIX}{spec.graph_id} (its scopes: {', '.join(grant.scopes)})",
+        )
+    if grant.revoked_at is not None:
+        raise InvalidInput("grant_id", f"grant {grant.id} was revoked")
+    if grant.expires_at is not None and grant.expires_at <= now:
+        raise InvalidInput(
+            "grant_id", f"grant {grant.id} expired at {format_utc(grant.expires_at)}"
+        )
+
+
+def _check_run_at(spec: ScheduleSpec, now: dt.datetime) -> None:
+    """A one-time slot already past would only be recorded missed (or fire late, once)."""
+    if spec.run_at is not None and spec.run_at < now - RUN_AT_GRACE:
+        raise InvalidInput(
+            "run_at",
+            f"{format_utc(spec.run_at)} is in the past (now {format_utc(now)}); to run it "
+            "now, give a time from now on or use `schedules trigger`",
         )
 
 
@@ -89,7 +114,8 @@ def create_schedule(
     Raises Conflict when the owner already has a schedule with the same external id.
     """
     spec = validate_spec(raw, limits, now)
-    _check_grant(conn, spec)
+    _check_grant(conn, spec, now)
+    _check_run_at(spec, now)
     if spec.external_id is not None:
         existing = _by_external_id(conn, spec.owner, spec.external_id)
         if existing is not None:
@@ -206,7 +232,6 @@ def _apply_spec(
     actor: str,
 ) -> tuple[dict[str, Any], bool]:
     spec = validate_spec(raw, limits, now)
-    _check_grant(conn, spec)
     # The stored spec, read without limits: it is compared with, not accepted. A stored row
     # that is invalid (status `error`) is being fixed: everything counts as changed.
     try:
@@ -215,6 +240,9 @@ def _apply_spec(
         current = None
     if spec == current:
         return view(row), False
+    _check_grant(conn, spec, now)
+    if current is None or spec.run_at != current.run_at:
+        _check_run_at(spec, now)
     if spec.external_id is not None and spec.external_id != row.external_id:
         other = _by_external_id(conn, spec.owner, spec.external_id)
         if other is not None:

@@ -4,10 +4,14 @@ Runs main() in-process against a real database named by GRAPH_RUNS_DATABASE_URL.
 must give one line and write nothing.
 """
 
+import datetime as dt
+
 import pytest
 import sqlalchemy as sa
 
-from graph_runs.store.tables import schedules
+from graph_runs.store.db import make_engine
+from graph_runs.store.tables import run_ledger, schedules
+from tests.helpers import claim_at
 
 
 def test_create_describe_pause_resume_delete(cli, cli_grant) -> None:
@@ -156,6 +160,12 @@ def test_policies_external_ids_upsert_trigger_and_backfill(cli, cli_grant) -> No
             ["--run-at", "9999-12-31T23:59:59-05:00"],
             "error: run_at: '9999-12-31T23:59:59-05:00' is outside the years 1 to 9999 in UTC",
         ),
+        # Issue 22: what could only fail at every fire is refused at create.
+        (["--cron", "0 9 * * *"], "error: grant_id: grant grt_"),
+        (
+            ["--graph", "daily-digest", "--run-at", "2020-01-01T09:00:00Z"],
+            "error: run_at: 2020-01-01T09:00:00Z is in the past",
+        ),
         (["--cron", "0 9 * * *", "--input", '{"a": NaN}'], "error: input: holds a number"),
         (["--cron", "0 9 * * *", "--input", '{"a": "\\u0000"}'], "error: input: holds a NUL"),
         (["--cron", "0 9 * * *", "--input", '{"a": "\\ud800"}'], "error: input: holds a lone"),
@@ -210,3 +220,35 @@ def test_preview_prints_fire_instants_under_the_dst_policy(cli) -> None:
         "--from", "2026-03-08T00:00:00Z", "--count", "1",
     )  # fmt: skip
     assert text == "2026-03-08T07:00:00Z\n"
+
+
+def test_describe_says_why_a_slot_failed_and_that_a_paused_schedule_fires_nothing(
+    cli, cli_grant, database_url: str
+) -> None:
+    # Issue 22: describe's text hid failure reasons, and a paused schedule showed a next slot.
+    code, created, _ = cli(
+        "schedules", "create", "--owner", "alice", "--graph", "daily-digest",
+        "--cron", "* * * * *", "--grant", cli_grant, "--json",
+    )  # fmt: skip
+    assert code == 0
+    engine = make_engine(database_url)
+    with engine.begin() as conn:
+        claim_at(conn, dt.datetime.now(dt.UTC) + dt.timedelta(minutes=2))
+        conn.execute(
+            run_ledger.update()
+            .where(run_ledger.c.schedule_id == created["id"])
+            .values(
+                status="failed",
+                error_code="scope_denied",
+                error_message="grant grt_x has no\nscope graph:execute:daily-digest",
+                finished_at=dt.datetime.now(dt.UTC),
+            )
+        )
+    engine.dispose()
+    code, text, _ = cli("schedules", "describe", created["id"])
+    assert code == 0
+    assert "reason=scope_denied: grant grt_x has no scope graph:execute:daily-digest" in text
+    cli("schedules", "pause", created["id"], "--note", "enough")
+    code, text, _ = cli("schedules", "describe", created["id"])
+    assert "next=paused" in text.splitlines()[0]
+    assert "next fire times: none (paused)" in text

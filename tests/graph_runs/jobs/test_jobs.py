@@ -119,7 +119,7 @@ def test_a_run_that_costs_more_than_max_cost_is_flagged_over_budget(
 @pytest.mark.parametrize(
     ("scopes", "change", "code"),
     [
-        (["graph:execute:other"], None, "scope_denied"),
+        (["graph:execute:echo"], "narrow", "scope_denied"),
         (["graph:execute:echo"], "revoke", "grant_revoked"),
         (["graph:execute:echo"], "expire", "grant_expired"),
         (["graph:execute:echo"], "delete", "grant_missing"),
@@ -138,7 +138,10 @@ def test_grant_failures_are_recorded_without_calling_the_api(
         grant = make_grant(conn, CREATED, scopes=scopes)
         view = make_schedule(conn, CREATED, grant)
         # Revoked behind revoke_and_pause's back (straight in the table, as another tool
-        # might), or expired: the first run that meets it pauses the schedule.
+        # might), narrowed there (create refuses a grant that cannot run the graph), or
+        # expired: the first run that meets it pauses the schedule.
+        if change == "narrow":
+            conn.execute(execution_grants.update().values(scopes=["graph:execute:other"]))
         if change == "revoke":
             revoke_grant(conn, grant.id, now=CREATED, by="security")
         if change == "expire":
@@ -156,7 +159,7 @@ def test_grant_failures_are_recorded_without_calling_the_api(
     with engine.connect() as conn:
         assert conn.execute(sa.select(schedules.c.runs_failed)).scalar_one() == 1
         state = get_schedule(conn, view["id"])
-    if change is None:
+    if change == "narrow":
         # Out of scope is a per-graph mistake, left to pause-after-failures.
         assert state["enabled"]
     else:

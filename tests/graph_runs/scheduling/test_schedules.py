@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from graph_runs.access.grants import revoke_grant
 from graph_runs.core.errors import Conflict, InvalidInput, NotFound
 from graph_runs.core.schedule_spec import ScheduleLimits
 from graph_runs.dispatch.ledger import record_outcome
@@ -25,7 +26,7 @@ from graph_runs.scheduling.schedules import (
     update_schedule,
     upsert_schedule,
 )
-from graph_runs.store.tables import audit_log, schedules
+from graph_runs.store.tables import audit_log, execution_grants, schedules
 from tests.helpers import (
     at,
     claim_at,
@@ -94,6 +95,68 @@ def test_grant_of_another_owner_is_refused(engine: sa.Engine) -> None:
         raw = {"owner": "alice", "graph_id": "echo", "cron": "0 * * * *", "grant_id": grant.id}
         with pytest.raises(InvalidInput, match="belongs to bob"):
             create_schedule(conn, raw, limits=ScheduleLimits(), now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("scopes", "change", "fragment"),
+    [
+        (["graph:execute:other"], None, "cannot run graph echo: it has no scope"),
+        (["graph:execute:echo"], "revoke", "was revoked"),
+        (["graph:execute:echo"], "expire", "expired at 2026-11-22T10:00:00Z"),
+    ],
+)
+def test_a_grant_that_could_not_run_the_graph_is_refused_at_create_and_update(
+    engine: sa.Engine, scopes: list[str], change: str | None, fragment: str
+) -> None:
+    # Issue 22: each would have been accepted and failed at every fire.
+    with engine.begin() as conn:
+        good = make_grant(conn, NOW)
+        view = make_schedule(conn, NOW, good)
+        grant = make_grant(conn, NOW, scopes=scopes)
+        if change == "expire":
+            conn.execute(
+                execution_grants.update()
+                .where(execution_grants.c.id == grant.id)
+                .values(expires_at=at("2026-11-22T10:00:00Z"))
+            )
+        if change == "revoke":
+            revoke_grant(conn, grant.id, now=NOW, by="security")
+    raw = {"owner": "alice", "graph_id": "echo", "cron": "0 * * * *", "grant_id": grant.id}
+    with engine.begin() as conn:
+        with pytest.raises(InvalidInput, match=fragment) as refused:
+            create_schedule(conn, raw, limits=ScheduleLimits(), now=NOW)
+        assert refused.value.field == "grant_id"
+        with pytest.raises(InvalidInput, match=fragment):
+            update_schedule(
+                conn, view["id"], {"grant_id": grant.id}, limits=ScheduleLimits(), now=NOW
+            )
+        assert count(conn, schedules) == 1
+        assert get_schedule(conn, view["id"])["grant_id"] == good.id
+
+
+def test_a_run_at_in_the_past_is_refused_and_one_a_moment_ago_is_now(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        grant = make_grant(conn, NOW)
+        with pytest.raises(InvalidInput, match="is in the past") as refused:
+            make_schedule(conn, NOW, grant, cron=None, run_at="2026-11-22T09:59:00Z")
+        assert refused.value.field == "run_at"
+        # Within RUN_AT_GRACE of the clock: a slow or skewed client's "now".
+        view = make_schedule(conn, NOW, grant, cron=None, run_at="2026-11-22T09:59:45Z")
+        assert view["next_run_at"] == "2026-11-22T09:59:45Z"
+        # Retimed into the past later: refused too; other edits of it are not.
+        with pytest.raises(InvalidInput, match="is in the past"):
+            update_schedule(
+                conn,
+                view["id"],
+                {"run_at": "2026-11-22T09:00:00Z"},
+                limits=ScheduleLimits(),
+                now=NOW,
+            )
+        later = at("2026-11-22T11:00:00Z")
+        update_schedule(
+            conn, view["id"], {"input": {"topic": "sport"}}, limits=ScheduleLimits(), now=later
+        )
+        assert count(conn, schedules) == 1
 
 
 def test_create_computes_next_run_at_in_the_schedules_zone(engine: sa.Engine) -> None:
