@@ -16,7 +16,12 @@ from graph_runs.jobs import (
     scheduled_graph_runs,
 )
 from graph_runs.jobs.drift import reconcile_job, reconcile_schedule
-from graph_runs.jobs.slot_checks import SLOT_CHECKS, slot_checks_job, slot_checks_schedule
+from graph_runs.jobs.slot_checks import (
+    SLOT_CHECKS,
+    graph_runs_health,
+    slot_checks_job,
+    slot_checks_schedule,
+)
 from graph_runs.resources import (
     ClockResource,
     DatabaseResource,
@@ -32,6 +37,7 @@ from graph_runs.settings import (
     DATABASE_URL_VAR,
     EXECUTION_API_TOKEN_VAR,
     Settings,
+    check_not_plain_dagster_dev,
     check_secrets,
     load_settings,
 )
@@ -46,7 +52,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     )
     limits = settings.schedule_limits
     return dg.Definitions(
-        assets=[scheduled_graph_runs],
+        assets=[scheduled_graph_runs, graph_runs_health],
         asset_checks=SLOT_CHECKS,
         jobs=[
             graph_run_job,
@@ -92,5 +98,6 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     )
 
 
+check_not_plain_dagster_dev()
 check_secrets()
 defs = build_definitions(load_settings())

@@ -162,6 +162,27 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise SettingsError(f"{name} must be true or false, got {raw!r}")
 
 
+# Set by `dagster dev` for every process it starts, the code servers among them.
+DAGSTER_DEV_CLI_VAR = "DAGSTER_IS_DEV_CLI"
+PLAIN_DAGSTER_DEV = (
+    "graph-runs: plain `dagster dev` would run a second dispatcher on the schedules database "
+    "with a throwaway Dagster instance; start the local stack with `make dev` "
+    "(or `graph-runs dev`), or set DAGSTER_HOME to the instance you mean"
+)
+
+
+def check_not_plain_dagster_dev(environ: Mapping[str, str] | None = None) -> None:
+    """Refuse to load under a bare `dagster dev`, which gives the code no instance of its own.
+
+    It would tick the schedules sensor on the live schedules database from a temporary
+    instance, beside the `make dev` stack's, and its runs vanish when it exits. `graph-runs
+    dev` (and any deployment) sets DAGSTER_HOME.
+    """
+    env = os.environ if environ is None else environ
+    if env.get(DAGSTER_DEV_CLI_VAR) == "1" and not env.get("DAGSTER_HOME"):
+        raise SettingsError(PLAIN_DAGSTER_DEV)
+
+
 def check_secrets(environ: Mapping[str, str] | None = None) -> None:
     """Refuse, when the code location loads, a secret that could never be sent.
 

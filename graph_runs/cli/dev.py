@@ -172,7 +172,10 @@ def run_dev(settings: Settings, *, port: int, as_json: bool, api_port: int | Non
                 str(port),
             ],
             env=env,
-            cwd=REPO_ROOT,
+            # Where its dagster.yaml is: from the top of the repo, dagster dev warns that
+            # the dagster.yaml there is not the instance's (it is not: DAGSTER_HOME's copy
+            # is). The Dagster processes get this process's environment; no .env is read.
+            cwd=dagster_home,
         )
     )
     try:

@@ -231,15 +231,19 @@ class Dispatcher:
                     self._start_call(
                         session, firing, attempt, placed=firing.row.id in decided.placed
                     )
-                for row, code, message in decided.denied:
-                    report.recorded.append(
-                        Recorded(
-                            row,
-                            Outcome(status=FAILED, error_code=code, error_message=message),
-                            {"status": FAILED, "error_code": code, "ledger_id": row.id},
-                            attempt,
-                        )
+                denied = [
+                    Recorded(
+                        row,
+                        Outcome(status=FAILED, error_code=code, error_message=message),
+                        {"status": FAILED, "error_code": code, "ledger_id": row.id},
+                        attempt,
                     )
+                    for row, code, message in decided.denied
+                ]
+                report.recorded.extend(denied)
+                if denied:
+                    # Recorded by the decision itself: shown like any other outcome.
+                    self.on_recorded(denied)
             # Everything is fired: what still runs after hand_off is the sensor's to poll.
             session.hand_off_in(self.limits.hand_off.total_seconds())
             await self._drain(recorder, report)

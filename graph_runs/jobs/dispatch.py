@@ -15,11 +15,12 @@ import dagster as dg
 from graph_runs.core.cron import format_utc
 from graph_runs.core.errors import Conflict, InvalidInput, NotFound
 from graph_runs.core.schedule_spec import ScheduleLimits
-from graph_runs.core.statuses import SUCCEEDED
+from graph_runs.core.statuses import FAILED, SUCCEEDED
 from graph_runs.dispatch import batches, ledger
 from graph_runs.dispatch.batches import BATCH_ATTEMPT_TAG, BATCH_ID_TAG
 from graph_runs.dispatch.dispatcher import Dispatcher, Recorded, Report, summary
 from graph_runs.dispatch.firing import Firing
+from graph_runs.execution_api.client import Outcome
 from graph_runs.jobs.partitions import SLOT_ASSET_KEY, schedule_partitions
 from graph_runs.jobs.single import GraphRunRequest, checked_body, start_single
 from graph_runs.resources import (
@@ -35,6 +36,7 @@ MAX_SLOTS_LISTED = 500
 # Dagster tags a re-executed run with the run it re-executes.
 PARENT_RUN_ID_TAG = "dagster/parent_run_id"
 MAX_FAILED_NAMED = 20
+MAX_REASON = 500
 
 
 def _label(row: Any) -> str:
@@ -42,9 +44,10 @@ def _label(row: Any) -> str:
     return f"{row.schedule_id or '-'}@{slot}"
 
 
-def _slot_metadata(done: Recorded) -> dict[str, Any]:
+def _slot_metadata(done: Recorded, run_id: str | None = None) -> dict[str, Any]:
     row, recorded = done.row, done.recorded
-    return {
+    reason = " ".join((done.outcome.error_message or "").split())
+    metadata = {
         "slot": format_utc(row.scheduled_for) if row.scheduled_for else row.trigger_kind,
         "status": recorded["status"],
         "cost_usd": recorded.get("cost_usd") or "0",
@@ -53,8 +56,14 @@ def _slot_metadata(done: Recorded) -> dict[str, Any]:
         "ledger_id": row.id,
         "attempt": done.attempt,
         "error": done.outcome.error_code or "",
+        "reason": reason[:MAX_REASON],
         "over_budget": bool(recorded.get("over_budget")),
     }
+    if run_id is not None:
+        # The run that fired it, a link in the UI: the Runs page cannot find a slot's run
+        # by partition when a batch fired many schedules' slots.
+        metadata["run"] = dg.MetadataValue.dagster_run(run_id)
+    return metadata
 
 
 def _events(context: dg.OpExecutionContext, asset_events: bool, done: list[Recorded]) -> None:
@@ -64,7 +73,7 @@ def _events(context: dg.OpExecutionContext, asset_events: bool, done: list[Recor
         counts[item.recorded["status"]] = counts.get(item.recorded["status"], 0) + 1
         if not asset_events or not item.row.schedule_id:
             continue
-        metadata = _slot_metadata(item)
+        metadata = _slot_metadata(item, context.run_id)
         if item.recorded["status"] == SUCCEEDED:
             context.log_event(
                 dg.AssetMaterialization(
@@ -108,13 +117,14 @@ def _single_firing(
     grants: GrantsResource,
     clock: ClockResource,
     limits: ScheduleLimits,
-) -> list[Firing]:
+    asset_events: bool,
+) -> tuple[list[Firing], list[Recorded]]:
     """The one slot of a run launched with a ledger row (approved) or for a partition."""
     try:
         row = start_single(context, config, database, grants, clock, limits)
     except (Conflict, NotFound, InvalidInput) as exc:
         raise dg.Failure(description=str(exc)) from None
-    return _checked(context, database, clock, row)
+    return _checked(context, database, clock, row, asset_events)
 
 
 def _refirings(
@@ -122,7 +132,8 @@ def _refirings(
     database: DatabaseResource,
     clock: ClockResource,
     batch_id: str,
-) -> list[Firing]:
+    asset_events: bool,
+) -> tuple[list[Firing], list[Recorded]]:
     """A re-execution of a finished batch's run fires its failed slots again, same keys."""
     with database.transaction() as conn:
         rows = [
@@ -131,12 +142,12 @@ def _refirings(
         ]
     context.log.info(f"re-execution: firing {len(rows)} failed slot(s) of batch {batch_id} again")
     firings: list[Firing] = []
+    refused: list[Recorded] = []
     for row in rows:
-        try:
-            firings.extend(_checked(context, database, clock, row))
-        except dg.Failure as failure:
-            context.log.error(failure.description or "grant check failed")
-    return firings
+        more, denied = _checked(context, database, clock, row, asset_events)
+        firings.extend(more)
+        refused.extend(denied)
+    return firings, refused
 
 
 def _checked(
@@ -144,10 +155,22 @@ def _checked(
     database: DatabaseResource,
     clock: ClockResource,
     row: Any,
-) -> list[Firing]:
-    """The slot, started in this run, if its grant allows it; recorded failed otherwise."""
-    body = checked_body(context, database, clock, row)
-    return [] if body is None else [Firing(row, body)]
+    asset_events: bool,
+) -> tuple[list[Firing], list[Recorded]]:
+    """The slot, started in this run, if its grant allows it; else its recorded failure."""
+    try:
+        body = checked_body(context, database, clock, row)
+    except dg.Failure as refused:
+        # Recorded failed by the check: an outcome like any other, shown on its partition;
+        # the run itself did its work.
+        code = str(refused.metadata["error_code"].value) if refused.metadata else "grant_denied"
+        outcome = Outcome(status=FAILED, error_code=code, error_message=refused.description)
+        recorded = Recorded(
+            row, outcome, {"status": FAILED, "error_code": code, "ledger_id": row.id}, 1
+        )
+        _events(context, asset_events, [recorded])
+        return [], [recorded]
+    return ([] if body is None else [Firing(row, body)]), []
 
 
 @dg.op(
@@ -167,7 +190,10 @@ def dispatch_slots(
     dispatch: DispatchResource,
     schedule_limits: ScheduleLimitsResource,
 ) -> dg.Output[dict[str, Any]]:
-    """Fail, naming them, if any slot failed or was left without an outcome."""
+    """Succeed once every slot it fired has its outcome recorded, whatever the outcomes.
+
+    Fails, naming them, only when slots were left without an outcome: dispatch failed.
+    """
     now_fn, sleep = clock.timer()
     dispatcher = Dispatcher(
         database.engine(),
@@ -185,16 +211,28 @@ def dispatch_slots(
         attempt = int(context.run.tags.get(BATCH_ATTEMPT_TAG, "1"))
         report = asyncio.run(dispatcher.run_batch(batch_id, attempt))
         if report.replaced and context.run.tags.get(PARENT_RUN_ID_TAG):
-            firings = _refirings(context, database, clock, batch_id)
+            firings, refused = _refirings(
+                context, database, clock, batch_id, dispatch.slot_asset_events
+            )
             report = asyncio.run(dispatcher.run_started(firings)) if firings else report
+            report.recorded.extend(refused)
         elif report.replaced:
             context.log.warning(
                 f"batch {batch_id} has moved past attempt {attempt} or is done; this run "
                 "fires nothing"
             )
     else:
-        firings = _single_firing(context, config, database, grants, clock, schedule_limits.limits())
+        firings, refused = _single_firing(
+            context,
+            config,
+            database,
+            grants,
+            clock,
+            schedule_limits.limits(),
+            dispatch.slot_asset_events,
+        )
         report = asyncio.run(dispatcher.run_started(firings)) if firings else Report()
+        report.recorded.extend(refused)
     context.log.info(summary(report))
     metadata: dict[str, Any] = {
         "fired": report.fired if batch_id else len(report.recorded),
@@ -205,28 +243,31 @@ def dispatch_slots(
         "first_fired_lag_seconds": report.first_fired_lag or 0.0,
     }
     failed = report.failed
-    if failed or report.unrecorded:
-        named = ", ".join(
-            f"{_label(i.row)} ({i.outcome.error_code}: {i.outcome.error_message})"
-            for i in failed[:MAX_FAILED_NAMED]
-        )
-        more = (
-            f" and {len(failed) - MAX_FAILED_NAMED} more" if len(failed) > MAX_FAILED_NAMED else ""
-        )
-        left = (
-            f"; {len(report.unrecorded)} slot(s) have no outcome yet and are dispatched again"
-            if report.unrecorded
-            else ""
-        )
-        failures = f"{len(failed)} slot(s) failed: {named}{more}" if failed else "no slot failed"
+    named = ", ".join(
+        f"{_label(i.row)} ({i.outcome.error_code}: {i.outcome.error_message})"
+        for i in failed[:MAX_FAILED_NAMED]
+    )
+    more = f" and {len(failed) - MAX_FAILED_NAMED} more" if len(failed) > MAX_FAILED_NAMED else ""
+    failures = f"{len(failed)} slot(s) failed: {named}{more}" if failed else "no slot failed"
+    if report.unrecorded:
+        # Dispatch itself failed: these slots have no outcome, and the sensor dispatches
+        # them again. The run is red for this alone.
         raise dg.Failure(
-            description=f"{failures}{left}",
+            description=(
+                f"{len(report.unrecorded)} slot(s) have no outcome yet and are dispatched "
+                f"again; {failures}"
+            ),
             metadata=metadata,
         )
+    if failed:
+        # A slot's failure is its outcome, recorded and shown on its schedule's partition:
+        # one user's failed slot does not turn a run that served others red.
+        context.log.warning(failures)
     return dg.Output(
         {
             "statuses": dict(report.statuses),
             "recorded": [i.recorded for i in report.recorded[:MAX_SLOTS_LISTED]],
+            "failed": [i.recorded for i in failed[:MAX_SLOTS_LISTED]],
         },
         metadata=metadata,
     )

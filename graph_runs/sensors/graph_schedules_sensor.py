@@ -30,7 +30,7 @@ from typing import Any
 import dagster as dg
 
 from graph_runs.core.cron import format_utc, parse_instant
-from graph_runs.dispatch import batches, polling
+from graph_runs.dispatch import batch_tags, batches, polling
 from graph_runs.dispatch.batches import Batch
 from graph_runs.dispatch.reconcile import (
     DAGSTER_NOT_STARTED,
@@ -315,8 +315,13 @@ def graph_schedules_tick(
         context.instance, changed_live, changed_deleted, full, singles
     )
 
+    shared: dict[str, dict[str, str]] = {}
+    if to_request:
+        with database.engine().connect() as conn:
+            shared = batch_tags.shared_tags(conn, [b.id for b in to_request])
     run_requests = []
     for batch in to_request:
+        tags = {**shared.get(batch.id, {}), **batch.run_tags()}
         label = f"[batch={batch.id} attempt={batch.attempt} slots={batch.size}]"
         due = format_utc(batch.due_at)
         if batch.partition_key and batch.partition_key in partitions:
@@ -326,15 +331,13 @@ def graph_schedules_tick(
                     run_key=batch.run_key,
                     job_name=graph_run_job.name,
                     partition_key=batch.partition_key,
-                    tags=batch.run_tags(),
+                    tags=tags,
                 )
             )
             continue
         context.log.info(f"{label} due {due}: requesting run {batch.run_key}")
         run_requests.append(
-            dg.RunRequest(
-                run_key=batch.run_key, job_name=dispatch_batch_job.name, tags=batch.run_tags()
-            )
+            dg.RunRequest(run_key=batch.run_key, job_name=dispatch_batch_job.name, tags=tags)
         )
 
     polled = _poll(database, execution_api, dispatch, now) if execution_api else polling.Polled()

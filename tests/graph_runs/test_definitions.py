@@ -1,13 +1,18 @@
 """graph_runs.definitions: the code location loads, with the names workspace.yaml promises.
 
-Loads the module as Dagster would; no database is touched at import.
+Loads the module as Dagster would (in a process of its own where the environment matters);
+no database is touched at import.
 """
+
+import os
+import subprocess
+import sys
 
 import dagster as dg
 import pytest
 
 from graph_runs.definitions import build_definitions
-from graph_runs.settings import SettingsError, load_settings
+from graph_runs.settings import PLAIN_DAGSTER_DEV, SettingsError, load_settings
 
 
 def test_definitions_load_with_the_documented_names(tmp_path) -> None:
@@ -78,3 +83,30 @@ def test_api_retry_settings_reach_the_resource_and_ride_out_minutes_by_default(t
     assert (api.max_attempts, api.request_timeout_seconds) == (3, 2)  # type: ignore[union-attr]
     with pytest.raises(SettingsError, match="GRAPH_RUNS_API_MAX_ATTEMPTS must be at least 1"):
         load_settings({"GRAPH_RUNS_HOME": str(tmp_path), "GRAPH_RUNS_API_MAX_ATTEMPTS": "0"})
+
+
+def _load_in_a_process(tmp_path, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    environ.update(GRAPH_RUNS_HOME=str(tmp_path), **env)
+    return subprocess.run(
+        [sys.executable, "-c", "import graph_runs.definitions"],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_plain_dagster_dev_stops_at_load_saying_to_use_make_dev(tmp_path) -> None:
+    # Issue 22: bare `dagster dev` (which sets DAGSTER_IS_DEV_CLI and, without DAGSTER_HOME,
+    # a throwaway instance) started a second dispatcher on the live schedules database.
+    refused = _load_in_a_process(tmp_path, DAGSTER_IS_DEV_CLI="1")
+    assert refused.returncode != 0
+    assert refused.stderr.strip().splitlines()[-1].endswith(PLAIN_DAGSTER_DEV)
+    assert "`make dev`" in PLAIN_DAGSTER_DEV
+    # `graph-runs dev` gives it an instance, and so does any deployment.
+    home = tmp_path / "dagster"
+    assert (
+        _load_in_a_process(tmp_path, DAGSTER_IS_DEV_CLI="1", DAGSTER_HOME=str(home)).returncode == 0
+    )
+    assert _load_in_a_process(tmp_path).returncode == 0

@@ -98,6 +98,8 @@ def test_a_scheduled_slot_runs_records_and_bills(
     assert entries["tokens"].value == receipt.total_tokens
     assert entries["cost_usd"].value == str(micros_to_usd(receipt.cost_micros))
     assert entries["over_budget"].value is False and row.over_budget is False
+    # The run that fired it, linked from the event (issue 22).
+    assert entries["run"].value == run.run_id
 
 
 def test_a_run_that_costs_more_than_max_cost_is_flagged_over_budget(
@@ -152,10 +154,18 @@ def test_grant_failures_are_recorded_without_calling_the_api(
     result = tick(instance, resources, None)
     apply_partitions(instance, result)
     run = launch(instance, resources, (result.run_requests or [])[0])
-    assert not run.success
+    # Its failure is the slot's outcome, recorded: the run did its work (issue 22).
+    assert run.success
     row = one(engine, run_ledger)
     assert (row.status, row.error_code) == ("failed", code)
     assert execution_api.store.executions == 0 and count(engine, charge_receipts) == 0
+    # Issue 22: a slot refused at its fire wrote no event; its partition now says why.
+    (observed,) = run.get_asset_observation_events()
+    event = observed.asset_observation_data.asset_observation
+    assert (event.asset_key, event.partition) == (dg.AssetKey("scheduled_graph_runs"), view["id"])
+    assert (event.metadata["status"].value, event.metadata["error"].value) == ("failed", code)
+    assert event.metadata["reason"].value == row.error_message
+    assert event.metadata["run"].value == run.run_id
     with engine.connect() as conn:
         assert conn.execute(sa.select(schedules.c.runs_failed)).scalar_one() == 1
         state = get_schedule(conn, view["id"])
@@ -185,7 +195,8 @@ def test_a_403_from_the_apis_own_grant_check_is_recorded_and_not_retried(
     result = tick(instance, resources, None)
     apply_partitions(instance, result)
     run = launch(instance, resources, (result.run_requests or [])[0])
-    assert not run.success
+    # Its failure is the slot's outcome, recorded: the run did its work (issue 22).
+    assert run.success
     row = one(engine, run_ledger)
     assert (row.status, row.error_code, row.api_run_id) == ("failed", code, None)
     assert (execution_api.store.refusals, execution_api.store.executions) == (1, 0)
@@ -196,11 +207,12 @@ def test_a_403_from_the_apis_own_grant_check_is_recorded_and_not_retried(
     assert state["enabled"] is (code == "scope_denied")
 
 
-def test_a_failed_graph_fails_the_run_and_still_bills(
+def test_a_failed_graph_is_recorded_failed_and_still_billed_in_a_green_run(
     engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
 ) -> None:
     run, _, _ = fire_one(engine, database_url, instance, execution_api, graph_id="fail")
-    assert not run.success
+    # Its failure is the slot's outcome, recorded: the run did its work (issue 22).
+    assert run.success
     row = one(engine, run_ledger)
     assert (row.status, row.error_code) == ("failed", "graph_failed")
     assert count(engine, charge_receipts) == 1
@@ -219,16 +231,17 @@ def test_re_executing_a_slot_never_executes_or_bills_twice(
     assert tuple(totals) == (1, 1)
 
 
-def test_api_outage_fails_the_run_and_a_later_re_execution_succeeds_once(
+def test_api_outage_is_recorded_and_a_later_re_execution_succeeds_once(
     engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
 ) -> None:
     run, _, request = fire_one(
         engine, database_url, instance, execution_api, graph_id="flaky", input={"failures": 3}
     )
-    # Three attempts, three 503s: the run fails, recorded as api_unavailable.
-    assert not run.success
+    # Three attempts, three 503s: recorded as api_unavailable.
+    # Its failure is the slot's outcome, recorded: the run did its work (issue 22).
+    assert run.success
     assert one(engine, run_ledger).error_code == "api_unavailable"
-    # Re-executing the failed run (Dagster tags it with its parent) fires the slot again.
+    # Re-executing the run (Dagster tags it with its parent) fires the failed slot again.
     again = launch(
         instance,
         make_resources(database_url, execution_api, NOW),
@@ -382,7 +395,8 @@ def test_a_schedule_naming_another_owners_grant_fails_without_calling_the_api(
     apply_partitions(instance, result)
     (request,) = result.run_requests or []
     run = launch(instance, resources, request)
-    assert not run.success
+    # Its failure is the slot's outcome, recorded: the run did its work (issue 22).
+    assert run.success
     with engine.connect() as conn:
         rows = {r.schedule_id: r for r in conn.execute(sa.select(run_ledger))}
     assert (rows[stolen["id"]].status, rows[stolen["id"]].error_code) == (

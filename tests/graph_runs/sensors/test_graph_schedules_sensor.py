@@ -201,3 +201,37 @@ def test_an_invalid_row_does_not_stop_the_others(
             )
         ).one()
     assert status == "error" and error.startswith("cron:")
+
+
+def test_a_batch_of_one_owners_slots_is_tagged_with_the_owner_for_the_runs_filter(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance
+) -> None:
+    # Issue 22: slots that shared a dispatch run carried only batch tags, so filtering the
+    # Runs page by an owner or a schedule found nothing.
+    with engine.begin() as conn:
+        alice, bob = make_grant(conn, CREATED), make_grant(conn, CREATED, owner="bob")
+        lone = make_schedule(conn, CREATED, alice, cron="0 11 * * *")
+        for _ in range(2):
+            make_schedule(conn, CREATED, alice, cron="0 12 * * *")
+        make_schedule(conn, CREATED, alice, cron="0 13 * * *")
+        make_schedule(conn, CREATED, bob, cron="0 13 * * *")
+    tags_at: dict[str, dict[str, str]] = {}
+    for hour in ("11", "12", "13"):
+        resources = make_resources(database_url, None, f"2026-11-22T{hour}:00:02Z")
+        seen = {t["graph_runs/batch_id"] for t in tags_at.values()}
+        # No run works the earlier batches here: they are asked for again, as before.
+        (request,) = [
+            r for r in tick(instance, resources, None).run_requests or []
+            if r.tags["graph_runs/batch_id"] not in seen
+        ]  # fmt: skip
+        tags_at[hour] = request.tags
+    assert tags_at["11"]["graph_runs/owner"] == "alice"
+    assert tags_at["11"]["graph_runs/schedule_id"] == lone["id"]
+    # Two schedules of one owner: her runs, neither schedule's alone.
+    assert tags_at["12"]["graph_runs/owner"] == "alice"
+    assert "graph_runs/schedule_id" not in tags_at["12"]
+    # Two owners: a tag naming one would hide the other.
+    assert "graph_runs/owner" not in tags_at["13"]
+    assert "graph_runs/schedule_id" not in tags_at["13"]
+    # Never the billing account: the queue would hold a batch behind that account's runs.
+    assert not any("billing_account" in t for tags in tags_at.values() for t in tags)
