@@ -38,9 +38,10 @@ E2E_LONGEST_FIRST = (
     "test_daemon_recovery.py",
     "test_topology.py",
     "test_daemon.py",
+    "test_quickstart.py",
     "test_daemon_approvals.py",
-    "test_catalog.py",
     "test_graphql.py",
+    "test_catalog.py",
     "test_clock_jumps.py",
 )
 
