@@ -119,14 +119,23 @@ def _sensor_polls(engine: sa.Engine, api: RunningApi, now: str) -> polling.Polle
     return asyncio.run(polling.poll_handed_off(engine, caller, now=at(now)))
 
 
+def _fired_as_r1_past_its_bound(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, api: RunningApi
+) -> None:
+    """A long slot claimed, then fired as API run ``r-1`` by a last attempt that died.
+
+    1 s timeout + 10 min margin: polled on at 10:11:00, handed to one last poll after.
+    """
+    long_slot(engine)
+    resources = fast_polls(make_resources(database_url, api, "2026-11-22T10:00:30Z"))
+    apply_partitions(instance, tick(instance, resources, None))
+    assert _past_the_last_attempt(engine, api_run_id="r-1") == ("retry", "lost")
+
+
 def test_a_slot_is_given_up_on_once_its_timeout_and_a_margin_have_passed_and_a_poll_said_nothing(
     engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
 ) -> None:
-    long_slot(engine)
-    resources = fast_polls(make_resources(database_url, execution_api, "2026-11-22T10:00:30Z"))
-    apply_partitions(instance, tick(instance, resources, None))
-    # 1 s timeout + 10 min margin: polled on at 10:11:00, handed to one last poll after.
-    assert _past_the_last_attempt(engine, api_run_id="r-1") == ("retry", "lost")
+    _fired_as_r1_past_its_bound(engine, database_url, instance, execution_api)
     row = the_row(engine)
     assert (row.status, row.poll_after) == ("running", at("2026-11-22T10:11:02Z"))
     # The API knows no run r-1: the poll says nothing, and the slot is given up on.
@@ -140,10 +149,7 @@ def test_past_its_bound_a_slot_is_not_given_up_while_the_api_cannot_be_asked(
 ) -> None:
     # Found by the fault simulator (SQLite seed 20, a clock jump): the one poll after the
     # host woke hit a 503, and the slot was given up though its API run had ended, paid.
-    long_slot(engine)
-    resources = fast_polls(make_resources(database_url, execution_api, "2026-11-22T10:00:30Z"))
-    apply_partitions(instance, tick(instance, resources, None))
-    assert _past_the_last_attempt(engine, api_run_id="r-1") == ("retry", "lost")
+    _fired_as_r1_past_its_bound(engine, database_url, instance, execution_api)
     down = RunningApi(
         url="http://127.0.0.1:9", token=execution_api.token, store=execution_api.store
     )
