@@ -28,6 +28,7 @@ from graph_runs.core.policies import (
     parse_duration,
 )
 from graph_runs.core.schedule_spec import require_in_range
+from graph_runs.core.text import bounded
 from graph_runs.scheduling import schedules as schedules_api
 from graph_runs.scheduling import triggers
 from graph_runs.scheduling.describe import describe_schedule
@@ -343,9 +344,7 @@ def _reason(run: dict[str, Any]) -> str:
     """Why a slot ended as it did, on its own line's end; one line however long the message."""
     if not run["error_code"]:
         return ""
-    message = " ".join((run["error_message"] or "").split())
-    if len(message) > MAX_REASON:
-        message = message[: MAX_REASON - 1] + "…"
+    message = bounded(run["error_message"] or "", MAX_REASON)
     return f"  reason={run['error_code']}" + (f": {message}" if message else "")
 
 

@@ -85,6 +85,14 @@ class Recorded:
     recorded: dict[str, Any]
     attempt: int
 
+    @classmethod
+    def refused(cls, row: Any, code: str, message: str | None, attempt: int) -> "Recorded":
+        """A slot its grant check refused before any call, already recorded failed."""
+        outcome = Outcome(status=FAILED, error_code=code, error_message=message)
+        return cls(
+            row, outcome, {"status": FAILED, "error_code": code, "ledger_id": row.id}, attempt
+        )
+
 
 @dataclass
 class Report:
@@ -232,12 +240,7 @@ class Dispatcher:
                         session, firing, attempt, placed=firing.row.id in decided.placed
                     )
                 denied = [
-                    Recorded(
-                        row,
-                        Outcome(status=FAILED, error_code=code, error_message=message),
-                        {"status": FAILED, "error_code": code, "ledger_id": row.id},
-                        attempt,
-                    )
+                    Recorded.refused(row, code, message, attempt)
                     for row, code, message in decided.denied
                 ]
                 report.recorded.extend(denied)

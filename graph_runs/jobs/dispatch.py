@@ -15,12 +15,12 @@ import dagster as dg
 from graph_runs.core.cron import format_utc
 from graph_runs.core.errors import Conflict, InvalidInput, NotFound
 from graph_runs.core.schedule_spec import ScheduleLimits
-from graph_runs.core.statuses import FAILED, SUCCEEDED
+from graph_runs.core.statuses import SUCCEEDED
+from graph_runs.core.text import bounded
 from graph_runs.dispatch import batches, ledger
 from graph_runs.dispatch.batches import BATCH_ATTEMPT_TAG, BATCH_ID_TAG
 from graph_runs.dispatch.dispatcher import Dispatcher, Recorded, Report, summary
 from graph_runs.dispatch.firing import Firing
-from graph_runs.execution_api.client import Outcome
 from graph_runs.jobs.partitions import SLOT_ASSET_KEY, schedule_partitions
 from graph_runs.jobs.single import GraphRunRequest, checked_body, start_single
 from graph_runs.resources import (
@@ -46,7 +46,6 @@ def _label(row: Any) -> str:
 
 def _slot_metadata(done: Recorded, run_id: str | None = None) -> dict[str, Any]:
     row, recorded = done.row, done.recorded
-    reason = " ".join((done.outcome.error_message or "").split())
     metadata = {
         "slot": format_utc(row.scheduled_for) if row.scheduled_for else row.trigger_kind,
         "status": recorded["status"],
@@ -56,7 +55,7 @@ def _slot_metadata(done: Recorded, run_id: str | None = None) -> dict[str, Any]:
         "ledger_id": row.id,
         "attempt": done.attempt,
         "error": done.outcome.error_code or "",
-        "reason": reason[:MAX_REASON],
+        "reason": bounded(done.outcome.error_message or "", MAX_REASON),
         "over_budget": bool(recorded.get("over_budget")),
     }
     if run_id is not None:
@@ -164,10 +163,7 @@ def _checked(
         # Recorded failed by the check: an outcome like any other, shown on its partition;
         # the run itself did its work.
         code = str(refused.metadata["error_code"].value) if refused.metadata else "grant_denied"
-        outcome = Outcome(status=FAILED, error_code=code, error_message=refused.description)
-        recorded = Recorded(
-            row, outcome, {"status": FAILED, "error_code": code, "ledger_id": row.id}, 1
-        )
+        recorded = Recorded.refused(row, code, refused.description, 1)
         _events(context, asset_events, [recorded])
         return [], [recorded]
     return ([] if body is None else [Firing(row, body)]), []
