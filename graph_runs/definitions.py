@@ -9,13 +9,10 @@ one elsewhere or set its clock.
 
 import dagster as dg
 
-from graph_runs.jobs import (
-    dispatch_batch_job,
-    graph_run_adhoc_job,
-    graph_run_job,
-    scheduled_graph_runs,
-)
+from graph_runs.jobs import dispatch_batch_job, graph_run_adhoc_job, scheduled_graph_runs
+from graph_runs.jobs.dispatch import make_graph_run_job
 from graph_runs.jobs.drift import reconcile_job, reconcile_schedule
+from graph_runs.jobs.partition_tags import billing_tags
 from graph_runs.jobs.slot_checks import (
     SLOT_CHECKS,
     graph_runs_health,
@@ -51,11 +48,13 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         else settings.default_database_url
     )
     limits = settings.schedule_limits
+    # Its UI launches are tagged with the account that pays, read from this database.
+    partition_job = make_graph_run_job(billing_tags(settings.database_url))
     return dg.Definitions(
         assets=[scheduled_graph_runs, graph_runs_health],
         asset_checks=SLOT_CHECKS,
         jobs=[
-            graph_run_job,
+            partition_job,
             dispatch_batch_job,
             graph_run_adhoc_job,
             reconcile_job,
@@ -63,8 +62,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         ],
         schedules=[reconcile_schedule, slot_checks_schedule],
         sensors=[
-            make_graph_schedules_sensor(settings.sensor_interval_seconds),
-            make_graph_run_approvals_sensor(settings.sensor_interval_seconds),
+            make_graph_schedules_sensor(settings.sensor_interval_seconds, partition_job),
+            make_graph_run_approvals_sensor(settings.sensor_interval_seconds, partition_job),
         ],
         resources=sealed(
             {

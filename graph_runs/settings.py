@@ -135,7 +135,10 @@ class Settings:
         return f"sqlite:///{(self.home / 'graph_runs.db').resolve()}"
 
     def database_url(self, environ: Mapping[str, str] | None = None) -> str:
-        """The database URL for command-line use, where no Dagster UI can leak it."""
+        """The database URL, read when it is used, where no Dagster UI shows it.
+
+        That is the command line, and the tags of a UI launch (``jobs.partition_tags``).
+        """
         env = os.environ if environ is None else environ
         return env.get(DATABASE_URL_VAR) or self.default_database_url
 

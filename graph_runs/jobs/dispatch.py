@@ -8,6 +8,7 @@ schedule's partition of the ``scheduled_graph_runs`` asset instead.
 """
 
 import asyncio
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import dagster as dg
@@ -280,16 +281,33 @@ def dispatch() -> None:
     dispatch_slots()
 
 
-graph_run_job = dispatch.to_job(
-    name="graph_run_job",
-    description=(
-        "A batch of one slot of a user schedule (one partition per schedule), an approved "
-        "slot, or a trigger-now launched from the UI for a partition."
-    ),
-    partitions_def=schedule_partitions,
-    executor_def=dg.in_process_executor,
-    tags=NO_RUN_RETRIES,
-)
+def make_graph_run_job(
+    partition_tags: Callable[[str], Mapping[str, str]] | None = None,
+) -> dg.JobDefinition:
+    """``graph_run_job``, whose UI launches get ``partition_tags`` (``partition_tags.py``).
+
+    The definitions pass the tags read from their own database; without them (the
+    module's ``graph_run_job``, which tests run directly) a launch carries only the tags
+    its caller gives.
+    """
+    config = dg.PartitionedConfig(
+        partitions_def=schedule_partitions,
+        run_config_for_partition_key_fn=lambda _key: {},
+        tags_for_partition_key_fn=partition_tags,
+    )
+    return dispatch.to_job(
+        name="graph_run_job",
+        description=(
+            "A batch of one slot of a user schedule (one partition per schedule), an approved "
+            "slot, or a trigger-now launched from the UI for a partition."
+        ),
+        config=config,
+        executor_def=dg.in_process_executor,
+        tags=NO_RUN_RETRIES,
+    )
+
+
+graph_run_job = make_graph_run_job()
 
 dispatch_batch_job = dispatch.to_job(
     name="dispatch_batch_job",

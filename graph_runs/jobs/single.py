@@ -124,11 +124,13 @@ def _start_single(
                 requested_by=context.run.tags.get("dagster/user"),
                 now=now,
             )
-            # Raised in the transaction: a refused run leaves no row behind.
+            # Raised in the transaction: a refused run leaves no row behind. The UI's
+            # launches carry the tag from the schedule's grant (jobs.partition_tags); one
+            # without it went past the queue's per-account limit.
             _refuse_unless_billed(
                 context,
                 ledger.get_run(conn, ledger_id).billing_account,
-                required=False,
+                required=True,
                 whose=f"schedule {context.partition_key}",
             )
             row = ledger.start_run(conn, ledger_id, dagster_run_id=context.run_id, now=now)

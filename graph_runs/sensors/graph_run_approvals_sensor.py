@@ -23,6 +23,7 @@ from graph_runs.approvals import gate as approval_gate
 from graph_runs.core.cron import format_utc
 from graph_runs.dispatch import ledger
 from graph_runs.jobs import SCHEDULE_PARTITIONS_NAME, graph_run_job
+from graph_runs.jobs.partition_tags import resolved_partition_tags
 from graph_runs.jobs.run_lookup import existing_runs_tagged
 from graph_runs.resources import ClockResource, DatabaseResource
 from graph_runs.store.db import SchemaError
@@ -74,7 +75,9 @@ def _launches(
             dg.RunRequest(
                 run_key=approval.id,
                 partition_key=row.schedule_id,
-                tags=approval_tags(approval, row),
+                # Resolved: Dagster would retag it with the account of the schedule's grant
+                # today, not the slot's own (jobs.partition_tags).
+                tags={**approval_tags(approval, row), **resolved_partition_tags(row.schedule_id)},
             )
         )
     return requests, plan.launched, plan.closed
@@ -111,12 +114,14 @@ def graph_run_approvals_tick(
     return dg.SkipReason(reason)
 
 
-def make_graph_run_approvals_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
-    """The sensor, on the same interval as the schedules sensor."""
+def make_graph_run_approvals_sensor(
+    minimum_interval_seconds: int, partition_job: dg.JobDefinition = graph_run_job
+) -> dg.SensorDefinition:
+    """The sensor, on the same interval as the schedules sensor, launching ``partition_job``."""
 
     @dg.sensor(
         name="graph_run_approvals_sensor",
-        job=graph_run_job,
+        job=partition_job,
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(

@@ -39,6 +39,7 @@ from graph_runs.dispatch.reconcile import (
 )
 from graph_runs.dispatch.tick import claim_and_batch
 from graph_runs.jobs import SCHEDULE_PARTITIONS_NAME, dispatch_batch_job, graph_run_job
+from graph_runs.jobs.partition_tags import resolved_partition_tags
 from graph_runs.jobs.run_lookup import existing_batch_runs, run_statuses
 from graph_runs.resources import (
     ClockResource,
@@ -331,7 +332,7 @@ def graph_schedules_tick(
                     run_key=batch.run_key,
                     job_name=graph_run_job.name,
                     partition_key=batch.partition_key,
-                    tags=tags,
+                    tags={**tags, **resolved_partition_tags(batch.partition_key)},
                 )
             )
             continue
@@ -390,12 +391,17 @@ def graph_schedules_tick(
     return dg.SensorResult(skip_reason=reason, cursor=new_cursor.serialize())
 
 
-def make_graph_schedules_sensor(minimum_interval_seconds: int) -> dg.SensorDefinition:
-    """The sensor, with its interval from ``GRAPH_RUNS_SENSOR_INTERVAL_SECONDS``."""
+def make_graph_schedules_sensor(
+    minimum_interval_seconds: int, partition_job: dg.JobDefinition = graph_run_job
+) -> dg.SensorDefinition:
+    """The sensor, with its interval from ``GRAPH_RUNS_SENSOR_INTERVAL_SECONDS``.
+
+    ``partition_job`` is the definitions' own ``graph_run_job`` (``make_graph_run_job``).
+    """
 
     @dg.sensor(
         name="graph_schedules_sensor",
-        jobs=[graph_run_job, dispatch_batch_job],
+        jobs=[partition_job, dispatch_batch_job],
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=(

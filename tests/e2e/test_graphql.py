@@ -3,9 +3,11 @@
 A real dagster-webserver takes DagsterGraphQLClient.submit_job_execution; a real
 dagster-daemon dequeues the runs; the same request twice executes once, with one ledger row
 and one receipt. A launch whose run config overrides a resource (where the token goes, what
-time it is) is refused by the webserver, and no run exists.
+time it is) is refused by the webserver, and no run exists. A schedule's partition, as the
+launchpad reads it and as a backfill launches it, carries the account that pays.
 """
 
+import datetime as dt
 import socket
 from typing import Any
 
@@ -15,10 +17,12 @@ import pytest
 import sqlalchemy as sa
 from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 
+from graph_runs.dispatch.ledger import BILLING_ACCOUNT_TAG
+from graph_runs.jobs.partitions import SCHEDULE_PARTITIONS_NAME
 from graph_runs.store.tables import charge_receipts, run_ledger
 from tests.conftest import RunningApi
 from tests.e2e.conftest import Stack, wait_for
-from tests.helpers import at, make_grant
+from tests.helpers import at, make_grant, make_schedule
 
 pytestmark = pytest.mark.e2e
 
@@ -129,3 +133,77 @@ def test_a_launch_that_overrides_a_resource_is_refused_and_makes_no_run(
         assert instance.get_runs_count() == 0
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(run_ledger)).scalar_one() == 0
+
+
+REPOSITORY = {"repositoryLocationName": "graph_runs", "repositoryName": "__repository__"}
+PARTITION_SET = "graph_run_job_partition_set"
+PARTITION_TAGS = """
+query ($repository: RepositorySelector!, $set: String!, $name: String!) {
+  partitionSetOrError(repositorySelector: $repository, partitionSetName: $set) {
+    ... on PartitionSet {
+      partition(partitionName: $name) {
+        tagsOrError { ... on PartitionTags { results { key value } } }
+      }
+    }
+  }
+}
+"""
+LAUNCH_BACKFILL = """
+mutation ($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+  }
+}
+"""
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_partition_launch_from_the_ui_is_submitted_with_the_account_that_pays(
+    stack: Stack, engine: sa.Engine, execution_api: RunningApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The queue counts runs per account by tag before any op runs: the UI's two ways to
+    # launch a schedule's partition (the launchpad reads these tags; a backfill's runs get
+    # them from the daemon) must carry it, and the op refuses a run without it.
+    now = dt.datetime.now(dt.UTC)
+    with engine.begin() as conn:
+        grant = make_grant(conn, at("2026-01-01T00:00:00Z"))
+        schedule_id = make_schedule(conn, now, grant, cron="0 0 1 1 *")["id"]
+    with stack.instance(monkeypatch) as instance:
+        instance.add_dynamic_partitions(SCHEDULE_PARTITIONS_NAME, [schedule_id])
+    port = free_port()
+    stack.start("dagster-webserver", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port))
+    stack.start("dagster-daemon", "run", "-w", "workspace.yaml")
+    wait_for(lambda: answering(f"http://127.0.0.1:{port}/server_info"), stack, "the webserver")
+
+    def graphql(query: str, variables: dict[str, Any]) -> dict[str, Any]:
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/graphql",
+            json={"query": query, "variables": variables},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        return answer.json()["data"]
+
+    asked = {"repository": REPOSITORY, "set": PARTITION_SET, "name": schedule_id}
+    partition = graphql(PARTITION_TAGS, asked)
+    results = partition["partitionSetOrError"]["partition"]["tagsOrError"]["results"]
+    assert {"key": BILLING_ACCOUNT_TAG, "value": "alice-billing"} in results
+
+    selector = {"repositorySelector": REPOSITORY, "partitionSetName": PARTITION_SET}
+    params = {"selector": selector, "partitionNames": [schedule_id]}
+    launched = graphql(LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    backfill = dg.RunsFilter(tags={"dagster/backfill": launched["backfillId"]})
+    with stack.instance(monkeypatch) as instance:
+
+        def finished() -> bool:
+            runs = instance.get_runs(filters=backfill)
+            return len(runs) == 1 and runs[0].is_finished
+
+        wait_for(finished, stack, "the backfill's run to finish")
+        (run,) = instance.get_runs(filters=backfill)
+    assert run.status == dg.DagsterRunStatus.SUCCESS
+    assert run.tags[BILLING_ACCOUNT_TAG] == "alice-billing"
+    assert execution_api.store.executions == 1

@@ -7,6 +7,7 @@ over HTTP and a real schedules database.
 """
 
 import json
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -17,6 +18,8 @@ from graph_runs.access.grants import revoke_grant
 from graph_runs.core.money import micros_to_usd
 from graph_runs.dispatch.ledger import BILLING_ACCOUNT_TAG
 from graph_runs.jobs import graph_run_adhoc_job, graph_run_job
+from graph_runs.jobs.dispatch import make_graph_run_job
+from graph_runs.jobs.partition_tags import billing_tags
 from graph_runs.jobs.partitions import SCHEDULE_PARTITIONS_NAME
 from graph_runs.resources import ScheduleLimitsResource
 from graph_runs.scheduling.describe import describe_schedule
@@ -345,16 +348,46 @@ def test_an_adhoc_run_not_tagged_with_its_grants_account_is_refused_before_any_r
     assert count(engine, run_ledger) == 0 and execution_api.store.executions == 0
 
 
+def test_a_partition_run_from_the_ui_is_submitted_with_the_account_its_schedule_bills(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
+) -> None:
+    # The definitions' job, as the launchpad and the backfill daemon use it: Dagster asks
+    # it for the partition's tags and submits the run with them, before the queue.
+    with engine.begin() as conn:
+        schedule_id = make_schedule(conn, CREATED, make_grant(conn, CREATED))["id"]
+    instance.add_dynamic_partitions(SCHEDULE_PARTITIONS_NAME, [schedule_id])
+    job = make_graph_run_job(billing_tags(lambda: database_url))
+    tags = job.get_tags_for_partition_key(schedule_id, selected_asset_keys=None)
+    assert tags[BILLING_ACCOUNT_TAG] == "alice-billing"
+    run = job.execute_in_process(
+        instance=instance,
+        partition_key=schedule_id,
+        resources=make_resources(database_url, execution_api, NOW),
+        tags=tags,
+    )
+    assert run.success and execution_api.store.executions == 1
+
+
+def test_a_partition_tag_is_left_out_where_the_account_is_unknown(
+    engine: sa.Engine, database_url: str, tmp_path: Path
+) -> None:
+    # Unknown schedule, or no database: the launch form still opens (no tag), and the op
+    # refuses the untagged run, naming the tag.
+    assert billing_tags(lambda: database_url)("sch_gone") == {}
+    (tmp_path / "a-folder.db").mkdir()  # SQLite cannot open it: an outage, as it sees it
+    assert billing_tags(lambda: f"sqlite:///{tmp_path / 'a-folder.db'}")("sch_gone") == {}
+
+
 @pytest.mark.parametrize("claimed", [None, "mallory-billing"], ids=["untagged", "another's"])
-def test_a_partition_run_from_the_ui_is_refused_only_when_it_claims_another_account(
+def test_a_partition_run_without_its_accounts_tag_is_refused(
     engine: sa.Engine,
     database_url: str,
     instance: dg.DagsterInstance,
     execution_api: RunningApi,
     claimed: str | None,
 ) -> None:
-    # The UI launches a partition run with the tags a person gives it: none is allowed (the
-    # op tags it), another account's is not.
+    # A GraphQL caller sets a partition run's tags itself: with none, or another account's,
+    # the run went past its own account's queue limit.
     with engine.begin() as conn:
         schedule_id = make_schedule(conn, CREATED, make_grant(conn, CREATED))["id"]
     instance.add_dynamic_partitions(SCHEDULE_PARTITIONS_NAME, [schedule_id])
@@ -365,12 +398,10 @@ def test_a_partition_run_from_the_ui_is_refused_only_when_it_claims_another_acco
         tags={} if claimed is None else {BILLING_ACCOUNT_TAG: claimed},
         raise_on_error=False,
     )
-    if claimed is None:
-        assert run.success and execution_api.store.executions == 1
-        assert instance.get_run_by_id(run.run_id).tags[BILLING_ACCOUNT_TAG] == "alice-billing"  # type: ignore[union-attr]
-    else:
-        assert not run.success and execution_api.store.executions == 0
-        assert count(engine, run_ledger) == 0
+    assert not run.success and execution_api.store.executions == 0
+    assert count(engine, run_ledger) == 0
+    (failure,) = [e for e in run.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert f"{BILLING_ACCOUNT_TAG}=alice-billing" in str(failure.event_specific_data)
 
 
 @pytest.mark.parametrize("neighbours", [0, 2], ids=["alone", "in a batch"])

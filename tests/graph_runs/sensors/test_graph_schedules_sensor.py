@@ -8,8 +8,11 @@ in-process against the real local execution API.
 import dagster as dg
 import sqlalchemy as sa
 
-from graph_runs.jobs import SCHEDULE_PARTITIONS_NAME
+from graph_runs.dispatch.ledger import BILLING_ACCOUNT_TAG
+from graph_runs.jobs import SCHEDULE_PARTITIONS_NAME, dispatch_batch_job
+from graph_runs.jobs.dispatch import make_graph_run_job
 from graph_runs.scheduling.schedules import delete_schedule
+from graph_runs.sensors.graph_schedules_sensor import make_graph_schedules_sensor
 from graph_runs.store.tables import charge_receipts, run_ledger, schedules
 from tests.conftest import RunningApi
 from tests.dagster_helpers import apply_partitions, daemon_run, launch, make_resources, tick
@@ -235,3 +238,32 @@ def test_a_batch_of_one_owners_slots_is_tagged_with_the_owner_for_the_runs_filte
     assert "graph_runs/schedule_id" not in tags_at["13"]
     # Never the billing account: the queue would hold a batch behind that account's runs.
     assert not any("billing_account" in t for tags in tags_at.values() for t in tags)
+
+
+def test_the_daemons_resolution_of_a_batch_of_one_keeps_the_sensors_tags(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance
+) -> None:
+    # The daemon gives a partition's run request the job's partition tags unless it is
+    # resolved already. The sensor's are: a batch of one must not gain a billing account
+    # (which would hold it behind that account's UI runs), nor cost a query per request.
+    view = new_schedule(engine)
+    asked: list[str] = []
+
+    def partition_tags(key: str) -> dict[str, str]:
+        asked.append(key)
+        return {BILLING_ACCOUNT_TAG: "alice-billing"}
+
+    job = make_graph_run_job(partition_tags)
+    sensor = make_graph_schedules_sensor(30, job)
+    resources = make_resources(database_url, None, "2026-11-22T10:01:02Z")
+    repository = dg.Definitions(
+        jobs=[job, dispatch_batch_job], sensors=[sensor], resources=resources
+    )
+    with dg.build_sensor_context(
+        instance=instance, resources=resources, repository_def=repository.get_repository_def()
+    ) as context:
+        data = sensor.evaluate_tick(context)
+    (request,) = data.run_requests or []
+    assert request.partition_key == view["id"]
+    assert request.tags["dagster/partition"] == view["id"]
+    assert BILLING_ACCOUNT_TAG not in request.tags and asked == []

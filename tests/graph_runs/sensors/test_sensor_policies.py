@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from graph_runs.core.schedule_spec import ScheduleLimits
 from graph_runs.dispatch import batches
+from graph_runs.dispatch.ledger import BILLING_ACCOUNT_TAG
 from graph_runs.jobs import graph_run_job
 from graph_runs.scheduling.schedules import pause_schedule
 from graph_runs.scheduling.triggers import backfill_schedule, trigger_schedule
@@ -231,7 +232,7 @@ def test_a_partition_run_from_the_ui_is_a_trigger_now_and_reexecution_reuses_it(
     result = graph_run_job.execute_in_process(
         instance=instance,
         partition_key=view["id"],
-        tags={"dagster/user": "ana@acme"},
+        tags={"dagster/user": "ana@acme", BILLING_ACCOUNT_TAG: "alice-billing"},
         resources=resources,
     )
     assert result.success and execution_api.store.executions == 1
