@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import dagster as dg
+import sqlalchemy as sa
 
 from graph_runs.core.cron import format_utc
 from graph_runs.core.errors import Conflict, InvalidInput, NotFound
@@ -24,6 +25,7 @@ from graph_runs.dispatch.dispatcher import Dispatcher, Recorded, Report, summary
 from graph_runs.dispatch.firing import Firing
 from graph_runs.jobs.partitions import SLOT_ASSET_KEY, schedule_partitions
 from graph_runs.jobs.single import GraphRunRequest, checked_body, start_single
+from graph_runs.jobs.slot_summary import schedule_summaries
 from graph_runs.resources import (
     ClockResource,
     DatabaseResource,
@@ -66,14 +68,36 @@ def _slot_metadata(done: Recorded, run_id: str | None = None) -> dict[str, Any]:
     return metadata
 
 
-def _events(context: dg.OpExecutionContext, asset_events: bool, done: list[Recorded]) -> None:
+def _summaries(
+    context: dg.OpExecutionContext, database: DatabaseResource, done: list[Recorded]
+) -> dict[str, Mapping[str, Any]]:
+    ids = {item.row.schedule_id for item in done if item.row.schedule_id}
+    try:
+        with database.engine().connect() as conn:
+            return schedule_summaries(conn, ids)
+    except sa.exc.SQLAlchemyError as exc:
+        # The outcomes are recorded already: the events go out with the slots alone.
+        context.log.warning(f"slot events without their schedules' summaries: {exc!r:.200}")
+        return {}
+
+
+def _events(
+    context: dg.OpExecutionContext,
+    database: DatabaseResource,
+    asset_events: bool,
+    done: list[Recorded],
+) -> None:
     """What the run's page and the Catalog show of slots just recorded."""
     counts: dict[str, int] = {}
+    summaries = _summaries(context, database, done) if asset_events else {}
     for item in done:
         counts[item.recorded["status"]] = counts.get(item.recorded["status"], 0) + 1
         if not asset_events or not item.row.schedule_id:
             continue
-        metadata = _slot_metadata(item, context.run_id)
+        metadata = {
+            **summaries.get(item.row.schedule_id, {}),
+            **_slot_metadata(item, context.run_id),
+        }
         if item.recorded["status"] == SUCCEEDED:
             context.log_event(
                 dg.AssetMaterialization(
@@ -165,7 +189,7 @@ def _checked(
         # the run itself did its work.
         code = str(refused.metadata["error_code"].value) if refused.metadata else "grant_denied"
         recorded = Recorded.refused(row, code, refused.description, 1)
-        _events(context, asset_events, [recorded])
+        _events(context, database, asset_events, [recorded])
         return [], [recorded]
     return ([] if body is None else [Firing(row, body)]), []
 
@@ -201,7 +225,7 @@ def dispatch_slots(
         clock=now_fn,
         sleep=sleep,
         limits=dispatch.limits(),
-        on_recorded=lambda done: _events(context, dispatch.slot_asset_events, done),
+        on_recorded=lambda done: _events(context, database, dispatch.slot_asset_events, done),
     )
     batch_id = context.run.tags.get(BATCH_ID_TAG)
     if batch_id:

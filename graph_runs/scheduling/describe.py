@@ -6,6 +6,7 @@ in flight, its pause and the policies in force, read in a handful of queries.
 
 import datetime as dt
 import itertools
+from collections.abc import Collection
 from typing import Any
 
 import sqlalchemy as sa
@@ -68,23 +69,50 @@ def next_fire_times(row: Any, now: dt.datetime, count: int = NEXT_FIRES) -> list
     ]
 
 
+WITH_COST = sa.select(run_ledger, charge_receipts.c.cost_micros).select_from(
+    run_ledger.outerjoin(charge_receipts, charge_receipts.c.graph_run_id == run_ledger.c.id)
+)
+# Schedules per statement in recent_actions: well under any database's bind limit.
+RECENT_CHUNK = 200
+
+
+def recent_actions(
+    conn: sa.Connection, schedule_ids: Collection[str], limit: int = RECENT_ACTIONS
+) -> dict[str, list[Any]]:
+    """Each schedule's last ``limit`` ledger rows with their cost, newest first.
+
+    One arm per schedule in a UNION ALL, each a short range scan of
+    ``ix_graph_runs_schedule_created``: a window over the schedules' rows would read every
+    slot a schedule ever had, and an every-minute schedule has half a million a year.
+    """
+    found: dict[str, list[Any]] = {}
+    ids = sorted(set(schedule_ids))
+    for start in range(0, len(ids), RECENT_CHUNK):
+        arms = [
+            WITH_COST.where(run_ledger.c.schedule_id == schedule_id)
+            .order_by(
+                run_ledger.c.created_at.desc(),
+                run_ledger.c.scheduled_for.desc(),
+                run_ledger.c.id.desc(),
+            )
+            .limit(limit)
+            .subquery()
+            .select()
+            for schedule_id in ids[start : start + RECENT_CHUNK]
+        ]
+        for row in conn.execute(sa.union_all(*arms)):
+            found.setdefault(row.schedule_id, []).append(row)
+    for rows in found.values():
+        rows.sort(key=lambda r: (r.created_at, r.scheduled_for or r.created_at, r.id), reverse=True)
+    return found
+
+
 def describe_schedule(conn: sa.Connection, schedule_id: str, *, now: dt.datetime) -> dict[str, Any]:
     """Everything ``schedules describe --json`` prints; raises NotFound."""
     row = schedule_row(conn, schedule_id)
-    with_cost = sa.select(run_ledger, charge_receipts.c.cost_micros).select_from(
-        run_ledger.outerjoin(charge_receipts, charge_receipts.c.graph_run_id == run_ledger.c.id)
-    )
-    recent = conn.execute(
-        with_cost.where(run_ledger.c.schedule_id == schedule_id)
-        .order_by(
-            run_ledger.c.created_at.desc(),
-            run_ledger.c.scheduled_for.desc(),
-            run_ledger.c.id.desc(),
-        )
-        .limit(RECENT_ACTIONS)
-    )
+    recent = recent_actions(conn, [schedule_id]).get(schedule_id, [])
     in_flight = conn.execute(
-        with_cost.where(IN_FLIGHT_RUN, run_ledger.c.schedule_id == schedule_id).order_by(
+        WITH_COST.where(IN_FLIGHT_RUN, run_ledger.c.schedule_id == schedule_id).order_by(
             run_ledger.c.created_at, run_ledger.c.scheduled_for
         )
     )
