@@ -30,6 +30,7 @@ from graph_runs.resources import (
 from graph_runs.resources.sealed import sealed
 from graph_runs.sensors.graph_run_approvals_sensor import make_graph_run_approvals_sensor
 from graph_runs.sensors.graph_schedules_sensor import make_graph_schedules_sensor
+from graph_runs.sensors.slot_events_sensor import make_slot_events_sensor
 from graph_runs.settings import (
     DATABASE_URL_VAR,
     EXECUTION_API_TOKEN_VAR,
@@ -64,6 +65,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         sensors=[
             make_graph_schedules_sensor(settings.sensor_interval_seconds, partition_job),
             make_graph_run_approvals_sensor(settings.sensor_interval_seconds, partition_job),
+            make_slot_events_sensor(settings.sensor_interval_seconds),
         ],
         resources=sealed(
             {

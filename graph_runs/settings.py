@@ -59,7 +59,8 @@ class DispatchSettings:
         max_calls_per_account: most execution API calls in flight for one billing account,
             over all runs at once (graph_runs/dispatch/call_places.py), so that one
             tenant's thousands of slots at 09:00 cannot starve the others.
-        slot_asset_events: one asset event per fired slot on its schedule's partition.
+        slot_asset_events: one asset event per slot outcome on its schedule's partition,
+            announced by the slot events sensor.
         launch_allowance_seconds: how long a dispatch run takes to be up; slots are claimed
             this much (plus a sensor interval) ahead of their instant. 20 s keeps the
             default lookahead (50 s) under the shortest schedule interval (60 s), so a

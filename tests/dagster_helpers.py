@@ -22,6 +22,7 @@ from graph_runs.resources import (
 )
 from graph_runs.sensors.graph_run_approvals_sensor import make_graph_run_approvals_sensor
 from graph_runs.sensors.graph_schedules_sensor import make_graph_schedules_sensor
+from graph_runs.sensors.slot_events_sensor import MAX_EVENTS_PER_TICK, make_slot_events_sensor
 from tests.conftest import RunningApi
 
 
@@ -87,6 +88,26 @@ def approvals_tick(
         result = sensor(context)
     assert isinstance(result, dg.SensorResult | dg.SkipReason), result
     return result
+
+
+def events_tick(
+    instance: dg.DagsterInstance,
+    resources: dict[str, Any],
+    cursor: str | None,
+    max_per_tick: int = MAX_EVENTS_PER_TICK,
+) -> dg.SensorResult | dg.SkipReason:
+    """One evaluation of slot_events_sensor."""
+    sensor = make_slot_events_sensor(30, max_per_tick)
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        result = sensor(context)
+    assert isinstance(result, dg.SensorResult | dg.SkipReason), result
+    return result
+
+
+def apply_events(instance: dg.DagsterInstance, result: dg.SensorResult | dg.SkipReason) -> None:
+    """What the daemon does with a tick's asset events: writes them, in order, runless."""
+    for event in result.asset_events if isinstance(result, dg.SensorResult) else []:
+        instance.report_runless_asset_event(event)
 
 
 def apply_partitions(instance: dg.DagsterInstance, result: dg.SensorResult) -> None:

@@ -42,3 +42,6 @@ NEVER_RAN = frozenset(
     }
 )
 SETTLED = NEVER_RAN | {SUCCEEDED}
+# A slot's outcome: each move into one of these is announced on its schedule's partition
+# (graph_runs/jobs/slot_events.py); ``failed`` may be announced again with a later outcome.
+FINAL = NEVER_RAN | {SUCCEEDED, FAILED}

@@ -12,20 +12,16 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import dagster as dg
-import sqlalchemy as sa
 
 from graph_runs.core.cron import format_utc
 from graph_runs.core.errors import Conflict, InvalidInput, NotFound
 from graph_runs.core.schedule_spec import ScheduleLimits
-from graph_runs.core.statuses import SUCCEEDED
-from graph_runs.core.text import bounded
 from graph_runs.dispatch import batches, ledger
 from graph_runs.dispatch.batches import BATCH_ATTEMPT_TAG, BATCH_ID_TAG
 from graph_runs.dispatch.dispatcher import Dispatcher, Recorded, Report, summary
 from graph_runs.dispatch.firing import Firing
-from graph_runs.jobs.partitions import SLOT_ASSET_KEY, schedule_partitions
+from graph_runs.jobs.partitions import schedule_partitions
 from graph_runs.jobs.single import GraphRunRequest, checked_body, start_single
-from graph_runs.jobs.slot_summary import schedule_summaries
 from graph_runs.resources import (
     ClockResource,
     DatabaseResource,
@@ -39,7 +35,6 @@ MAX_SLOTS_LISTED = 500
 # Dagster tags a re-executed run with the run it re-executes.
 PARENT_RUN_ID_TAG = "dagster/parent_run_id"
 MAX_FAILED_NAMED = 20
-MAX_REASON = 500
 
 
 def _label(row: Any) -> str:
@@ -47,69 +42,28 @@ def _label(row: Any) -> str:
     return f"{row.schedule_id or '-'}@{slot}"
 
 
-def _slot_metadata(done: Recorded, run_id: str | None = None) -> dict[str, Any]:
+def _slot_metadata(done: Recorded) -> dict[str, Any]:
     row, recorded = done.row, done.recorded
-    metadata = {
+    return {
         "slot": format_utc(row.scheduled_for) if row.scheduled_for else row.trigger_kind,
         "status": recorded["status"],
         "cost_usd": recorded.get("cost_usd") or "0",
         "tokens": recorded.get("total_tokens") or 0,
         "api_run_id": recorded.get("api_run_id") or "",
         "ledger_id": row.id,
-        "attempt": done.attempt,
         "error": done.outcome.error_code or "",
-        "reason": bounded(done.outcome.error_message or "", MAX_REASON),
-        "over_budget": bool(recorded.get("over_budget")),
     }
-    if run_id is not None:
-        # The run that fired it, a link in the UI: the Runs page cannot find a slot's run
-        # by partition when a batch fired many schedules' slots.
-        metadata["run"] = dg.MetadataValue.dagster_run(run_id)
-    return metadata
 
 
-def _summaries(
-    context: dg.OpExecutionContext, database: DatabaseResource, done: list[Recorded]
-) -> dict[str, Mapping[str, Any]]:
-    ids = {item.row.schedule_id for item in done if item.row.schedule_id}
-    try:
-        with database.engine().connect() as conn:
-            return schedule_summaries(conn, ids)
-    except sa.exc.SQLAlchemyError as exc:
-        # The outcomes are recorded already: the events go out with the slots alone.
-        context.log.warning(f"slot events without their schedules' summaries: {exc!r:.200}")
-        return {}
+def _logged(context: dg.OpExecutionContext, done: list[Recorded]) -> None:
+    """The run's log line for slots just recorded.
 
-
-def _events(
-    context: dg.OpExecutionContext,
-    database: DatabaseResource,
-    asset_events: bool,
-    done: list[Recorded],
-) -> None:
-    """What the run's page and the Catalog show of slots just recorded."""
+    Their events on the schedules' partitions come from the slot events sensor
+    (``graph_runs.jobs.slot_events``), so that firing spends no time on them.
+    """
     counts: dict[str, int] = {}
-    summaries = _summaries(context, database, done) if asset_events else {}
     for item in done:
         counts[item.recorded["status"]] = counts.get(item.recorded["status"], 0) + 1
-        if not asset_events or not item.row.schedule_id:
-            continue
-        metadata = {
-            **summaries.get(item.row.schedule_id, {}),
-            **_slot_metadata(item, context.run_id),
-        }
-        if item.recorded["status"] == SUCCEEDED:
-            context.log_event(
-                dg.AssetMaterialization(
-                    asset_key=SLOT_ASSET_KEY, partition=item.row.schedule_id, metadata=metadata
-                )
-            )
-        else:
-            context.log_event(
-                dg.AssetObservation(
-                    asset_key=SLOT_ASSET_KEY, partition=item.row.schedule_id, metadata=metadata
-                )
-            )
     listed = ", ".join(f"{_label(i.row)} {i.recorded['status']}" for i in done[:20])
     more = f" and {len(done) - 20} more" if len(done) > 20 else ""
     context.log.info(
@@ -141,14 +95,13 @@ def _single_firing(
     grants: GrantsResource,
     clock: ClockResource,
     limits: ScheduleLimits,
-    asset_events: bool,
 ) -> tuple[list[Firing], list[Recorded]]:
     """The one slot of a run launched with a ledger row (approved) or for a partition."""
     try:
         row = start_single(context, config, database, grants, clock, limits)
     except (Conflict, NotFound, InvalidInput) as exc:
         raise dg.Failure(description=str(exc)) from None
-    return _checked(context, database, clock, row, asset_events)
+    return _checked(context, database, clock, row)
 
 
 def _refirings(
@@ -156,7 +109,6 @@ def _refirings(
     database: DatabaseResource,
     clock: ClockResource,
     batch_id: str,
-    asset_events: bool,
 ) -> tuple[list[Firing], list[Recorded]]:
     """A re-execution of a finished batch's run fires its failed slots again, same keys."""
     with database.transaction() as conn:
@@ -168,7 +120,7 @@ def _refirings(
     firings: list[Firing] = []
     refused: list[Recorded] = []
     for row in rows:
-        more, denied = _checked(context, database, clock, row, asset_events)
+        more, denied = _checked(context, database, clock, row)
         firings.extend(more)
         refused.extend(denied)
     return firings, refused
@@ -179,7 +131,6 @@ def _checked(
     database: DatabaseResource,
     clock: ClockResource,
     row: Any,
-    asset_events: bool,
 ) -> tuple[list[Firing], list[Recorded]]:
     """The slot, started in this run, if its grant allows it; else its recorded failure."""
     try:
@@ -189,7 +140,7 @@ def _checked(
         # the run itself did its work.
         code = str(refused.metadata["error_code"].value) if refused.metadata else "grant_denied"
         recorded = Recorded.refused(row, code, refused.description, 1)
-        _events(context, database, asset_events, [recorded])
+        _logged(context, [recorded])
         return [], [recorded]
     return ([] if body is None else [Firing(row, body)]), []
 
@@ -225,16 +176,14 @@ def dispatch_slots(
         clock=now_fn,
         sleep=sleep,
         limits=dispatch.limits(),
-        on_recorded=lambda done: _events(context, database, dispatch.slot_asset_events, done),
+        on_recorded=lambda done: _logged(context, done),
     )
     batch_id = context.run.tags.get(BATCH_ID_TAG)
     if batch_id:
         attempt = int(context.run.tags.get(BATCH_ATTEMPT_TAG, "1"))
         report = asyncio.run(dispatcher.run_batch(batch_id, attempt))
         if report.replaced and context.run.tags.get(PARENT_RUN_ID_TAG):
-            firings, refused = _refirings(
-                context, database, clock, batch_id, dispatch.slot_asset_events
-            )
+            firings, refused = _refirings(context, database, clock, batch_id)
             report = asyncio.run(dispatcher.run_started(firings)) if firings else report
             report.recorded.extend(refused)
         elif report.replaced:
@@ -250,7 +199,6 @@ def dispatch_slots(
             grants,
             clock,
             schedule_limits.limits(),
-            dispatch.slot_asset_events,
         )
         report = asyncio.run(dispatcher.run_started(firings)) if firings else Report()
         report.recorded.extend(refused)

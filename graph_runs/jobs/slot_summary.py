@@ -4,7 +4,8 @@ The partition key is the schedule id, which tells a person nothing. So each slot
 carries its schedule's owner, graph, timing and zone, and a markdown table of its last
 slots (slot, status, reason, cost, run): the partition's latest event then answers "whose
 is this, and how has it been doing" without leaving the asset page. All the schedules of
-one recorded group are read in two statements (``recent_actions`` is one per 200).
+one tick of the slot events sensor are read in two statements (``recent_actions`` is one
+per 200).
 """
 
 from collections.abc import Collection, Mapping

@@ -14,8 +14,9 @@ DEFAULTS = DispatchSettings()
 class DispatchResource(dg.ConfigurableResource):
     """Operator-set dispatch bounds (see docs/how-a-slot-fires.md).
 
-    ``slot_asset_events`` logs one asset event per fired slot on its schedule's partition;
-    on Dagster+ each is billed as a materialization, so it can be turned off.
+    ``slot_asset_events``: the slot events sensor announces each slot outcome as an asset
+    event on its schedule's partition; on Dagster+ each is billed as a materialization, so
+    it can be turned off.
     """
 
     batch_size: int = DEFAULTS.batch_size

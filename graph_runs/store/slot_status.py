@@ -23,6 +23,7 @@ from graph_runs.core.statuses import (
     CANCELLED,
     CANCELLING,
     FAILED,
+    FINAL,
     MISSED,
     NEVER_RAN,
     PENDING,
@@ -146,7 +147,7 @@ def move(conn: sa.Connection, row: Any, target: str, *, by: str, **values: Any) 
         conn.execute(
             run_ledger.update()
             .where(run_ledger.c.id == row.id, run_ledger.c.status == row.status)
-            .values(status=target, **_placed(target), **values)
+            .values(status=target, **_placed(target), **_announced(target), **values)
         ).rowcount
     )
 
@@ -157,6 +158,15 @@ def _placed(target: str) -> dict[str, Any]:
     Only a row ``running`` or ``cancelling`` is in a call; every other move ends it.
     """
     return {} if target in (RUNNING, CANCELLING) else {"call_place_at": None}
+
+
+def _announced(target: str) -> dict[str, Any]:
+    """A row reaching an outcome is to be announced (graph_runs/jobs/slot_events.py).
+
+    Every move sets it: a failed slot that moves on is announced again with its new outcome,
+    and one that leaves its outcome (a backfill refiring it) is not news until it ends.
+    """
+    return {"announce_tick": 0 if target in FINAL else None}
 
 
 def _move_rows(
@@ -180,7 +190,7 @@ def _move_rows(
     statement = (
         run_ledger.update()
         .where(status, *where)
-        .values(status=target, **_placed(target), **(values or {}))
+        .values(status=target, **_placed(target), **_announced(target), **(values or {}))
     )
     return conn.execute(statement, params or None).rowcount
 
@@ -196,7 +206,9 @@ def insert_new(conn: sa.Connection, rows: list[dict[str, Any]]) -> int:
     """
     for row in rows:
         check(NEW, row["status"], "insert_new", row.get("id"))
-    return insert_ignoring_conflicts(conn, run_ledger, rows)
+    return insert_ignoring_conflicts(
+        conn, run_ledger, [{**row, **_announced(row["status"])} for row in rows]
+    )
 
 
 def launch_approved(conn: sa.Connection, run_ids_by_ledger_id: Mapping[str, str]) -> None:
@@ -554,3 +566,24 @@ def state_diagram() -> str:
             drawn.add((node, target))
             lines.append(f"    {node} --> {target} : {', '.join(how)}")
     return "\n".join(lines) + "\n"
+
+
+# -- announcements (not status moves) ----------------------------------------------------
+
+
+def clear_announced(conn: sa.Connection, up_to_tick: int) -> None:
+    """The slot events sensor's ticks up to ``up_to_tick`` were committed: unmark their rows.
+
+    Not a move: the rows keep their outcome and leave ``ix_graph_runs_to_announce``.
+    """
+    marked = run_ledger.c.announce_tick
+    conn.execute(
+        run_ledger.update()
+        .where(marked.is_not(None), marked > 0, marked <= up_to_tick)
+        .values(announce_tick=None)
+    )
+
+
+def mark_announced(conn: sa.Connection, ledger_ids: list[str], tick: int) -> None:
+    """These rows' outcomes are announced by the slot events sensor's tick ``tick``."""
+    _update_ids(conn, ledger_ids, values={"announce_tick": tick})

@@ -49,6 +49,7 @@ UNBATCHED_PENDING = sa.text("status = 'pending' AND batch_id IS NULL")
 OPEN_BATCH = sa.text("status = 'open'")
 HANDED_OFF = sa.text("poll_after IS NOT NULL")
 HOLDS_CALL_PLACE = sa.text("call_place_at IS NOT NULL AND poll_after IS NULL")
+TO_ANNOUNCE = sa.text("announce_tick IS NOT NULL")
 
 execution_grants = sa.Table(
     "execution_grants",
@@ -176,6 +177,10 @@ run_ledger = sa.Table(
     # call places (graph_runs/dispatch/call_places.py), and when its first call began.
     sa.Column("call_place_at", UTCDateTime),
     sa.Column("called_at", UTCDateTime),
+    # Added by 0010: 0 once the row reaches an outcome not yet announced as an event on its
+    # schedule's partition, then the slot events sensor's tick that announced it, until the
+    # next tick clears it (graph_runs/jobs/slot_events.py); NULL otherwise.
+    sa.Column("announce_tick", sa.BigInteger),
     sa.UniqueConstraint("idempotency_key", name="uq_graph_runs_idempotency_key"),
     sa.UniqueConstraint("schedule_id", "scheduled_for", name="uq_graph_runs_schedule_slot"),
     # Rows the sensor claimed but Dagster may not have made a run for yet: a handful at most.
@@ -194,6 +199,13 @@ run_ledger = sa.Table(
         postgresql_where=IN_FLIGHT_RUN,
     ),
     sa.Index("ix_graph_runs_batch", "batch_id"),
+    # Outcomes to announce and the last tick's announcements: a tick's worth at most.
+    sa.Index(
+        "ix_graph_runs_to_announce",
+        "announce_tick",
+        sqlite_where=TO_ANNOUNCE,
+        postgresql_where=TO_ANNOUNCE,
+    ),
     # `graph-runs status` and the asset checks read the last hour and day; reconcile looks
     # rows up by their Dagster run.
     sa.Index("ix_graph_runs_created", "created_at"),

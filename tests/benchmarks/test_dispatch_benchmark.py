@@ -141,6 +141,22 @@ def _unbilled(engine: sa.Engine, keys: set[str], until: float) -> tuple[int, int
         time.sleep(0.5)
 
 
+def _announced_after(
+    engine: sa.Engine, keys: set[str], instant: float, until: float
+) -> float | None:
+    """Seconds from the instant until the slot events sensor has taken every outcome."""
+    query = sa.select(sa.func.count()).where(
+        run_ledger.c.idempotency_key.in_(sorted(keys)),
+        sa.or_(run_ledger.c.announce_tick.is_(None), run_ledger.c.announce_tick > 0),
+    )
+    while time.time() < until:
+        with engine.connect() as conn:
+            if conn.execute(query).scalar_one() == len(keys):
+                return time.time() - instant
+        time.sleep(0.5)
+    return None
+
+
 def _launch_timeline(
     stack: Stack, engine: sa.Engine, monkeypatch: pytest.MonkeyPatch, instant: dt.datetime
 ) -> dict[str, Any]:
@@ -206,6 +222,7 @@ def test_aligned_burst(
     posts = sum(1 for _, key in execution_api.arrivals() if key in keys)
     executions = execution_api.executions()
     succeeded, unbilled = _unbilled(engine, arrived, time.time() + 120)
+    announced = _announced_after(engine, keys, instant.timestamp(), time.time() + 180)
     timeline = _launch_timeline(stack, engine, monkeypatch, instant)
     bare = bare_client_rate(execution_api, max(n, 1000), BARE_CONCURRENCY)
     lag = lag_summary(lags)
@@ -226,6 +243,7 @@ def test_aligned_burst(
         "bare_client": bare,
         "ratio_to_bare_client": None if rate is None else rate / bare["per_s"],
         "launch": timeline,
+        "outcomes_announced_after_s": announced,
     }
     write_report("burst", result)
     if lags:
@@ -243,6 +261,7 @@ def test_aligned_burst(
             ("ratio to the bare client", "-" if rate is None else f"{rate / bare['per_s']:.4f}"),
             ("duplicate executions", str(result["duplicate_executions"])),
             ("succeeded without a receipt", f"{unbilled} of {succeeded}"),
+            ("every outcome announced, s from the instant", seconds(announced)),
             ("claimed, s from the instant", ", ".join(f"{c:.1f}" for c in timeline["claimed_s"])),
             ("dispatch runs: slots at start, s from the instant", _runs_line(timeline["runs"])),
         ],

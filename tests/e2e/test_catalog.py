@@ -91,11 +91,21 @@ def test_the_catalog_shows_each_schedules_latest_outcome(
 
     wait_for(lambda: answering(f"http://127.0.0.1:{port}/server_info"), stack, "the webserver")
     ids = [good["id"], bad["id"], turned["id"]]
-    answer = httpx.post(
-        f"http://127.0.0.1:{port}/graphql",
-        json={"query": CATALOG_QUERY, "variables": {"partitions": ids}},
-        timeout=30,
-    ).json()
+
+    def catalog() -> dict[str, Any]:
+        return httpx.post(
+            f"http://127.0.0.1:{port}/graphql",
+            json={"query": CATALOG_QUERY, "variables": {"partitions": ids}},
+            timeout=30,
+        ).json()
+
+    def announced() -> bool:
+        node = catalog().get("data", {}).get("assetNodeOrError") or {}
+        return len(node.get("assetMaterializations", []) + node.get("assetObservations", [])) >= 4
+
+    # The slot events sensor announces outcomes on its tick after they were recorded.
+    wait_for(announced, stack, "the four outcomes to be announced")
+    answer = catalog()
     assert "errors" not in answer, answer
     node = answer["data"]["assetNodeOrError"]
     assert set(ids) <= set(node["partitionKeys"])

@@ -54,8 +54,15 @@ def test_daemon_fires_a_due_schedule_once_and_everything_agrees(
         # A lone slot is a batch of one on its schedule's partition.
         assert run.tags["dagster/partition"] == view["id"]
         assert run.tags["dagster/run_key"] == f"batch:{row.batch_id}:1"
-        (event,) = instance.fetch_materializations(dg.AssetKey("scheduled_graph_runs"), 10).records
-        assert event.partition_key == view["id"] and event.run_id == row.dagster_run_id
+        key = dg.AssetKey("scheduled_graph_runs")
+        # Announced by the slot events sensor on its next tick, linking the run that fired it.
+        wait_for(
+            lambda: instance.fetch_materializations(key, 10).records, stack, "the slot's event"
+        )
+        (event,) = instance.fetch_materializations(key, 10).records
+        materialization = event.asset_materialization
+        assert materialization is not None and event.partition_key == view["id"]
+        assert materialization.metadata["run"].value == row.dagster_run_id
         assert len(slot_runs(instance)) == 1
 
 

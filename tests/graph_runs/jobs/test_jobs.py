@@ -26,7 +26,7 @@ from graph_runs.scheduling.describe import describe_schedule
 from graph_runs.scheduling.schedules import get_schedule
 from graph_runs.store.tables import charge_receipts, execution_grants, run_ledger, schedules
 from tests.conftest import RunningApi
-from tests.dagster_helpers import apply_partitions, launch, make_resources, tick
+from tests.dagster_helpers import apply_partitions, events_tick, launch, make_resources, tick
 from tests.helpers import at, make_grant, make_schedule
 
 CREATED = at("2026-11-22T10:00:30Z")
@@ -61,10 +61,19 @@ def count(engine: sa.Engine, table: sa.Table) -> int:
         return conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
 
 
-def outcome_metadata(run: dg.ExecuteInProcessResult) -> dict[str, Any]:
-    """The slot's event on its schedule's partition of scheduled_graph_runs, as the UI shows it."""
-    (event,) = run.asset_materializations_for_node("dispatch_slots")
+def outcome_event(instance: dg.DagsterInstance, database_url: str) -> Any:
+    """The slot's one event on its schedule's partition, as the events sensor announces it."""
+    result = events_tick(instance, make_resources(database_url, None, NOW), None)
+    assert isinstance(result, dg.SensorResult)
+    (event,) = result.asset_events
     assert event.asset_key == dg.AssetKey("scheduled_graph_runs")
+    return event
+
+
+def outcome_metadata(instance: dg.DagsterInstance, database_url: str) -> dict[str, Any]:
+    """The slot's event on its schedule's partition of scheduled_graph_runs, as the UI shows it."""
+    event = outcome_event(instance, database_url)
+    assert isinstance(event, dg.AssetMaterialization)
     return {"partition": event.partition, **event.metadata}
 
 
@@ -94,7 +103,7 @@ def test_a_scheduled_slot_runs_records_and_bills(
     )
     metadata = recorded(run)
     assert metadata["status"] == "succeeded" and metadata["receipt_written"] is True
-    entries = outcome_metadata(run)
+    entries = outcome_metadata(instance, database_url)
     assert entries["partition"] == view["id"] and entries["ledger_id"].value == row.id
     assert (entries["status"].value, entries["attempt"].value) == ("succeeded", 1)
     assert entries["api_run_id"].value == receipt.api_run_id
@@ -115,7 +124,7 @@ def test_a_run_that_costs_more_than_max_cost_is_flagged_over_budget(
     receipt = one(engine, charge_receipts)
     assert receipt.cost_micros > 1 and row.over_budget is True
     assert recorded(run)["over_budget"] is True
-    assert outcome_metadata(run)["over_budget"].value is True
+    assert outcome_metadata(instance, database_url)["over_budget"].value is True
     with engine.connect() as conn:
         counts = describe_schedule(conn, row.schedule_id, now=at("2026-11-22T10:02:00Z"))["counts"]
     assert counts["over_budget"] == 1
@@ -163,8 +172,8 @@ def test_grant_failures_are_recorded_without_calling_the_api(
     assert (row.status, row.error_code) == ("failed", code)
     assert execution_api.store.executions == 0 and count(engine, charge_receipts) == 0
     # Issue 22: a slot refused at its fire wrote no event; its partition now says why.
-    (observed,) = run.get_asset_observation_events()
-    event = observed.asset_observation_data.asset_observation
+    event = outcome_event(instance, database_url)
+    assert isinstance(event, dg.AssetObservation)
     assert (event.asset_key, event.partition) == (dg.AssetKey("scheduled_graph_runs"), view["id"])
     assert (event.metadata["status"].value, event.metadata["error"].value) == ("failed", code)
     assert event.metadata["reason"].value == row.error_message

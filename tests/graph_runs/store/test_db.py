@@ -113,6 +113,28 @@ def test_a_schedule_written_before_0002_keeps_firing_with_the_defaults(tmp_path)
     engine.dispose()
 
 
+def test_outcomes_recorded_before_0010_are_history_not_announced(tmp_path) -> None:
+    from alembic import command
+
+    from graph_runs.store.db import alembic_config
+    from graph_runs.store.tables import run_ledger
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    command.upgrade(alembic_config(engine), "0009")
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO graph_runs (id, idempotency_key, schedule_id, graph_id, owner, grant_id,"
+            " input, trigger_kind, trigger_source, status, created_at) VALUES ('run_old',"
+            " 'k_old', 'sch_old', 'echo', 'alice', 'grt_1', '{}', 'schedule', 'sensor',"
+            " 'succeeded', '2026-11-22 10:00:00')"
+        )
+    assert upgrade(engine) == ("0009", head_revision())
+    with engine.connect() as conn:
+        # A first tick that announced a whole ledger would stall the daemon for hours.
+        assert conn.execute(sa.select(run_ledger.c.announce_tick)).scalar_one() is None
+    engine.dispose()
+
+
 def _grant(grant_id: str, **values: object) -> dict[str, object]:
     return {
         "id": grant_id, "owner": "alice", "billing_account": "acct", "created_at":
