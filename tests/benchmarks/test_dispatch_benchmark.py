@@ -243,7 +243,7 @@ def test_aligned_burst(
         "bare_client": bare,
         "ratio_to_bare_client": None if rate is None else rate / bare["per_s"],
         "launch": timeline,
-        "outcomes_announced_after_s": announced,
+        "outcomes_taken_for_events_after_s": announced,
     }
     write_report("burst", result)
     if lags:
@@ -261,7 +261,7 @@ def test_aligned_burst(
             ("ratio to the bare client", "-" if rate is None else f"{rate / bare['per_s']:.4f}"),
             ("duplicate executions", str(result["duplicate_executions"])),
             ("succeeded without a receipt", f"{unbilled} of {succeeded}"),
-            ("every outcome announced, s from the instant", seconds(announced)),
+            ("every outcome taken by slot_events_sensor, s from the instant", seconds(announced)),
             ("claimed, s from the instant", ", ".join(f"{c:.1f}" for c in timeline["claimed_s"])),
             ("dispatch runs: slots at start, s from the instant", _runs_line(timeline["runs"])),
         ],
