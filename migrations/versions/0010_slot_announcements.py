@@ -1,4 +1,4 @@
-"""Slot announcements: every outcome becomes an event on its schedule's partition, once.
+"""Slot announcements: every outcome becomes an event on its schedule's partition.
 
 Revision ID: 0010
 Revises: 0009
@@ -31,7 +31,7 @@ def upgrade() -> None:
     if "announce_tick" not in {c["name"] for c in inspector.get_columns("graph_runs")}:
         op.add_column("graph_runs", sa.Column("announce_tick", sa.BigInteger))
     if "ix_graph_runs_to_announce" not in {i["name"] for i in inspector.get_indexes("graph_runs")}:
-        # A new column, empty: the partial index is built at once, whatever the ledger's size.
+        # A new column, all NULL: the build reads the ledger once and keeps no row of it.
         op.create_index(
             "ix_graph_runs_to_announce",
             "graph_runs",

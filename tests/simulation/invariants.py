@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from graph_runs.approvals.decisions import APPROVED
-from graph_runs.core.statuses import AWAITING_APPROVAL, BUFFERED, IN_FLIGHT, SUCCEEDED
+from graph_runs.core.statuses import AWAITING_APPROVAL, BUFFERED, FINAL, IN_FLIGHT, SUCCEEDED
 from graph_runs.dispatch import call_places
 from graph_runs.dispatch.api_runs import give_up_at
 from graph_runs.operations.drift import SETTLED_WITHOUT_THE_API
@@ -268,3 +268,19 @@ def approvals(conn: sa.Connection, api: FaultyApi, *, final: bool) -> list[str]:
         ).scalars()
         found += [f"slot {i} still awaits approval after the end's pause" for i in waiting]
     return found
+
+
+def announced(conn: sa.Connection, taken: set[tuple[str, str]]) -> list[str]:
+    """Every outcome a row ended in was taken by the slot events sensor at least once.
+
+    Only its last outcome is checked: one it moved on from within a tick may be taken only
+    as the next one, which is the outcome the partition must show.
+    """
+    rows = conn.execute(
+        sa.select(run_ledger.c.id, run_ledger.c.status).where(run_ledger.c.status.in_(FINAL))
+    ).all()
+    return [
+        f"outcome never announced: {row.id} {row.status}"
+        for row in rows
+        if (row.id, row.status) not in taken
+    ]

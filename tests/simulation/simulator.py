@@ -31,6 +31,7 @@ from graph_runs.dispatch.firing import Firing
 from graph_runs.dispatch.reconcile import apply_run_statuses, runs_to_reconcile
 from graph_runs.dispatch.started import check_started
 from graph_runs.dispatch.tick import claim_and_batch
+from graph_runs.jobs import slot_events
 from graph_runs.money.budgets import set_budget
 from graph_runs.operations import drift, drift_repair
 from graph_runs.scheduling.claim import TickLimits
@@ -74,6 +75,10 @@ QUIESCE = dt.timedelta(hours=1)
 # (dagster.postgres.yaml; Dagster's worker health check polls every 120 s).
 MONITORING = (dt.timedelta(seconds=120), dt.timedelta(seconds=300))
 APPROVERS = ("reviewer-1", "reviewer-2")
+# The slot events sensor's cap, small so that backlogs span ticks; and how often Dagster
+# loses a tick's cursor (the daemon died after the evaluation).
+ANNOUNCE_PER_TICK = 20
+LOST_ANNOUNCE_TICK = 0.1
 _current_run: contextvars.ContextVar[SimRun | None] = contextvars.ContextVar("run", default=None)
 
 
@@ -107,6 +112,10 @@ class Simulation:
         self.monitoring = dt.timedelta(
             seconds=self.rng.uniform(*(m.total_seconds() for m in MONITORING))
         )
+        # The slot events sensor: its committed cursor, and every (row, outcome) it took.
+        self.announce_rng = random.Random(self.rng.getrandbits(64))
+        self.announce_cursor = 0
+        self.announced: set[tuple[str, str]] = set()
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -167,6 +176,7 @@ class Simulation:
                 # A daemon that fell behind ticks once, now, not once for each tick it missed.
                 next_tick = max(next_tick + TICK, self.time.now)
                 self._tick()
+                self._announce()
                 self._check(final=False)
             if settling_until is None and self.time.now >= next_act:
                 next_act = self.time.now + dt.timedelta(seconds=self.rng.expovariate(1 / 20))
@@ -176,6 +186,10 @@ class Simulation:
         for run in self.dagster.going():
             self._kill(run, "STARTED")
         await settle()
+        with self._calmly():
+            for _ in range(1_000):
+                if not self._announce():
+                    break
         self._check(final=True)
 
     def _quiet(self) -> bool:
@@ -215,6 +229,25 @@ class Simulation:
         self.counts[what] = self.counts.get(what, 0) + 1
 
     # -- the sensor and Dagster ------------------------------------------------------------
+
+    def _announce(self) -> bool:
+        """One tick of the slot events sensor; whether it took anything.
+
+        Its cursor is committed by Dagster after the tick, which can be lost (the daemon died
+        between): then the next tick has the old cursor.
+        """
+        try:
+            with self.engine.begin() as conn:
+                taken = slot_events.take(conn, self.announce_cursor, ANNOUNCE_PER_TICK)
+        except sa.exc.SQLAlchemyError:
+            self._count("announce_tick_failed")
+            return True
+        self.announced.update((row.id, row.status) for row in taken.rows)
+        if taken.rows and not self.calm and self.announce_rng.random() < LOST_ANNOUNCE_TICK:
+            self._count("announce_tick_lost")
+        elif taken.rows:
+            self.announce_cursor = taken.tick
+        return bool(taken.rows)
 
     def _tick(self) -> None:
         """One sensor tick, as graph_schedules_sensor makes it; it may die on the way."""
@@ -596,6 +629,8 @@ class Simulation:
             found += invariants.buffering(conn, self.history, self.time.now)
             found += invariants.timing(conn, self.api, self.cron_history, self.time.now)
             found += invariants.approvals(conn, self.api, final=final)
+            if final:
+                found += invariants.announced(conn, self.announced)
         for line in found:
             entry = f"at {self.time.now.isoformat()}: {line}"
             if entry.split(": ", 1)[1] not in {v.split(": ", 1)[1] for v in self.violations}:
