@@ -28,6 +28,7 @@ from graph_runs.core.statuses import SUCCEEDED
 from graph_runs.core.text import bounded
 from graph_runs.jobs.partitions import SLOT_ASSET_KEY
 from graph_runs.jobs.slot_summary import schedule_summaries
+from graph_runs.scheduling.describe import WITH_COST
 from graph_runs.store import slot_status
 from graph_runs.store.tables import charge_receipts, run_ledger
 
@@ -61,14 +62,7 @@ def take(conn: sa.Connection, last: int, limit: int) -> Announcement:
     tick = last + 1
     slot_status.clear_announced(conn, last)
     query = (
-        sa.select(
-            run_ledger,
-            charge_receipts.c.cost_micros,
-            charge_receipts.c.total_tokens,
-        )
-        .select_from(
-            run_ledger.outerjoin(charge_receipts, charge_receipts.c.graph_run_id == run_ledger.c.id)
-        )
+        WITH_COST.add_columns(charge_receipts.c.total_tokens)
         # Left marked: 0, or by a tick after the last committed one, whose result was lost.
         .where(run_ledger.c.announce_tick.is_not(None))
         .order_by(run_ledger.c.created_at, run_ledger.c.id)

@@ -29,8 +29,6 @@ def _summaries(
 ) -> dict[str, Mapping[str, Any]]:
     # Read apart from the marking: on SQLite its transaction holds the one write lock, which
     # the dispatch runs need to record outcomes.
-    if not taken.rows:
-        return {}
     try:
         with reading(database.engine()) as conn:
             return slot_events.summaries_of(conn, taken.rows)
@@ -62,14 +60,14 @@ def slot_events_tick(
         return dg.SkipReason(
             f"the ledger could not be read; retrying next tick ({type(exc).__name__})"
         )
+    if not taken.rows:
+        # The cursor stays: the next tick is this one's number again, with nothing to redo.
+        return dg.SkipReason(f"no slot outcome to announce since tick {last}")
     events = (
         slot_events.slot_events(taken.rows, _summaries(context, database, taken))
         if announcing
         else []
     )
-    if not taken.rows:
-        # The cursor stays: the next tick is this one's number again, with nothing to redo.
-        return dg.SkipReason(f"no slot outcome to announce since tick {last}")
     if not events:
         reason = (
             f"slot events are off ({SLOT_ASSET_EVENTS_VAR}=false)"
