@@ -12,6 +12,7 @@ import dagster as dg
 from graph_runs.jobs import dispatch_batch_job, graph_run_adhoc_job, scheduled_graph_runs
 from graph_runs.jobs.dispatch import make_graph_run_job
 from graph_runs.jobs.drift import reconcile_job, reconcile_schedule
+from graph_runs.jobs.last_slot_check import last_slot_checks_job, last_slot_ok
 from graph_runs.jobs.partition_tags import billing_tags
 from graph_runs.jobs.slot_checks import (
     SLOT_CHECKS,
@@ -53,13 +54,14 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     partition_job = make_graph_run_job(billing_tags(settings.database_url))
     return dg.Definitions(
         assets=[scheduled_graph_runs, graph_runs_health],
-        asset_checks=SLOT_CHECKS,
+        asset_checks=[*SLOT_CHECKS, last_slot_ok],
         jobs=[
             partition_job,
             dispatch_batch_job,
             graph_run_adhoc_job,
             reconcile_job,
             slot_checks_job,
+            last_slot_checks_job,
         ],
         schedules=[reconcile_schedule, slot_checks_schedule],
         sensors=[

@@ -91,3 +91,8 @@ def slot_row(
         reason=reason,
         due_at=slot if due_at is None else due_at,
     )
+
+
+def slot_label(row: Any) -> str:
+    """How a ledger row's slot reads: its instant, or its trigger kind for a run of none."""
+    return format_utc(row.scheduled_for) if row.scheduled_for else row.trigger_kind

@@ -13,8 +13,8 @@ from typing import Any
 
 import dagster as dg
 
-from graph_runs.core.cron import format_utc
 from graph_runs.core.errors import Conflict, InvalidInput, NotFound
+from graph_runs.core.ledger_rows import slot_label
 from graph_runs.core.schedule_spec import ScheduleLimits
 from graph_runs.dispatch import batches, ledger
 from graph_runs.dispatch.batches import BATCH_ATTEMPT_TAG, BATCH_ID_TAG
@@ -38,14 +38,14 @@ MAX_FAILED_NAMED = 20
 
 
 def _label(row: Any) -> str:
-    slot = format_utc(row.scheduled_for) if row.scheduled_for else row.trigger_kind
+    slot = slot_label(row)
     return f"{row.schedule_id or '-'}@{slot}"
 
 
 def _slot_metadata(done: Recorded) -> dict[str, Any]:
     row, recorded = done.row, done.recorded
     return {
-        "slot": format_utc(row.scheduled_for) if row.scheduled_for else row.trigger_kind,
+        "slot": slot_label(row),
         "status": recorded["status"],
         "cost_usd": recorded.get("cost_usd") or "0",
         "tokens": recorded.get("total_tokens") or 0,

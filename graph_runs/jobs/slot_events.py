@@ -22,7 +22,7 @@ from typing import Any
 import dagster as dg
 import sqlalchemy as sa
 
-from graph_runs.core.cron import format_utc
+from graph_runs.core.ledger_rows import slot_label
 from graph_runs.core.money import micros_to_usd
 from graph_runs.core.statuses import SUCCEEDED
 from graph_runs.core.text import bounded
@@ -78,7 +78,7 @@ def take(conn: sa.Connection, last: int, limit: int) -> Announcement:
 def _metadata(row: Any) -> dict[str, Any]:
     cost = micros_to_usd(row.cost_micros)
     metadata: dict[str, Any] = {
-        "slot": format_utc(row.scheduled_for) if row.scheduled_for else row.trigger_kind,
+        "slot": slot_label(row),
         "status": row.status,
         # A decimal string, as the CLI prints it: a float would round a cost.
         "cost_usd": "0" if cost is None else str(cost),

@@ -15,6 +15,7 @@ import dagster as dg
 import sqlalchemy as sa
 
 from graph_runs.core.cron import format_utc
+from graph_runs.core.ledger_rows import slot_label
 from graph_runs.core.money import micros_to_usd
 from graph_runs.core.text import bounded
 from graph_runs.scheduling.describe import recent_actions
@@ -33,7 +34,7 @@ def _cell(text: object) -> str:
 def _table(rows: list[Any]) -> str:
     lines = ["| slot | status | reason | cost USD | run |", "|---|---|---|---|---|"]
     for row in rows:
-        slot = format_utc(row.scheduled_for) if row.scheduled_for else row.trigger_kind
+        slot = slot_label(row)
         cost = micros_to_usd(row.cost_micros)
         # A path on the webserver that shows the event: a link that works behind any host.
         run = (

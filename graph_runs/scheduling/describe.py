@@ -77,9 +77,14 @@ RECENT_CHUNK = 200
 
 
 def recent_actions(
-    conn: sa.Connection, schedule_ids: Collection[str], limit: int = RECENT_ACTIONS
+    conn: sa.Connection,
+    schedule_ids: Collection[str],
+    limit: int = RECENT_ACTIONS,
+    statuses: Collection[str] | None = None,
 ) -> dict[str, list[Any]]:
     """Each schedule's last ``limit`` ledger rows with their cost, newest first.
+
+    ``statuses``, when given, keeps only rows in them (the last outcomes, say).
 
     One arm per schedule in a UNION ALL, each a short range scan of
     ``ix_graph_runs_schedule_created``: a window over the schedules' rows would read every
@@ -87,9 +92,10 @@ def recent_actions(
     """
     found: dict[str, list[Any]] = {}
     ids = sorted(set(schedule_ids))
+    kept = WITH_COST if statuses is None else WITH_COST.where(run_ledger.c.status.in_(statuses))
     for start in range(0, len(ids), RECENT_CHUNK):
         arms = [
-            WITH_COST.where(run_ledger.c.schedule_id == schedule_id)
+            kept.where(run_ledger.c.schedule_id == schedule_id)
             .order_by(
                 run_ledger.c.created_at.desc(),
                 run_ledger.c.scheduled_for.desc(),

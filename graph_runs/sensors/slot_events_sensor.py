@@ -4,7 +4,9 @@ Each tick is a function of its cursor (the last tick Dagster committed) and the 
 it takes up to ``max_per_tick`` outcomes not yet announced, whoever recorded them, and
 returns one asset event for each (``graph_runs.jobs.slot_events``). Dagster writes them as
 the daemon's, not as the dispatch run's: the run that fired a slot is the event's ``run``
-link, and the dispatch run spends none of its time on events.
+link, and the dispatch run spends none of its time on events. The schedules whose latest
+outcome is not a success are judged by ``last_slot_ok`` in a run the tick asks for
+(``graph_runs.jobs.last_slot_check``): that is what reads as failed in the Catalog.
 """
 
 from collections.abc import Mapping
@@ -13,7 +15,8 @@ from typing import Any
 import dagster as dg
 import sqlalchemy as sa
 
-from graph_runs.jobs import slot_events
+from graph_runs.jobs import last_slot_check, slot_events
+from graph_runs.jobs.last_slot_check import LAST_SLOT_CHECK, last_slot_checks_job
 from graph_runs.jobs.slot_events import Announcement
 from graph_runs.resources import DatabaseResource, DispatchResource
 from graph_runs.settings import SLOT_ASSET_EVENTS_VAR
@@ -24,18 +27,22 @@ from graph_runs.store.db import SchemaError, reading
 MAX_EVENTS_PER_TICK = 2_000
 
 
-def _summaries(
+def _read_after(
     context: dg.SensorEvaluationContext, database: DatabaseResource, taken: Announcement
-) -> dict[str, Mapping[str, Any]]:
+) -> tuple[dict[str, Mapping[str, Any]], dict[str, Any]]:
+    """The schedules' summaries and latest outcomes, read after the outcomes taken."""
     # Read apart from the marking: on SQLite its transaction holds the one write lock, which
     # the dispatch runs need to record outcomes.
     try:
         with reading(database.engine()) as conn:
-            return slot_events.summaries_of(conn, taken.rows)
+            summaries = slot_events.summaries_of(conn, taken.rows)
+            ids = {row.schedule_id for row in taken.rows if row.schedule_id}
+            return summaries, last_slot_check.latest_outcomes(conn, ids)
     except sa.exc.SQLAlchemyError as exc:
-        # The rows are marked: their events go out with the slots alone.
+        # The rows are marked: their events go out with the slots alone, and the schedules
+        # are judged by what was taken.
         context.log.warning(f"slot events without their schedules' summaries: {exc!r:.200}")
-        return {}
+        return {}, {}
 
 
 def slot_events_tick(
@@ -63,26 +70,30 @@ def slot_events_tick(
     if not taken.rows:
         # The cursor stays: the next tick is this one's number again, with nothing to redo.
         return dg.SkipReason(f"no slot outcome to announce since tick {last}")
-    events = (
-        slot_events.slot_events(taken.rows, _summaries(context, database, taken))
-        if announcing
-        else []
-    )
-    if not events:
-        reason = (
-            f"slot events are off ({SLOT_ASSET_EVENTS_VAR}=false)"
-            if not announcing
-            else "no new outcome of a schedule"
-        )
+    if not announcing:
         return dg.SensorResult(
-            skip_reason=f"{len(taken.rows)} outcome(s) passed over: {reason}",
+            skip_reason=f"{len(taken.rows)} outcome(s) passed over: slot events are off "
+            f"({SLOT_ASSET_EVENTS_VAR}=false)",
             cursor=str(taken.tick),
         )
+    summaries, latest = _read_after(context, database, taken)
+    events = slot_events.slot_events(taken.rows, summaries)
+    if not events:
+        return dg.SensorResult(
+            skip_reason=f"{len(taken.rows)} outcome(s) passed over: no schedule's among them",
+            cursor=str(taken.tick),
+        )
+    to_judge = last_slot_check.needs_judging(latest, taken.rows)
     context.log.info(
         f"tick {taken.tick}: announcing {len(events)} slot outcome(s) on "
-        f"{len({e.partition for e in events})} schedule partition(s)"
+        f"{len({e.partition for e in events})} schedule partition(s); "
+        f"{len(to_judge)} schedule(s) to judge by {LAST_SLOT_CHECK}"
     )
-    return dg.SensorResult(asset_events=events, cursor=str(taken.tick))
+    return dg.SensorResult(
+        asset_events=events,
+        run_requests=[last_slot_check.run_request(to_judge, taken.tick)] if to_judge else [],
+        cursor=str(taken.tick),
+    )
 
 
 def make_slot_events_sensor(
@@ -94,10 +105,13 @@ def make_slot_events_sensor(
         name="slot_events_sensor",
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
+        jobs=[last_slot_checks_job],
         description=(
             "Announces each slot outcome in the run ledger (succeeded, failed, skipped, "
             "missed, cancelled, rejected) as an event on its schedule's partition of "
-            "scheduled_graph_runs, with its cost, reason and the run that fired it."
+            "scheduled_graph_runs, with its cost, reason and the run that fired it, and asks "
+            "for a last_slot_checks run for the schedules whose latest outcome is not a "
+            "success."
         ),
     )
     def slot_events_sensor(

@@ -4,7 +4,8 @@ A real dagster-daemon fires slots that succeed and fail; the test then asks the 
 the GraphQL questions the Catalog's asset page asks of ``scheduled_graph_runs``: which
 partitions (schedules) exist, which have materialized, and each partition's events. A
 succeeded slot is a materialization, a failed one an observation on the same partition, so
-a schedule's newest event is its latest outcome even after an earlier success.
+a schedule's newest event is its latest outcome even after an earlier success, and the
+partitioned check last_slot_ok fails on the schedules whose latest slot failed.
 """
 
 import datetime as dt
@@ -35,6 +36,16 @@ query Catalog($partitions: [String!]) {
       }
       assetMaterializations(partitions: $partitions) { ...Event }
       assetObservations(partitions: $partitions) { ...Event }
+      assetChecksOrError {
+        ... on AssetChecks {
+          checks {
+            name
+            partitionStatuses {
+              ... on AssetCheckDefaultPartitionStatuses { succeededPartitions failedPartitions }
+            }
+          }
+        }
+      }
     }
   }
 }
@@ -133,3 +144,14 @@ def test_the_catalog_shows_each_schedules_latest_outcome(
             shown["api_run_id"],
         )
     assert latest(turned["id"])["slot"] == "manual"
+
+    def failing() -> list[str]:
+        # What the Checks tab reads: last_slot_ok's status on each partition, judged by the
+        # last_slot_checks run the sensor asked for.
+        node = catalog().get("data", {}).get("assetNodeOrError") or {}
+        checks = (node.get("assetChecksOrError") or {}).get("checks", [])
+        (check,) = [c for c in checks if c["name"] == "last_slot_ok"] or [{}]
+        return sorted((check.get("partitionStatuses") or {}).get("failedPartitions", []))
+
+    wait_for(lambda: len(failing()) == 2, stack, "last_slot_ok to fail on the failed schedules")
+    assert failing() == sorted([bad["id"], turned["id"]])
