@@ -25,6 +25,8 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (
     AssetCheckEvaluation,
     AssetCheckEvaluationTargetMaterializationData,
 )
+from dagster._core.event_api import AssetRecordsFilter
+from dagster._core.events import DagsterEventType
 
 from graph_runs.core.ledger_rows import slot_label
 from graph_runs.core.statuses import FAILED, FINAL, MISSED, SUCCEEDED
@@ -84,9 +86,6 @@ def _latest_materializations(
     instance: dg.DagsterInstance, partitions: Collection[str]
 ) -> dict[str, AssetCheckEvaluationTargetMaterializationData]:
     # What each result judges: a result aimed at an older materialization reads as stale.
-    from dagster._core.event_api import AssetRecordsFilter
-    from dagster._core.events import DagsterEventType
-
     key = dg.AssetKey(SLOT_ASSET_KEY)
     latest = instance.event_log_storage.get_latest_storage_id_by_partition(
         key, DagsterEventType.ASSET_MATERIALIZATION, set(partitions)

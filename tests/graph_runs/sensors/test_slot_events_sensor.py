@@ -191,11 +191,11 @@ def test_an_unmigrated_database_skips_naming_the_command(
 def test_dagster_storage_refuses_a_second_runless_check_result_on_one_partition(
     instance: dg.DagsterInstance,
 ) -> None:
-    # Why a failed schedule does not read as failed through a partitioned asset check
-    # (docs/how-a-slot-fires.md): Dagster 1.13 stores a reported (runless) result under
-    # run id '' and a unique index on (asset, check, run id, partition), so the second
-    # result on a partition fails to write, and a sensor reporting it would fail every tick.
-    # When this test fails, Dagster has fixed it, and the check can be built.
+    # Why last_slot_ok is judged in a run and not reported by the sensor
+    # (graph_runs/jobs/last_slot_check.py): Dagster 1.13 stores a reported (runless)
+    # result under run id '' and a unique index on (asset, check, run id, partition), so
+    # the second result on a partition fails to write, and a sensor reporting it would fail
+    # every tick. When this test fails, Dagster has fixed it, and the run can go.
     from dagster._core.definitions.asset_checks.asset_check_evaluation import (
         AssetCheckEvaluation,
     )
