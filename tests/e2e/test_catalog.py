@@ -62,6 +62,14 @@ fragment Entry on MetadataEntry {
 }
 """
 
+OWNER_RUNS_QUERY = """
+query OwnerRuns($owner: String!) {
+  runsOrError(filter: {tags: [{key: "graph_runs/owner", value: $owner}]}) {
+    ... on Runs { results { runId status } }
+  }
+}
+"""
+
 
 def entries(event: dict[str, Any]) -> dict[str, Any]:
     return {
@@ -155,3 +163,15 @@ def test_the_catalog_shows_each_schedules_latest_outcome(
 
     wait_for(lambda: len(failing()) == 2, stack, "last_slot_ok to fail on the failed schedules")
     assert failing() == sorted([bad["id"], turned["id"]])
+
+    # The runs that fired the failed slots succeeded: a slot's failure is its outcome. Every
+    # schedule here is Alice's, so the Runs page's tag filter finds each run by her.
+    runs = httpx.post(
+        f"http://127.0.0.1:{port}/graphql",
+        json={"query": OWNER_RUNS_QUERY, "variables": {"owner": "alice"}},
+        timeout=30,
+    ).json()["data"]["runsOrError"]["results"]
+    by_id = {run["runId"]: run["status"] for run in runs}
+    fired = {row.dagster_run_id for row in ledger.values()}
+    assert fired <= by_id.keys(), (fired, by_id)
+    assert {by_id[run_id] for run_id in fired} == {"SUCCESS"}
