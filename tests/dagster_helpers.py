@@ -6,11 +6,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import dagster as dg
+import sqlalchemy as sa
 from dagster._core.remote_origin import InProcessCodeLocationOrigin, RemoteRepositoryOrigin
 from dagster._core.test_utils import create_run_for_test
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
 from graph_runs.core.cron import parse_instant
+from graph_runs.core.schedule_spec import ScheduleLimits
 from graph_runs.jobs import dispatch_batch_job, graph_run_job
 from graph_runs.resources import (
     ClockResource,
@@ -20,10 +22,13 @@ from graph_runs.resources import (
     GrantsResource,
     ScheduleLimitsResource,
 )
+from graph_runs.scheduling.schedules import pause_schedule, resume_schedule
 from graph_runs.sensors.graph_run_approvals_sensor import make_graph_run_approvals_sensor
 from graph_runs.sensors.graph_schedules_sensor import make_graph_schedules_sensor
 from graph_runs.sensors.slot_events_sensor import MAX_EVENTS_PER_TICK, make_slot_events_sensor
+from graph_runs.store.tables import execution_grants
 from tests.conftest import RunningApi
+from tests.helpers import at, make_grant, make_schedule
 
 
 class FixedClock(ClockResource):
@@ -170,3 +175,33 @@ def daemon_run(
         },
         remote_job_origin=REPOSITORY_ORIGIN.get_job_origin(job_of(request).name),
     )
+
+
+def fire_three_owners(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, api: RunningApi
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Three outcomes made by the real paths: resources, and Alice's, Bob's, Carol's schedules.
+
+    Alice's slot succeeds; Bob's grant cannot run the graph, so his fails scope_denied;
+    Carol's schedule was paused over three slots, recorded skipped_paused on resume.
+    """
+    created = at("2026-11-22T10:00:30Z")
+    with engine.begin() as conn:
+        alice = make_schedule(conn, created, make_grant(conn, created))
+        bob_grant = make_grant(conn, created, owner="bob", scopes=["graph:execute:echo"])
+        bob = make_schedule(conn, created, bob_grant)
+        conn.execute(
+            execution_grants.update()
+            .where(execution_grants.c.id == bob_grant.id)
+            .values(scopes=["graph:execute:other"])
+        )
+        carol = make_schedule(conn, created, make_grant(conn, created, owner="carol"))
+        pause_schedule(conn, carol["id"], now=created, note="holiday")
+    resources = make_resources(database_url, api, "2026-11-22T10:01:02Z")
+    result = tick(instance, resources, None)
+    apply_partitions(instance, result)
+    runs = [launch(instance, resources, request) for request in result.run_requests or []]
+    assert runs and all(run.success for run in runs)
+    with engine.begin() as conn:
+        resume_schedule(conn, carol["id"], now=at("2026-11-22T10:03:10Z"), limits=ScheduleLimits())
+    return resources, alice, bob, carol

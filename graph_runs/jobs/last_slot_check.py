@@ -68,9 +68,10 @@ def verdict(row: Any | None) -> tuple[bool, str, dict[str, Any]]:
     """Whether a schedule's latest outcome is ok, why, and the metadata that shows it."""
     if row is None:
         return True, "no slot of this schedule has an outcome yet", {}
+    slot = slot_label(row)
     reason = bounded(" ".join(filter(None, [row.error_code, row.error_message])), MAX_REASON)
     metadata: dict[str, Any] = {
-        "slot": slot_label(row),
+        "slot": slot,
         "status": row.status,
         "reason": reason or "",
         "ledger_id": row.id,
@@ -78,7 +79,7 @@ def verdict(row: Any | None) -> tuple[bool, str, dict[str, Any]]:
     if row.dagster_run_id:
         metadata["run"] = dg.MetadataValue.dagster_run(row.dagster_run_id)
     passed = row.status not in NOT_OK
-    said = f"last slot {slot_label(row)}: {row.status}" + (f" ({reason})" if reason else "")
+    said = f"last slot {slot}: {row.status}" + (f" ({reason})" if reason else "")
     return passed, said, metadata
 
 

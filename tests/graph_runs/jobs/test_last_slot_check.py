@@ -13,7 +13,6 @@ import pytest
 import sqlalchemy as sa
 from dagster._core.event_api import PartitionKeyFilter
 
-from graph_runs.core.schedule_spec import ScheduleLimits
 from graph_runs.core.statuses import FAILED, FINAL, MISSED, SUCCEEDED
 from graph_runs.jobs.last_slot_check import (
     LAST_SLOT_CHECK,
@@ -22,21 +21,14 @@ from graph_runs.jobs.last_slot_check import (
     needs_judging,
     verdict,
 )
-from graph_runs.scheduling.schedules import pause_schedule, resume_schedule
-from graph_runs.store.tables import execution_grants
 from tests.conftest import RunningApi
 from tests.dagster_helpers import (
     apply_events,
-    apply_partitions,
     events_tick,
-    launch,
-    make_resources,
-    tick,
+    fire_three_owners,
 )
-from tests.helpers import at, make_grant, make_schedule
+from tests.helpers import at
 
-CREATED = at("2026-11-22T10:00:30Z")
-NOW = "2026-11-22T10:01:02Z"
 CHECK_KEY = dg.AssetCheckKey(dg.AssetKey("scheduled_graph_runs"), LAST_SLOT_CHECK)
 
 
@@ -61,25 +53,8 @@ def _judge(instance: dg.DagsterInstance, resources: dict, request: dg.RunRequest
 def test_a_failed_schedule_is_failed_by_its_check_and_the_others_are_left_alone(
     engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
 ) -> None:
-    # Alice's slot succeeds; Bob's grant cannot run the graph (scope_denied); Carol's
-    # schedule was paused over her slots, recorded skipped_paused on resume.
-    with engine.begin() as conn:
-        alice = make_schedule(conn, CREATED, make_grant(conn, CREATED))
-        bob_grant = make_grant(conn, CREATED, owner="bob", scopes=["graph:execute:echo"])
-        bob = make_schedule(conn, CREATED, bob_grant)
-        conn.execute(
-            execution_grants.update()
-            .where(execution_grants.c.id == bob_grant.id)
-            .values(scopes=["graph:execute:other"])
-        )
-        carol = make_schedule(conn, CREATED, make_grant(conn, CREATED, owner="carol"))
-        pause_schedule(conn, carol["id"], now=CREATED, note="holiday")
-    resources = make_resources(database_url, execution_api, NOW)
-    fired = tick(instance, resources, None)
-    apply_partitions(instance, fired)
-    assert all(launch(instance, resources, r).success for r in fired.run_requests or [])
-    with engine.begin() as conn:
-        resume_schedule(conn, carol["id"], now=at("2026-11-22T10:02:10Z"), limits=ScheduleLimits())
+    # Alice's slot succeeds, Bob's fails scope_denied, Carol's were skipped while paused.
+    resources, alice, bob, carol = fire_three_owners(engine, database_url, instance, execution_api)
 
     announced = events_tick(instance, resources, None)
     assert isinstance(announced, dg.SensorResult)

@@ -12,48 +12,19 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from graph_runs.core.schedule_spec import ScheduleLimits
 from graph_runs.dispatch import ledger
 from graph_runs.execution_api.client import Outcome
 from graph_runs.resources import DispatchResource
-from graph_runs.scheduling.schedules import pause_schedule, resume_schedule
-from graph_runs.store.tables import execution_grants, run_ledger
+from graph_runs.store.tables import run_ledger
 from tests.conftest import RunningApi
 from tests.dagster_helpers import (
-    apply_partitions,
     events_tick,
-    launch,
+    fire_three_owners,
     make_resources,
-    tick,
 )
-from tests.helpers import at, make_grant, make_schedule
+from tests.helpers import at
 
-CREATED = at("2026-11-22T10:00:30Z")
 NOW = "2026-11-22T10:01:02Z"
-
-
-def _fire(engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, api: RunningApi):
-    # Alice's slot succeeds; Bob's grant cannot run the graph, so his fails scope_denied;
-    # Carol's schedule was paused over three slots, recorded skipped_paused on resume.
-    with engine.begin() as conn:
-        alice = make_schedule(conn, CREATED, make_grant(conn, CREATED))
-        bob_grant = make_grant(conn, CREATED, owner="bob", scopes=["graph:execute:echo"])
-        bob = make_schedule(conn, CREATED, bob_grant)
-        conn.execute(
-            execution_grants.update()
-            .where(execution_grants.c.id == bob_grant.id)
-            .values(scopes=["graph:execute:other"])
-        )
-        carol = make_schedule(conn, CREATED, make_grant(conn, CREATED, owner="carol"))
-        pause_schedule(conn, carol["id"], now=CREATED, note="holiday")
-    resources = make_resources(database_url, api, NOW)
-    result = tick(instance, resources, None)
-    apply_partitions(instance, result)
-    runs = [launch(instance, resources, request) for request in result.run_requests or []]
-    assert runs and all(run.success for run in runs)
-    with engine.begin() as conn:
-        resume_schedule(conn, carol["id"], now=at("2026-11-22T10:03:10Z"), limits=ScheduleLimits())
-    return resources, alice, bob, carol
 
 
 def _by_partition(result: dg.SensorResult | dg.SkipReason) -> dict[str, list]:
@@ -73,7 +44,7 @@ def _marks(engine: sa.Engine) -> list:
 def test_every_outcome_is_announced_on_its_partition_with_its_run_and_reason(
     engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
 ) -> None:
-    resources, alice, bob, carol = _fire(engine, database_url, instance, execution_api)
+    resources, alice, bob, carol = fire_three_owners(engine, database_url, instance, execution_api)
     found = _by_partition(events_tick(instance, resources, None))
     assert found.keys() == {alice["id"], bob["id"], carol["id"]}
     (succeeded,) = found[alice["id"]]
@@ -110,7 +81,7 @@ def test_every_outcome_is_announced_on_its_partition_with_its_run_and_reason(
 def test_each_outcome_is_announced_once_and_again_only_if_its_tick_was_lost(
     engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
 ) -> None:
-    resources, *_ = _fire(engine, database_url, instance, execution_api)
+    resources, *_ = fire_three_owners(engine, database_url, instance, execution_api)
     first = events_tick(instance, resources, None)
     assert isinstance(first, dg.SensorResult) and first.cursor == "1"
     announced = len(first.asset_events)
@@ -132,7 +103,7 @@ def test_each_outcome_is_announced_once_and_again_only_if_its_tick_was_lost(
 def test_a_failed_slot_that_later_succeeds_is_announced_again(
     engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
 ) -> None:
-    resources, _, bob, _ = _fire(engine, database_url, instance, execution_api)
+    resources, _, bob, _ = fire_three_owners(engine, database_url, instance, execution_api)
     assert isinstance(events_tick(instance, resources, None), dg.SensorResult)
     with engine.begin() as conn:
         row = conn.execute(sa.select(run_ledger).where(run_ledger.c.schedule_id == bob["id"])).one()
@@ -153,7 +124,7 @@ def test_a_failed_slot_that_later_succeeds_is_announced_again(
 def test_a_tick_takes_at_most_its_cap_oldest_first_and_the_rest_next_tick(
     engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
 ) -> None:
-    resources, *_ = _fire(engine, database_url, instance, execution_api)
+    resources, *_ = fire_three_owners(engine, database_url, instance, execution_api)
     cursor, ids, ticks = None, [], 0
     while ticks < 6:
         result = events_tick(instance, resources, cursor, max_per_tick=2)
@@ -170,7 +141,7 @@ def test_a_tick_takes_at_most_its_cap_oldest_first_and_the_rest_next_tick(
 def test_with_slot_events_off_outcomes_are_passed_over_without_events(
     engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
 ) -> None:
-    resources, *_ = _fire(engine, database_url, instance, execution_api)
+    resources, *_ = fire_three_owners(engine, database_url, instance, execution_api)
     off = {**resources, "dispatch": DispatchResource(slot_asset_events=False)}
     result = events_tick(instance, off, None)
     assert isinstance(result, dg.SensorResult) and not result.asset_events
