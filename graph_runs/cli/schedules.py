@@ -29,8 +29,8 @@ from graph_runs.core.policies import (
 )
 from graph_runs.core.schedule_spec import require_in_range
 from graph_runs.core.text import bounded
+from graph_runs.scheduling import refire, triggers
 from graph_runs.scheduling import schedules as schedules_api
-from graph_runs.scheduling import triggers
 from graph_runs.scheduling.describe import describe_schedule
 from graph_runs.scheduling.triggers import DEFAULT_MANUAL_OVERLAP
 
@@ -328,6 +328,51 @@ def schedules_backfill(
             f"{d['overlap']})"
         ),
     )
+
+
+@schedules.command("refire")
+@click.argument("schedule_id")
+@click.option("--from", "start", required=True, help="ISO 8601 instant (inclusive)")
+@click.option("--to", "end", required=True, help="ISO 8601 instant (inclusive)")
+@click.option(
+    "--overlap",
+    type=click.Choice(OVERLAP_POLICIES),
+    default=DEFAULT_MANUAL_OVERLAP,
+    show_default=True,
+)
+@click.option("--requested-by", help="Who asks for it (in the audit log).")
+@json_option
+def schedules_refire(
+    schedule_id: str, start: str, end: str, overlap: str, requested_by: str | None, as_json: bool
+) -> None:
+    """Fire the failed slots in [--from, --to] again, same key: never a second execution."""
+    begin, finish = instant("from", start), instant("to", end)
+    assert begin is not None and finish is not None
+    with transaction() as conn:
+        report = refire.refire_schedule(
+            conn,
+            schedule_id,
+            start=begin,
+            end=finish,
+            now=now(),
+            overlap=overlap,
+            requested_by=requested_by,
+        )
+    emit(as_json, report, _refire_text)
+
+
+def _refire_text(d: dict[str, Any]) -> str:
+    lines = [
+        f"{d['failed']} failed slot(s) from {d['from']} to {d['to']}: {d['refired']} will fire "
+        f"again, {d['skipped_overlap']} skipped (overlap {d['overlap']})"
+    ]
+    for item in d["detail"]:
+        if not item["refired"]:
+            lines.append(f"  {item['slot']}  stays failed ({item['why']})")
+            continue
+        api = f"; the API answers with its run {item['api_run_id']}" if item["api_run_id"] else ""
+        lines.append(f"  {item['slot']}  was {item['was']}{api}")
+    return "\n".join(lines)
 
 
 @schedules.command("describe")

@@ -304,17 +304,6 @@ def unfinished_rows(conn: sa.Connection, batch_id: str) -> list[Any]:
     )
 
 
-def failed_rows(conn: sa.Connection, batch_id: str) -> list[Any]:
-    """The batch's slots that ended ``failed``: what re-executing its run fires again."""
-    return list(
-        conn.execute(
-            sa.select(run_ledger)
-            .where(run_ledger.c.batch_id == batch_id, run_ledger.c.status == FAILED)
-            .order_by(run_ledger.c.due_at, run_ledger.c.id)
-        )
-    )
-
-
 def _unfinished_count(conn: sa.Connection, batch_id: str) -> int:
     return conn.execute(
         sa.select(sa.func.count())

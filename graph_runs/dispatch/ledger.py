@@ -27,6 +27,7 @@ from graph_runs.core.statuses import (
     SUCCEEDED,
 )
 from graph_runs.execution_api.client import Outcome
+from graph_runs.scheduling.refire import uncount_failure
 from graph_runs.scheduling.revocation import pause_schedules_of_grant
 from graph_runs.scheduling.schedules import FAILURE_PAUSER, pause_schedule
 from graph_runs.store import slot_status
@@ -163,34 +164,23 @@ def start_run(conn: sa.Connection, ledger_id: str, *, dagster_run_id: str, now: 
     """Mark a ledger row as running in ``dagster_run_id``; returns the row as it now is.
 
     A row that already succeeded is returned unchanged: a re-executed run then gets the first
-    outcome back from the API (same key, same body) and records nothing new. A row that was
-    cancelled, or is being cancelled (its schedule paused or deleted, or overlap
-    cancel_other), ends ``cancelled`` here and is returned so: the op then does nothing.
-    The row is locked, so a pause that commits meanwhile is seen, not overwritten.
+    outcome back from the API (same key, same body) and records nothing new. So is a failed
+    slot: it fires again only when a person refires it (``graph_runs.scheduling.refire``),
+    since the run that fired it may have fired other owners' slots. A failed trigger-now
+    or ad-hoc run, whose Dagster run is its own, starts again when that run is re-executed.
+    A row that was cancelled, or is being cancelled (its schedule paused or deleted, or
+    overlap cancel_other), ends ``cancelled`` here and is returned so: the op then does
+    nothing. The row is locked, so a pause that commits meanwhile is seen, not overwritten.
     """
     row = get_run(conn, ledger_id, lock=True)
-    if row.status in SETTLED:
+    if row.status in SETTLED or (row.status == FAILED and row.scheduled_for is not None):
         return row
     if row.status == AWAITING_APPROVAL and not is_approved(conn, ledger_id):
         # Only the approvals sensor launches a gated slot, and only once it is approved; a
         # run launched any other way (by hand, with the ledger tag) must not slip past.
         raise Conflict(f"graph run {ledger_id} is waiting for approval; it was not approved")
     if row.status == FAILED and row.schedule_id is not None:
-        # A failed slot being run again is no longer failed; its new outcome counts anew,
-        # in the failure count and in the streak that pauses the schedule: one slot rerun
-        # three times is one failure, not three.
-        conn.execute(
-            schedules.update()
-            .where(schedules.c.id == row.schedule_id)
-            .values(
-                runs_failed=schedules.c.runs_failed - 1,
-                consecutive_failures=sa.case(
-                    (schedules.c.consecutive_failures > 0, schedules.c.consecutive_failures - 1),
-                    else_=0,
-                ),
-                updated_at=now,
-            )
-        )
+        uncount_failure(conn, row.schedule_id, now)
     slot_status.start(conn, row, dagster_run_id=dagster_run_id, now=now)
     return get_run(conn, ledger_id)
 

@@ -21,11 +21,12 @@ def check_started(
 ) -> dict[str, Any] | GrantDenied | None:
     """The request body of a started row, or why it makes no call.
 
-    None for a slot settled before its run started (cancelled, say): no call, nothing to
-    record. A ``GrantDenied`` is already recorded as the row's failed outcome, in ``conn``'s
-    transaction, so a refused slot is never left running.
+    None for a slot settled before its run started (cancelled, say), or failed and not
+    refired (``ledger.start_run``): no call, nothing to record. A ``GrantDenied`` is
+    already recorded as the row's failed outcome, in ``conn``'s transaction, so a refused
+    slot is never left running.
     """
-    if row.status in NEVER_RAN:
+    if row.status in NEVER_RAN or row.status == FAILED:
         return None
     grant = get_grant(conn, row.grant_id)
     try:

@@ -16,7 +16,6 @@ import dagster as dg
 from graph_runs.core.errors import Conflict, InvalidInput, NotFound
 from graph_runs.core.ledger_rows import slot_label
 from graph_runs.core.schedule_spec import ScheduleLimits
-from graph_runs.dispatch import batches, ledger
 from graph_runs.dispatch.batches import BATCH_ATTEMPT_TAG, BATCH_ID_TAG
 from graph_runs.dispatch.dispatcher import Dispatcher, Recorded, Report, summary
 from graph_runs.dispatch.firing import Firing
@@ -104,28 +103,6 @@ def _single_firing(
     return _checked(context, database, clock, row)
 
 
-def _refirings(
-    context: dg.OpExecutionContext,
-    database: DatabaseResource,
-    clock: ClockResource,
-    batch_id: str,
-) -> tuple[list[Firing], list[Recorded]]:
-    """A re-execution of a finished batch's run fires its failed slots again, same keys."""
-    with database.transaction() as conn:
-        rows = [
-            ledger.start_run(conn, row.id, dagster_run_id=context.run_id, now=clock.now())
-            for row in batches.failed_rows(conn, batch_id)
-        ]
-    context.log.info(f"re-execution: firing {len(rows)} failed slot(s) of batch {batch_id} again")
-    firings: list[Firing] = []
-    refused: list[Recorded] = []
-    for row in rows:
-        more, denied = _checked(context, database, clock, row)
-        firings.extend(more)
-        refused.extend(denied)
-    return firings, refused
-
-
 def _checked(
     context: dg.OpExecutionContext,
     database: DatabaseResource,
@@ -182,14 +159,15 @@ def dispatch_slots(
     if batch_id:
         attempt = int(context.run.tags.get(BATCH_ATTEMPT_TAG, "1"))
         report = asyncio.run(dispatcher.run_batch(batch_id, attempt))
-        if report.replaced and context.run.tags.get(PARENT_RUN_ID_TAG):
-            firings, refused = _refirings(context, database, clock, batch_id)
-            report = asyncio.run(dispatcher.run_started(firings)) if firings else report
-            report.recorded.extend(refused)
-        elif report.replaced:
+        if report.replaced:
+            again = (
+                "; a re-execution fires no slot again: `graph-runs schedules refire` does"
+                if context.run.tags.get(PARENT_RUN_ID_TAG)
+                else ""
+            )
             context.log.warning(
                 f"batch {batch_id} has moved past attempt {attempt} or is done; this run "
-                "fires nothing"
+                f"fires nothing{again}"
             )
     else:
         firings, refused = _single_firing(

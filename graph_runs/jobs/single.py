@@ -15,6 +15,7 @@ import dagster as dg
 from graph_runs.access.grants import GrantDenied
 from graph_runs.core.errors import Conflict, InvalidInput, NotFound
 from graph_runs.core.schedule_spec import ScheduleLimits, validate_run_request
+from graph_runs.core.statuses import FAILED
 from graph_runs.dispatch import ledger
 from graph_runs.dispatch.api_runs import DEFAULT_RUN_TIMEOUT, GIVE_UP_MARGIN
 from graph_runs.dispatch.started import check_started
@@ -207,9 +208,14 @@ def checked_body(
     with database.transaction() as conn:
         checked = check_started(conn, row, dagster_run_id=context.run_id, now=clock.now())
     if checked is None:
+        again = (
+            "; `graph-runs schedules refire` fires a failed slot again"
+            if row.status == FAILED
+            else ""
+        )
         context.log.warning(
             f"{ticket.label} not calling the execution API: the slot is {row.status} "
-            f"({row.error_code}: {row.error_message})"
+            f"({row.error_code}: {row.error_message}){again}"
         )
         return None
     if isinstance(checked, GrantDenied):

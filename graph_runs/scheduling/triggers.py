@@ -46,7 +46,8 @@ DEFAULT_MANUAL_OVERLAP = "allow_all"
 MAX_BACKFILL_SLOTS = 1_000
 
 
-def _overlap(policy: str) -> str:
+def checked_overlap(policy: str) -> str:
+    """``policy``, if it is an overlap policy; the caller's field ``overlap`` otherwise."""
     if policy not in OVERLAP_POLICIES:
         raise InvalidInput("overlap", f"{policy!r} is not one of {', '.join(OVERLAP_POLICIES)}")
     return policy
@@ -81,7 +82,7 @@ def _insert_manual(
     slot_status.insert_new(conn, [values])
 
 
-class _Overlap:
+class OverlapGate:
     """Applies an overlap policy to a series of new runs of one schedule, oldest first."""
 
     def __init__(self, conn: sa.Connection, schedule_id: str, policy: str, now: dt.datetime):
@@ -90,6 +91,7 @@ class _Overlap:
         self.busy, self.buffered = going.active > 0, going.buffered
 
     def next_status(self) -> tuple[str, str | None]:
+        """The status of the next run asked for, and why it does not fire, if it does not."""
         if self.policy == "cancel_other" and self.busy:
             cancel_in_flight(
                 self.conn,
@@ -164,7 +166,7 @@ def trigger_schedule(
         sa.select(run_ledger).where(run_ledger.c.idempotency_key == key)
     ).one_or_none()
     if existing is None:
-        status, reason = _Overlap(conn, schedule_id, _overlap(overlap), now).next_status()
+        status, reason = OverlapGate(conn, schedule_id, checked_overlap(overlap), now).next_status()
         _insert_manual(conn, row, key, status, now, source, requested_by, reason=reason)
         audit(
             conn,
@@ -201,7 +203,7 @@ def backfill_schedule(
 
     Returns how many slots will run and how many already had a run, slot by slot.
     """
-    policy = _overlap(overlap)
+    policy = checked_overlap(overlap)
     require_in_range("from", start)
     require_in_range("to", end)
     if end < start:
@@ -239,7 +241,7 @@ def backfill_schedule(
         )
     }
     account = billing_account_of(conn, row.grant_id)
-    overlapper = _Overlap(conn, schedule_id, policy, now)
+    overlapper = OverlapGate(conn, schedule_id, policy, now)
     report: list[dict[str, Any]] = []
     counts: Counter[str] = Counter()
     for slot in slots:

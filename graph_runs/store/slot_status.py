@@ -68,6 +68,8 @@ _RULES: tuple[tuple[tuple[str | None, ...], tuple[str, ...], str], ...] = (
     ((BUFFERED,), (PENDING,), "release"),
     ((AWAITING_APPROVAL,), (QUEUED,), "launch_approved"),
     # The op starts: a run launched before the sensor saw it, a re-execution, a restarted op.
+    # A failed slot starts again only once refired; a failed trigger-now or ad-hoc run, when
+    # its Dagster run is re-executed.
     ((PENDING, BUFFERED, QUEUED, RUNNING, FAILED, AWAITING_APPROVAL), (RUNNING,), "start"),
     ((CANCELLING,), (CANCELLED,), "start"),
     # A dispatch run fires its batch's slots at their instant (a later attempt resumes the
@@ -98,6 +100,9 @@ _RULES: tuple[tuple[tuple[str | None, ...], tuple[str, ...], str], ...] = (
     ),
     # A backfill runs a slot that never ran, under its overlap policy.
     (tuple(sorted(NEVER_RAN)), (PENDING, BUFFERED, SKIPPED_OVERLAP), "refire"),
+    # A person refires a failed slot (graph_runs/scheduling/refire.py); one its overlap
+    # policy would skip stays failed.
+    ((FAILED,), (PENDING, BUFFERED), "refire_failed"),
 )
 
 
@@ -540,6 +545,11 @@ def settle_awaiting(
 def refire(conn: sa.Connection, row: Any, target: str, **values: Any) -> bool:
     """A backfill takes a slot that never ran (as read) and fires, buffers or skips it."""
     return move(conn, row, target, by="refire", **values)
+
+
+def refire_failed(conn: sa.Connection, row: Any, target: str, **values: Any) -> bool:
+    """A person refires a failed slot (as read): it fires, or waits its turn, anew."""
+    return move(conn, row, target, by="refire_failed", **values)
 
 
 # -- the diagram -------------------------------------------------------------------------

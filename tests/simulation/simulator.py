@@ -35,6 +35,7 @@ from graph_runs.jobs import slot_events
 from graph_runs.money.budgets import set_budget
 from graph_runs.operations import drift, drift_repair
 from graph_runs.scheduling.claim import TickLimits
+from graph_runs.scheduling.refire import refire_schedule
 from graph_runs.scheduling.revocation import revoke_and_pause
 from graph_runs.scheduling.schedules import (
     create_schedule,
@@ -450,9 +451,9 @@ class Simulation:
             )
         action = rng.choices(
             ["create", "upsert", "pause", "resume", "edit", "retime", "delete", "trigger",
-             "backfill", "budget", "revoke", "approve", "reject", "reconcile"],
-            weights=[6 if len(live) < MAX_SCHEDULES else 0, 1.5, 3, 4, 2, 2, 1, 2, 1, 1, 0.2,
-                     4, 1.5, 0.7],
+             "backfill", "refire", "budget", "revoke", "approve", "reject", "reconcile"],
+            weights=[6 if len(live) < MAX_SCHEDULES else 0, 1.5, 3, 4, 2, 2, 1, 2, 1, 1, 1,
+                     0.2, 4, 1.5, 0.7],
         )[0]  # fmt: skip
         if action == "reconcile":
             self._reconcile_fix(now)
@@ -533,6 +534,17 @@ class Simulation:
         elif action == "backfill":
             start = now.replace(second=0, microsecond=0) - dt.timedelta(minutes=rng.randrange(2, 8))
             backfill_schedule(conn, target.id, start=start, end=now, now=now, limits=LIMITS)
+        elif action == "refire":
+            # Failed slots are few: a wide range finds some.
+            start = now.replace(second=0, microsecond=0) - dt.timedelta(
+                minutes=rng.randrange(2, 90)
+            )
+            overlap = rng.choice(["allow_all", "skip"])
+            report = refire_schedule(
+                conn, target.id, start=start, end=now, now=now, overlap=overlap
+            )
+            for _ in range(report["refired"]):
+                self._count("refired_slot")
         elif action == "budget":
             grant = rng.choice(self.grants)
             limit = Decimal(rng.choice(["0", "1000"]))

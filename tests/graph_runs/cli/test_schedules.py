@@ -9,9 +9,13 @@ import datetime as dt
 import pytest
 import sqlalchemy as sa
 
+from graph_runs.dispatch import ledger
+from graph_runs.execution_api.client import Outcome
 from graph_runs.store.db import make_engine
 from graph_runs.store.tables import run_ledger, schedules
-from tests.helpers import claim_at
+from tests.helpers import at, claim_at
+
+NOW = at("2026-01-03T12:00:00Z")
 
 
 def test_create_describe_pause_resume_delete(cli, cli_grant) -> None:
@@ -254,3 +258,45 @@ def test_describe_says_why_a_slot_failed_and_that_a_paused_schedule_fires_nothin
     code, text, _ = cli("schedules", "describe", created["id"])
     assert "next=paused" in text.splitlines()[0]
     assert "next fire times: none (paused)" in text
+
+
+def test_refire_fires_the_failed_slots_again_and_refuses_a_bad_range(
+    cli, cli_grant, database_url: str
+) -> None:
+    code, created, _ = cli(
+        "schedules", "create", "--owner", "alice", "--graph", "daily-digest",
+        "--cron", "0 9 * * *", "--grant", cli_grant, "--start-at", "2026-01-01T00:00:00Z",
+        "--json",
+    )  # fmt: skip
+    assert code == 0
+    sid = created["id"]
+    cli("schedules", "backfill", sid, "--from", "2026-01-01T00:00:00Z", "--to",
+        "2026-01-02T23:00:00Z")  # fmt: skip
+    engine = make_engine(database_url)
+    with engine.begin() as conn:
+        ledger_ids = list(
+            conn.execute(
+                sa.select(run_ledger.c.id)
+                .where(run_ledger.c.schedule_id == sid)
+                .order_by(run_ledger.c.scheduled_for)
+            ).scalars()
+        )
+        outcome = Outcome(status="failed", error_code="scope_denied", error_message="no scope")
+        for ledger_id in ledger_ids:
+            ledger.record_outcome(conn, ledger_id, outcome, dagster_run_id="r", now=NOW)
+    engine.dispose()
+    # A bad range: one line naming the field, exit 2, both slots still failed.
+    code, _, err = cli("schedules", "refire", sid, "--from", "2026-01-03T00:00:00Z",
+                       "--to", "2026-01-01T00:00:00Z")  # fmt: skip
+    assert (code, err) == (2, "error: to: is before from\n")
+    code, text, _ = cli("schedules", "refire", sid, "--from", "2026-01-01T00:00:00Z",
+                        "--to", "2026-01-01T23:00:00Z", "--requested-by", "ana")  # fmt: skip
+    assert (code, text) == (
+        0,
+        "1 failed slot(s) from 2026-01-01T00:00:00Z to 2026-01-01T23:00:00Z: 1 will fire "
+        "again, 0 skipped (overlap allow_all)\n"
+        "  2026-01-01T09:00:00Z  was scope_denied: no scope\n",
+    )
+    code, described, _ = cli("schedules", "describe", sid, "--json")
+    assert (described["runs_failed"], described["counts"]["failed"]) == (1, 1)
+    assert described["counts"]["in_flight"] == 1

@@ -78,24 +78,6 @@ def test_failure_then_success_on_re_execution_moves_one_count(engine: sa.Engine)
     assert result["status"] == "succeeded" and counters(engine, schedule_id) == (1, 1, 0)
 
 
-def test_re_executing_a_failed_slot_counts_its_failure_once(engine: sa.Engine) -> None:
-    row, schedule_id = claimed_row(engine)
-    record(engine, row.id, Outcome(status="failed", error_code="api_unavailable"))
-    for attempt in (2, 3, 4):  # re-executed three times, failing each time
-        with engine.begin() as conn:
-            ledger.start_run(conn, row.id, dagster_run_id=f"dagster-{attempt}", now=NOW)
-        record(engine, row.id, Outcome(status="failed", error_code="api_unavailable"))
-    # One slot, one failure: the schedule (pause after 3) is not paused by its reruns.
-    assert counters(engine, schedule_id) == (1, 0, 1)
-    with engine.connect() as conn:
-        state = conn.execute(sa.select(schedules).where(schedules.c.id == schedule_id)).one()
-    assert (state.consecutive_failures, state.enabled) == (1, True)
-    with engine.begin() as conn:
-        ledger.start_run(conn, row.id, dagster_run_id="dagster-5", now=NOW)
-    record(engine, row.id, Outcome(status="succeeded", api_run_id="apirun_1", usage=USAGE))
-    assert counters(engine, schedule_id) == (1, 1, 0)
-
-
 def test_one_receipt_per_api_run_even_across_ledger_rows(engine: sa.Engine) -> None:
     row, _ = claimed_row(engine)
     record(engine, row.id, Outcome(status="succeeded", api_run_id="apirun_1", usage=USAGE))

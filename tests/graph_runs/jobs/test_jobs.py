@@ -23,6 +23,7 @@ from graph_runs.jobs.partition_tags import billing_tags
 from graph_runs.jobs.partitions import SCHEDULE_PARTITIONS_NAME
 from graph_runs.resources import ScheduleLimitsResource
 from graph_runs.scheduling.describe import describe_schedule
+from graph_runs.scheduling.refire import refire_schedule
 from graph_runs.scheduling.schedules import get_schedule
 from graph_runs.store.tables import charge_receipts, execution_grants, run_ledger, schedules
 from tests.conftest import RunningApi
@@ -243,25 +244,40 @@ def test_re_executing_a_slot_never_executes_or_bills_twice(
     assert tuple(totals) == (1, 1)
 
 
-def test_api_outage_is_recorded_and_a_later_re_execution_succeeds_once(
+def test_api_outage_is_recorded_and_refired_succeeds_once_where_re_execution_fires_nothing(
     engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, execution_api: RunningApi
 ) -> None:
-    run, _, request = fire_one(
+    run, view, request = fire_one(
         engine, database_url, instance, execution_api, graph_id="flaky", input={"failures": 3}
     )
     # Three attempts, three 503s: recorded as api_unavailable.
     # Its failure is the slot's outcome, recorded: the run did its work (issue 22).
     assert run.success
     assert one(engine, run_ledger).error_code == "api_unavailable"
-    # Re-executing the run (Dagster tags it with its parent) fires the failed slot again.
+    # Re-executing the run (Dagster tags it with its parent) fires nothing: the run may have
+    # fired other owners' slots, and each failure is an outcome.
+    resources = make_resources(database_url, execution_api, NOW)
     again = launch(
         instance,
-        make_resources(database_url, execution_api, NOW),
+        resources,
         request.with_replaced_attrs(tags={**request.tags, "dagster/parent_run_id": run.run_id}),
     )
     assert again.success
     row = one(engine, run_ledger)
-    assert (row.status, row.dagster_run_id) == ("succeeded", again.run_id)
+    assert (row.status, row.dagster_run_id) == ("failed", run.run_id)
+    assert execution_api.store.executions == 0
+    # A person refires it: the sensor's next tick fires it in a batch of its own.
+    with engine.begin() as conn:
+        report = refire_schedule(
+            conn, view["id"], start=at("2026-11-22T10:00:00Z"), end=at(NOW), now=at(NOW)
+        )
+    assert (report["failed"], report["refired"]) == (1, 1)
+    (refired,) = tick(instance, resources, None).run_requests or []
+    assert refired.run_key != request.run_key
+    fired = launch(instance, resources, refired)
+    assert fired.success
+    row = one(engine, run_ledger)
+    assert (row.status, row.dagster_run_id) == ("succeeded", fired.run_id)
     with engine.connect() as conn:
         counts = conn.execute(sa.select(schedules.c.runs_succeeded, schedules.c.runs_failed)).one()
     assert tuple(counts) == (1, 0)
