@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # machine's two cores keep both busy (docs/testing.md has the measurements).
 TEST_WORKERS ?= 4
 
-.PHONY: dev test lint typecheck check docs bench sim clean
+.PHONY: dev test lint typecheck check docs bench sim screenshots clean
 
 # uv installs the same packages from the same ranges as pip would, in 9 s instead of 25
 # (bytecode included): a fresh clone's `make test` has six minutes in all.
@@ -47,6 +47,12 @@ docs: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -e '.[dev,bench]'
 	$(BIN)/pytest tests/benchmarks --benchmark-only --benchmark-columns=median,min,max,rounds
+
+# The README's pictures of the Dagster UI (docs/images), from a fresh demo stack; needs
+# Debian's chromium (apt-get install chromium). Not part of make test.
+screenshots: $(STAMP)
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -e '.[dev,screenshots]'
+	$(BIN)/python scripts/screenshots.py
 
 # The fault simulator on more seeds than make test runs: make sim SEEDS=50 HOURS=24
 # (BACKEND=postgres with GRAPH_RUNS_TEST_POSTGRES_URL set). A failure prints its replay.

@@ -85,6 +85,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                     max_concurrent_calls=settings.dispatch.max_concurrent_calls,
                     max_calls_per_account=settings.dispatch.max_calls_per_account,
                     parallel_runs=settings.dispatch.parallel_runs,
+                    account_batches=settings.dispatch.account_batches,
                     slot_asset_events=settings.dispatch.slot_asset_events,
                     launch_allowance_seconds=settings.dispatch.launch_allowance_seconds,
                     lease_seconds=settings.dispatch.lease_seconds,

@@ -32,6 +32,7 @@ DISPATCH_LEASE_VAR = "GRAPH_RUNS_DISPATCH_LEASE_SECONDS"
 RUN_START_TIMEOUT_VAR = "GRAPH_RUNS_RUN_START_TIMEOUT_SECONDS"
 HAND_OFF_VAR = "GRAPH_RUNS_DISPATCH_HAND_OFF_SECONDS"
 PARALLEL_RUNS_VAR = "GRAPH_RUNS_PARALLEL_DISPATCH_RUNS"
+ACCOUNT_BATCHES_VAR = "GRAPH_RUNS_ACCOUNT_BATCHES"
 API_MAX_ATTEMPTS_VAR = "GRAPH_RUNS_API_MAX_ATTEMPTS"
 API_REQUEST_TIMEOUT_VAR = "GRAPH_RUNS_API_REQUEST_TIMEOUT_SECONDS"
 
@@ -55,6 +56,10 @@ class DispatchSettings:
         parallel_runs: how many dispatch runs a burst is spread over, when it has 250 slots
             for each: the shipped dagster.yaml runs four at a time. Set it to the run
             queue's ``max_concurrent_runs``.
+        account_batches: when a tick's due slots belong to at most this many billing
+            accounts, each dispatch run fires one account's slots and carries its owner's
+            tags (found from the Runs page); 0 mixes accounts always. More accounts than
+            this would cost a run launch each (docs/benchmarks.md).
         max_concurrent_calls: most execution API calls one dispatch run has in flight.
         max_calls_per_account: most execution API calls in flight for one billing account,
             over all runs at once (graph_runs/dispatch/call_places.py), so that one
@@ -80,6 +85,7 @@ class DispatchSettings:
 
     batch_size: int = 2500
     parallel_runs: int = 4
+    account_batches: int = 8
     max_concurrent_calls: int = 100
     max_calls_per_account: int = 25
     slot_asset_events: bool = True
@@ -225,6 +231,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         dispatch=DispatchSettings(
             batch_size=_whole_number(env, BATCH_SIZE_VAR, dispatch.batch_size, 1),
             parallel_runs=_whole_number(env, PARALLEL_RUNS_VAR, dispatch.parallel_runs, 1),
+            account_batches=_whole_number(env, ACCOUNT_BATCHES_VAR, dispatch.account_batches, 0),
             max_concurrent_calls=_whole_number(
                 env, MAX_CONCURRENT_CALLS_VAR, dispatch.max_concurrent_calls, 1
             ),

@@ -173,6 +173,7 @@ CODE_DEFAULTS: dict[str, object] = {
     "GRAPH_RUNS_DATABASE_URL": "sqlite:///.graph_runs/graph_runs.db",
     "GRAPH_RUNS_BATCH_SIZE": _S.dispatch.batch_size,
     "GRAPH_RUNS_PARALLEL_DISPATCH_RUNS": _S.dispatch.parallel_runs,
+    "GRAPH_RUNS_ACCOUNT_BATCHES": _S.dispatch.account_batches,
     "GRAPH_RUNS_MAX_CONCURRENT_CALLS": _S.dispatch.max_concurrent_calls,
     "GRAPH_RUNS_MAX_CALLS_PER_ACCOUNT": _S.dispatch.max_calls_per_account,
     "GRAPH_RUNS_LAUNCH_ALLOWANCE_SECONDS": _S.dispatch.launch_allowance_seconds,

@@ -107,6 +107,29 @@ class Batch:
         )
 
 
+def _chunks(rows: list[Any], batch_size: int, parallel_runs: int) -> list[list[Any]]:
+    """Rows in order, cut into equal batches of at most ``batch_size`` (spread, as above)."""
+    runs = max(math.ceil(len(rows) / batch_size), min(parallel_runs, len(rows) // MIN_SPREAD_SLOTS))
+    size = math.ceil(len(rows) / runs) if rows else batch_size
+    return [rows[start : start + size] for start in range(0, len(rows), size)]
+
+
+def _by_account(rows: list[Any], batch_size: int, parallel_runs: int) -> list[list[Any]]:
+    """One billing account's slots per batch, each account cut as a tick's slots would be.
+
+    The spread over parallel runs is shared out among the accounts by their share of the
+    slots, so that a few accounts make no more runs than the spread would anyway.
+    """
+    accounts: dict[str | None, list[Any]] = {}
+    for row in rows:
+        accounts.setdefault(row.billing_account, []).append(row)
+    chunks: list[list[Any]] = []
+    for own in accounts.values():
+        share = max(1, parallel_runs * len(own) // len(rows))
+        chunks.extend(_chunks(own, batch_size, share))
+    return sorted(chunks, key=lambda chunk: (chunk[0].due, chunk[0].id))
+
+
 def form_batches(
     conn: sa.Connection,
     *,
@@ -114,6 +137,7 @@ def form_batches(
     horizon: dt.datetime,
     batch_size: int,
     parallel_runs: int = 1,
+    account_batches: int = 0,
     limit: int = MAX_BATCHED_PER_TICK,
 ) -> list[Batch]:
     """Put claimed slots due by ``horizon`` into new batches, earliest instant first.
@@ -124,11 +148,21 @@ def form_batches(
     sooner than by one. Reads only the partial index of unbatched ``pending`` rows. A batch
     of one slot of a schedule keeps the schedule as its partition key, so its run shows on
     that partition.
+
+    When the slots belong to at most ``account_batches`` billing accounts, each batch holds
+    one account's slots: its run then carries that owner's tags, and is found from the
+    Runs page by them (``batch_tags``). Past that many accounts, a run per account would
+    cost more launches than it is worth, and batches mix accounts as before.
     """
     due = sa.func.coalesce(run_ledger.c.due_at, run_ledger.c.created_at)
     rows = list(
         conn.execute(
-            sa.select(run_ledger.c.id, run_ledger.c.schedule_id, due.label("due"))
+            sa.select(
+                run_ledger.c.id,
+                run_ledger.c.schedule_id,
+                run_ledger.c.billing_account,
+                due.label("due"),
+            )
             .where(run_ledger.c.status == PENDING, run_ledger.c.batch_id.is_(None))
             .where(sa.or_(run_ledger.c.due_at.is_(None), run_ledger.c.due_at <= horizon))
             .order_by(due, run_ledger.c.id)
@@ -137,10 +171,13 @@ def form_batches(
     )
     batches: list[Batch] = []
     assignments: dict[str, list[str]] = {}
-    runs = max(math.ceil(len(rows) / batch_size), min(parallel_runs, len(rows) // MIN_SPREAD_SLOTS))
-    size = math.ceil(len(rows) / runs) if rows else batch_size
-    for start in range(0, len(rows), size):
-        chunk = rows[start : start + size]
+    few_accounts = len({row.billing_account for row in rows}) <= account_batches
+    chunks = (
+        _by_account(rows, batch_size, parallel_runs)
+        if few_accounts
+        else _chunks(rows, batch_size, parallel_runs)
+    )
+    for chunk in chunks:
         batch = Batch(
             id=new_id("batch"),
             attempt=1,

@@ -33,6 +33,7 @@ def claim_and_batch(
     tick_limits: TickLimits,
     batch_size: int,
     parallel_runs: int,
+    account_batches: int = 0,
 ) -> Claimed:
     """Release buffered slots, claim what is due within the lookahead, batch it; in ``conn``."""
     released = release_buffered(conn, now)
@@ -43,5 +44,6 @@ def claim_and_batch(
         horizon=now + tick_limits.lookahead,
         batch_size=batch_size,
         parallel_runs=parallel_runs,
+        account_batches=account_batches,
     )
     return Claimed(released, claim, formed)

@@ -23,6 +23,7 @@ class DispatchResource(dg.ConfigurableResource):
     max_concurrent_calls: int = DEFAULTS.max_concurrent_calls
     max_calls_per_account: int = DEFAULTS.max_calls_per_account
     parallel_runs: int = DEFAULTS.parallel_runs
+    account_batches: int = DEFAULTS.account_batches
     slot_asset_events: bool = DEFAULTS.slot_asset_events
     launch_allowance_seconds: int = DEFAULTS.launch_allowance_seconds
     lease_seconds: int = DEFAULTS.lease_seconds

@@ -290,6 +290,7 @@ def graph_schedules_tick(
             tick_limits=tick_limits,
             batch_size=dispatch.batch_size,
             parallel_runs=dispatch.parallel_runs,
+            account_batches=dispatch.account_batches,
         )
     released, claim, formed = claimed.released, claimed.claim, claimed.formed
     if claim.cancelled_for_overlap:

@@ -35,6 +35,7 @@ from graph_runs.dispatch.ledger import TAG_PREFIX
 from graph_runs.scheduling.schedules import create_schedule
 from graph_runs.sensors.graph_schedules_sensor import SensorCursor
 from graph_runs.settings import (
+    ACCOUNT_BATCHES_VAR,
     BATCH_SIZE_VAR,
     DISPATCH_LEASE_VAR,
     LAUNCH_ALLOWANCE_VAR,
@@ -63,6 +64,7 @@ BARE_CONCURRENCY = 50
 DISPATCH_VARS = (
     BATCH_SIZE_VAR,
     PARALLEL_RUNS_VAR,
+    ACCOUNT_BATCHES_VAR,
     MAX_CONCURRENT_CALLS_VAR,
     MAX_CALLS_PER_ACCOUNT_VAR,
     SLOT_ASSET_EVENTS_VAR,

@@ -281,7 +281,8 @@ class Simulation:
                     schedule_limits=LIMITS,
                     tick_limits=TickLimits(lookahead=LOOKAHEAD),
                     batch_size=self.rng.choice([1, 5, 50]),
-                    parallel_runs=1,
+                    parallel_runs=self.rng.choice([1, 2]),
+                    account_batches=self.rng.choice([0, 8]),
                 )
             if not self.calm and self.rng.random() < f.tick_dies:
                 self._count("tick_died_after_commit")

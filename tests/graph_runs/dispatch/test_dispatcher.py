@@ -60,6 +60,8 @@ def claim(
     instance: dg.DagsterInstance, database_url: str, api: RunningApi, now: str
 ) -> tuple[dict[str, Any], list[dg.RunRequest]]:
     resources = make_resources(database_url, api, now)
+    # One run for every owner's slots: account batches are tested on their own below.
+    resources["dispatch"] = DispatchResource(account_batches=0)
     result = tick(instance, resources, None)
     apply_partitions(instance, result)
     return resources, list(result.run_requests or [])
@@ -99,6 +101,27 @@ def test_a_dispatch_run_of_200_slots_executes_and_bills_each_once(
     assert execution_api.store.executions == 200 and count(engine, charge_receipts) == 200
 
 
+@pytest.mark.parametrize(("accounts", "sizes"), [(3, [50, 30, 20]), (9, [117])])
+def test_a_few_accounts_get_a_run_each_that_the_owner_tag_finds_and_many_share_runs(
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, accounts: int,
+    sizes: list[int],
+) -> None:  # fmt: skip
+    # Three accounts' 100 slots at one instant: a run per account, each tagged with its
+    # owner. Nine accounts are more than GRAPH_RUNS_ACCOUNT_BATCHES (8): one mixed run.
+    counts = [50, 30, 20] if accounts == 3 else [13] * 9
+    with engine.begin() as conn:
+        for i, slots in enumerate(counts):
+            grant = make_grant(conn, CREATED, owner=f"owner-{i}")
+            for n in range(slots):
+                make_schedule(conn, CREATED, grant, input={"n": n})
+    resources = make_resources(database_url, None, "2026-11-22T10:00:01Z")
+    resources["dispatch"] = DispatchResource(parallel_runs=4, account_batches=8)
+    requests = tick(instance, resources, None).run_requests or []
+    assert sorted((int(r.tags["graph_runs/batch_size"]) for r in requests), reverse=True) == sizes
+    owners = {r.tags.get("graph_runs/owner") for r in requests}
+    assert owners == ({f"owner-{i}" for i in range(3)} if accounts == 3 else {None})
+
+
 @pytest.mark.parametrize(("batch_size", "sizes"), [(2500, [300, 300]), (250, [200] * 3)])
 def test_a_burst_is_spread_over_runs_of_equal_size_within_the_batch_size(
     engine: sa.Engine,
@@ -114,7 +137,9 @@ def test_a_burst_is_spread_over_runs_of_equal_size_within_the_batch_size(
         for n in range(600):
             make_schedule(conn, CREATED, grants[n % 6], input={"n": n})
     resources = make_resources(database_url, None, "2026-11-22T10:00:01Z")
-    resources["dispatch"] = DispatchResource(batch_size=batch_size, parallel_runs=4)
+    resources["dispatch"] = DispatchResource(
+        batch_size=batch_size, parallel_runs=4, account_batches=0
+    )
     requests = tick(instance, resources, None).run_requests or []
     assert [int(r.tags["graph_runs/batch_size"]) for r in requests] == sizes
     with engine.connect() as conn:
