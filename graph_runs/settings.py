@@ -58,8 +58,8 @@ class DispatchSettings:
             queue's ``max_concurrent_runs``.
         account_batches: when a tick's due slots belong to at most this many billing
             accounts, each dispatch run fires one account's slots and carries its owner's
-            tags (found from the Runs page); 0 mixes accounts always. More accounts than
-            this would cost a run launch each (docs/benchmarks.md).
+            tags (found from the Runs page); 0 mixes accounts always. Never more runs than
+            ``parallel_runs`` come of it: past that they would queue (docs/benchmarks.md).
         max_concurrent_calls: most execution API calls one dispatch run has in flight.
         max_calls_per_account: most execution API calls in flight for one billing account,
             over all runs at once (graph_runs/dispatch/call_places.py), so that one
@@ -85,7 +85,7 @@ class DispatchSettings:
 
     batch_size: int = 2500
     parallel_runs: int = 4
-    account_batches: int = 8
+    account_batches: int = 4
     max_concurrent_calls: int = 100
     max_calls_per_account: int = 25
     slot_asset_events: bool = True

@@ -101,14 +101,15 @@ def test_a_dispatch_run_of_200_slots_executes_and_bills_each_once(
     assert execution_api.store.executions == 200 and count(engine, charge_receipts) == 200
 
 
-@pytest.mark.parametrize(("accounts", "sizes"), [(3, [50, 30, 20]), (9, [117])])
+@pytest.mark.parametrize(("accounts", "sizes"), [(3, [50, 30, 20]), (5, [65]), (9, [117])])
 def test_a_few_accounts_get_a_run_each_that_the_owner_tag_finds_and_many_share_runs(
     engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, accounts: int,
     sizes: list[int],
 ) -> None:  # fmt: skip
     # Three accounts' 100 slots at one instant: a run per account, each tagged with its
-    # owner. Nine accounts are more than GRAPH_RUNS_ACCOUNT_BATCHES (8): one mixed run.
-    counts = [50, 30, 20] if accounts == 3 else [13] * 9
+    # owner. Five would be more runs than four side by side, nine more accounts than
+    # GRAPH_RUNS_ACCOUNT_BATCHES: one mixed run.
+    counts = [50, 30, 20] if accounts == 3 else [13] * accounts
     with engine.begin() as conn:
         for i, slots in enumerate(counts):
             grant = make_grant(conn, CREATED, owner=f"owner-{i}")
@@ -116,6 +117,7 @@ def test_a_few_accounts_get_a_run_each_that_the_owner_tag_finds_and_many_share_r
                 make_schedule(conn, CREATED, grant, input={"n": n})
     resources = make_resources(database_url, None, "2026-11-22T10:00:01Z")
     resources["dispatch"] = DispatchResource(parallel_runs=4, account_batches=8)
+    # (account_batches above 4 here: the four runs side by side are what stops five.)
     requests = tick(instance, resources, None).run_requests or []
     assert sorted((int(r.tags["graph_runs/batch_size"]) for r in requests), reverse=True) == sizes
     owners = {r.tags.get("graph_runs/owner") for r in requests}
