@@ -59,7 +59,8 @@ class DispatchSettings:
         account_batches: when a tick's due slots belong to at most this many billing
             accounts, each dispatch run fires one account's slots and carries its owner's
             tags (found from the Runs page); 0 mixes accounts always. Never more runs than
-            ``parallel_runs`` come of it: past that they would queue (docs/benchmarks.md).
+            ``parallel_runs``, nor a run for fewer than 50 slots, come of it: past that
+            they would queue, or cost a launch each (docs/benchmarks.md).
         max_concurrent_calls: most execution API calls one dispatch run has in flight.
         max_calls_per_account: most execution API calls in flight for one billing account,
             over all runs at once (graph_runs/dispatch/call_places.py), so that one

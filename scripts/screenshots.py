@@ -68,6 +68,15 @@ CHECKS_QUERY = """
 """.replace("ASSET", ASSET)
 
 
+OWNER_RUNS_QUERY = """
+{
+  runsOrError(filter: {tags: [{key: "graph_runs/owner", value: "alice"}]}) {
+    ... on Runs { results { runId status } }
+  }
+}
+"""
+
+
 def free_port() -> int:
     """A loopback port free now (the stack binds it a moment later)."""
     with socket.socket() as s:
@@ -186,6 +195,25 @@ def settled(stack: Stack, ids: dict[str, str]) -> bool:
 Page = tuple[str, list[str], str | None]
 
 
+def lone_run(stack: Stack, schedule_id: str) -> None:
+    """A trigger-now of Alice's alone, so that its run is hers and carries her tags.
+
+    Every schedule here fires each minute, and a tick batches what is due within 25 s
+    (5 s ticks, 20 s launch allowance): asked early in a minute, the trigger has a tick
+    of its own.
+    """
+    deadline = time.monotonic() + 90
+    while not 2 <= time.gmtime().tm_sec < 25 and time.monotonic() < deadline:
+        time.sleep(1)
+    stack.cli("schedules", "trigger", schedule_id, "--requested-by", "alice")
+
+    def succeeded() -> bool:
+        runs = stack.graphql(OWNER_RUNS_QUERY)["runsOrError"]["results"]
+        return any(run["status"] == "SUCCESS" for run in runs)
+
+    wait_for("a run of Alice's alone", SETTLE_TIMEOUT, succeeded)
+
+
 def shoot(chromium: str, pages: dict[str, Page]) -> None:
     """Each page once the texts it is waited for show, past Dagster's first-visit prompt."""
     with sync_playwright() as driver:
@@ -231,6 +259,7 @@ def main() -> int:
             log.info("demo stack on %s; waiting for slots to fire and be judged", stack.url)
             wait_for("every schedule's outcomes and checks", SETTLE_TIMEOUT,
                      lambda: settled(stack, ids))  # fmt: skip
+            lone_run(stack, ids["alice"])
             # Carol pauses: her partition then reads paused in its summary.
             stack.cli("schedules", "pause", ids["carol"], "--note", "on holiday", "--by", "carol")
             asset = f"{stack.url}/assets/{ASSET}"

@@ -41,6 +41,8 @@ MAX_BATCHED_PER_TICK = 20_000
 # Fewest slots worth a dispatch run of their own when a burst is spread over several runs:
 # a run costs a process and seconds of CPU to start.
 MIN_SPREAD_SLOTS = 250
+# Slots per run below which a tick's accounts share runs rather than each launching one.
+MIN_ACCOUNT_RUN_SLOTS = 50
 BATCH_ID_TAG = f"{TAG_PREFIX}batch_id"
 BATCH_ATTEMPT_TAG = f"{TAG_PREFIX}batch_attempt"
 BATCH_RUN_KEY_TAG = f"{TAG_PREFIX}batch_run_key"
@@ -149,11 +151,12 @@ def form_batches(
     of one slot of a schedule keeps the schedule as its partition key, so its run shows on
     that partition.
 
-    When the slots belong to at most ``account_batches`` billing accounts, and a batch per
-    account makes no more runs than ``parallel_runs`` (or than the size rule makes anyway),
-    each batch holds one account's slots: its run then carries that owner's tags, and is
-    found from the Runs page by them (``batch_tags``). Otherwise runs would queue behind
-    each other, and batches mix accounts as before.
+    When the slots belong to at most ``account_batches`` billing accounts, each batch holds
+    one account's slots, provided that makes no more runs than ``parallel_runs`` nor a run
+    for each ``MIN_ACCOUNT_RUN_SLOTS`` slots (or no more than the size rule makes anyway):
+    its run then carries that owner's tags, and is found from the Runs page by them
+    (``batch_tags``). Otherwise runs would queue behind each other, or launch a process
+    for a handful of slots, and batches mix accounts as before.
     """
     due = sa.func.coalesce(run_ledger.c.due_at, run_ledger.c.created_at)
     rows = list(
@@ -175,9 +178,11 @@ def form_batches(
     chunks = _chunks(rows, batch_size, parallel_runs)
     if len({row.billing_account for row in rows}) <= account_batches:
         own = _by_account(rows, batch_size, parallel_runs)
-        # Never more runs than run side by side: ten runs of 100 slots under four at a time
-        # fired 1,000 slots at 0.42 times the rate of four runs of 250 (docs/benchmarks.md).
-        if len(own) <= max(parallel_runs, len(chunks)):
+        # Never more runs than run side by side (ten runs of 100 slots under four at a time
+        # fired 1,000 slots at 0.42 times the rate of four runs of 250), and never a run
+        # launched for fewer than MIN_ACCOUNT_RUN_SLOTS: a run is a process, or a pod.
+        worth = min(parallel_runs, len(rows) // MIN_ACCOUNT_RUN_SLOTS)
+        if len(own) <= max(worth, len(chunks)):
             chunks = own
     for chunk in chunks:
         batch = Batch(

@@ -101,15 +101,18 @@ def test_a_dispatch_run_of_200_slots_executes_and_bills_each_once(
     assert execution_api.store.executions == 200 and count(engine, charge_receipts) == 200
 
 
-@pytest.mark.parametrize(("accounts", "sizes"), [(3, [50, 30, 20]), (5, [65]), (9, [117])])
+@pytest.mark.parametrize(
+    ("counts", "sizes"),
+    [([100, 80, 70], [100, 80, 70]), ([60] * 5, [300]), ([13] * 9, [117]), ([2, 1], [3])],
+)
 def test_a_few_accounts_get_a_run_each_that_the_owner_tag_finds_and_many_share_runs(
-    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, accounts: int,
+    engine: sa.Engine, database_url: str, instance: dg.DagsterInstance, counts: list[int],
     sizes: list[int],
 ) -> None:  # fmt: skip
-    # Three accounts' 100 slots at one instant: a run per account, each tagged with its
+    # Three accounts' 250 slots at one instant: a run per account, each tagged with its
     # owner. Five would be more runs than four side by side, nine more accounts than
-    # GRAPH_RUNS_ACCOUNT_BATCHES: one mixed run.
-    counts = [50, 30, 20] if accounts == 3 else [13] * accounts
+    # GRAPH_RUNS_ACCOUNT_BATCHES, and two accounts' three slots not worth two launches:
+    # one mixed run each time.
     with engine.begin() as conn:
         for i, slots in enumerate(counts):
             grant = make_grant(conn, CREATED, owner=f"owner-{i}")
@@ -121,7 +124,7 @@ def test_a_few_accounts_get_a_run_each_that_the_owner_tag_finds_and_many_share_r
     requests = tick(instance, resources, None).run_requests or []
     assert sorted((int(r.tags["graph_runs/batch_size"]) for r in requests), reverse=True) == sizes
     owners = {r.tags.get("graph_runs/owner") for r in requests}
-    assert owners == ({f"owner-{i}" for i in range(3)} if accounts == 3 else {None})
+    assert owners == ({f"owner-{i}" for i in range(3)} if len(sizes) == 3 else {None})
 
 
 @pytest.mark.parametrize(("batch_size", "sizes"), [(2500, [300, 300]), (250, [200] * 3)])
