@@ -289,18 +289,33 @@ def schedules_trigger(
     )
 
 
+def slot_range_options(to_help: str) -> Callable[[F], F]:
+    """A backfill's and a refire's options: the schedule, the range, overlap, who asks."""
+
+    def wrap(func: F) -> F:
+        for option in reversed(
+            [
+                click.argument("schedule_id"),
+                click.option("--from", "start", required=True, help="ISO 8601 instant (inclusive)"),
+                click.option("--to", "end", required=True, help=to_help),
+                click.option(
+                    "--overlap",
+                    type=click.Choice(OVERLAP_POLICIES),
+                    default=DEFAULT_MANUAL_OVERLAP,
+                    show_default=True,
+                ),
+                click.option("--requested-by", help="Who asks for it (in the audit log)."),
+                json_option,
+            ]
+        ):
+            func = option(func)
+        return func
+
+    return wrap
+
+
 @schedules.command("backfill")
-@click.argument("schedule_id")
-@click.option("--from", "start", required=True, help="ISO 8601 instant (inclusive)")
-@click.option("--to", "end", required=True, help="ISO 8601 instant (inclusive), not after now")
-@click.option(
-    "--overlap",
-    type=click.Choice(OVERLAP_POLICIES),
-    default=DEFAULT_MANUAL_OVERLAP,
-    show_default=True,
-)
-@click.option("--requested-by")
-@json_option
+@slot_range_options("ISO 8601 instant (inclusive), not after now")
 def schedules_backfill(
     schedule_id: str, start: str, end: str, overlap: str, requested_by: str | None, as_json: bool
 ) -> None:
@@ -331,17 +346,7 @@ def schedules_backfill(
 
 
 @schedules.command("refire")
-@click.argument("schedule_id")
-@click.option("--from", "start", required=True, help="ISO 8601 instant (inclusive)")
-@click.option("--to", "end", required=True, help="ISO 8601 instant (inclusive)")
-@click.option(
-    "--overlap",
-    type=click.Choice(OVERLAP_POLICIES),
-    default=DEFAULT_MANUAL_OVERLAP,
-    show_default=True,
-)
-@click.option("--requested-by", help="Who asks for it (in the audit log).")
-@json_option
+@slot_range_options("ISO 8601 instant (inclusive)")
 def schedules_refire(
     schedule_id: str, start: str, end: str, overlap: str, requested_by: str | None, as_json: bool
 ) -> None:

@@ -27,13 +27,13 @@ import sqlalchemy as sa
 
 from graph_runs.core.cron import format_utc
 from graph_runs.core.errors import InvalidInput
-from graph_runs.core.schedule_spec import require_in_range
 from graph_runs.core.statuses import FAILED, FIRING
 from graph_runs.scheduling.schedules import schedule_row
 from graph_runs.scheduling.triggers import (
     DEFAULT_MANUAL_OVERLAP,
     MAX_BACKFILL_SLOTS,
     OverlapGate,
+    check_range,
     checked_overlap,
 )
 from graph_runs.store import slot_status
@@ -101,10 +101,7 @@ def refire_schedule(
     person's explicit request, as a backfill is.
     """
     policy = checked_overlap(overlap)
-    require_in_range("from", start)
-    require_in_range("to", end)
-    if end < start:
-        raise InvalidInput("to", "is before from")
+    check_range(start, end)
     schedule_row(conn, schedule_id, lock=True)
     rows = _failed_slots(conn, schedule_id, start, end)
     if len(rows) > MAX_REFIRE_SLOTS:

@@ -46,6 +46,14 @@ DEFAULT_MANUAL_OVERLAP = "allow_all"
 MAX_BACKFILL_SLOTS = 1_000
 
 
+def check_range(start: dt.datetime, end: dt.datetime) -> None:
+    """A backfill's or refire's ``from`` and ``to``: each in range, and in order."""
+    require_in_range("from", start)
+    require_in_range("to", end)
+    if end < start:
+        raise InvalidInput("to", "is before from")
+
+
 def checked_overlap(policy: str) -> str:
     """``policy``, if it is an overlap policy; the caller's field ``overlap`` otherwise."""
     if policy not in OVERLAP_POLICIES:
@@ -204,10 +212,7 @@ def backfill_schedule(
     Returns how many slots will run and how many already had a run, slot by slot.
     """
     policy = checked_overlap(overlap)
-    require_in_range("from", start)
-    require_in_range("to", end)
-    if end < start:
-        raise InvalidInput("to", "is before from")
+    check_range(start, end)
     if end > now:
         raise InvalidInput("to", f"{format_utc(end)} is in the future; backfill fills the past")
     row = schedule_row(conn, schedule_id, lock=True)

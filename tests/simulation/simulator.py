@@ -544,8 +544,8 @@ class Simulation:
             report = refire_schedule(
                 conn, target.id, start=start, end=now, now=now, overlap=overlap
             )
-            for _ in range(report["refired"]):
-                self._count("refired_slot")
+            if report["refired"]:
+                self.counts["refired_slot"] = self.counts.get("refired_slot", 0) + report["refired"]
         elif action == "budget":
             grant = rng.choice(self.grants)
             limit = Decimal(rng.choice(["0", "1000"]))
