@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 # machine's two cores keep both busy (docs/testing.md has the measurements).
 TEST_WORKERS ?= 4
 
-.PHONY: dev test lint typecheck check docs bench sim screenshots clean
+.PHONY: dev test lint typecheck check docs bench sim screenshots openapi clean
 
 # uv installs the same packages from the same ranges as pip would, in 9 s instead of 25
 # (bytecode included): a fresh clone's `make test` has six minutes in all.
@@ -47,6 +47,10 @@ docs: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -e '.[dev,bench]'
 	$(BIN)/pytest tests/benchmarks --benchmark-only --benchmark-columns=median,min,max,rounds
+
+# openapi.json, the management API's contract, from the code (a test fails when they differ).
+openapi: $(STAMP)
+	$(BIN)/graph-runs api openapi > openapi.json
 
 # The README's pictures of the Dagster UI (docs/images), from a fresh demo stack; needs
 # Debian's chromium (apt-get install chromium). Not part of make test.

@@ -35,6 +35,7 @@ PARALLEL_RUNS_VAR = "GRAPH_RUNS_PARALLEL_DISPATCH_RUNS"
 ACCOUNT_BATCHES_VAR = "GRAPH_RUNS_ACCOUNT_BATCHES"
 API_MAX_ATTEMPTS_VAR = "GRAPH_RUNS_API_MAX_ATTEMPTS"
 API_REQUEST_TIMEOUT_VAR = "GRAPH_RUNS_API_REQUEST_TIMEOUT_SECONDS"
+DAGSTER_UI_URL_VAR = "GRAPH_RUNS_DAGSTER_UI_URL"
 
 DEFAULT_EXECUTION_API_URL = "http://127.0.0.1:8765"
 DEFAULT_SENSOR_INTERVAL_SECONDS = 30
@@ -126,6 +127,8 @@ class Settings:
         dispatch: how slots are batched and fired.
         api: how hard the execution API is retried.
         dagster_home: ``DAGSTER_HOME``, where the command line finds Dagster's instance.
+        dagster_ui_url: where the management API links each slot's Dagster run; None links
+            nothing.
     """
 
     home: Path
@@ -136,6 +139,7 @@ class Settings:
     dispatch: DispatchSettings = DispatchSettings()
     api: ApiSettings = ApiSettings()
     dagster_home: str | None = None
+    dagster_ui_url: str | None = None
 
     @property
     def default_database_url(self) -> str:
@@ -250,6 +254,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             hand_off_seconds=_whole_number(env, HAND_OFF_VAR, dispatch.hand_off_seconds, 0),
         ),
         dagster_home=env.get("DAGSTER_HOME") or None,
+        dagster_ui_url=(env.get(DAGSTER_UI_URL_VAR) or "").rstrip("/") or None,
         api=ApiSettings(
             max_attempts=_whole_number(env, API_MAX_ATTEMPTS_VAR, ApiSettings.max_attempts, 1),
             request_timeout_seconds=_whole_number(

@@ -8,6 +8,7 @@ import sys
 
 import click
 
+from graph_runs.cli.api import api, api_keys
 from graph_runs.cli.approvals import approvals, webhooks
 from graph_runs.cli.billing import billing, budgets
 from graph_runs.cli.db import db
@@ -38,6 +39,8 @@ for group in (
     status,
     reconcile_command,
     execution_api,
+    api,
+    api_keys,
     dev,
 ):
     cli.add_command(group)

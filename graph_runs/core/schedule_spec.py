@@ -14,7 +14,13 @@ from typing import Annotated, Any, Literal
 
 import pydantic
 
-from graph_runs.core.cron import CronError, CronSchedule, cron_schedule, parse_timezone
+from graph_runs.core.cron import (
+    CronError,
+    CronSchedule,
+    cron_schedule,
+    format_utc,
+    parse_timezone,
+)
 from graph_runs.core.errors import InvalidInput
 from graph_runs.core.money import micros_to_usd, usd_to_micros
 from graph_runs.core.policies import (
@@ -72,6 +78,19 @@ def require_in_range(field: str, instant: dt.datetime) -> None:
     """Raise InvalidInput naming ``field`` unless ``instant`` lies where a schedule's can."""
     if not EARLIEST <= instant < LATEST:
         raise InvalidInput(field, OUT_OF_RANGE)
+
+
+def preview_fires(cron: str, timezone: str, after: dt.datetime, count: int) -> list[str]:
+    """The first ``count`` fire instants strictly after ``after``, in UTC (``preview``)."""
+    # No schedule fires outside the range, and near a date's limits the cron arithmetic
+    # overflowed (issue 21, B8).
+    require_in_range("from", after)
+    try:
+        schedule = CronSchedule(cron, timezone)
+    except CronError as exc:
+        raise InvalidInput("timezone" if "time zone" in str(exc) else "cron", str(exc)) from None
+    fires = schedule.fires_after(after)
+    return [format_utc(next(fires)) for _ in range(count)]
 
 
 def _aware(value: dt.datetime | None) -> dt.datetime | None:
@@ -215,12 +234,12 @@ def validate_run_request(raw: dict[str, Any], limits: ScheduleLimits) -> RunRequ
     try:
         request = RunRequestSpec.model_validate(raw)
     except pydantic.ValidationError as exc:
-        raise _first_error(exc, "request") from None
+        raise first_error(exc, "request") from None
     _check_input_size(request.input, limits)
     return request
 
 
-def _first_error(exc: pydantic.ValidationError, whole: str) -> InvalidInput:
+def first_error(exc: pydantic.ValidationError, whole: str) -> InvalidInput:
     """The first problem pydantic found, as InvalidInput naming its field."""
     first = exc.errors()[0]
     field = ".".join(str(p) for p in first["loc"]) or whole
@@ -240,7 +259,7 @@ def validate_spec(raw: dict[str, Any], limits: ScheduleLimits, now: dt.datetime)
     try:
         spec = ScheduleSpec.model_validate(raw)
     except pydantic.ValidationError as exc:
-        raise _first_error(exc, "schedule") from None
+        raise first_error(exc, "schedule") from None
     if spec.cron is not None:
         try:
             cron_schedule(spec.cron, spec.timezone)  # raises on a bad expression or zone

@@ -34,6 +34,7 @@ from starlette.routing import Route
 
 from graph_runs.approvals import decisions
 from graph_runs.core.errors import Conflict, InvalidInput, NotFound
+from graph_runs.http.bodies import body_within
 from graph_runs.store.tables import webhook_deliveries
 
 SIGNATURE_HEADER = "X-Graph-Runs-Signature"
@@ -62,21 +63,6 @@ def _signed(secret: str, timestamp: str, delivery_id: str, body: bytes, signatur
     # a mismatch (401), never a TypeError (500) before authentication.
     expected = sign(secret, timestamp, delivery_id, body).encode()
     return hmac.compare_digest(expected, signature.encode("latin-1", "replace"))
-
-
-async def _body_within(request: Request, limit: int) -> bytes | None:
-    """The body, or None as soon as it passes ``limit`` bytes: never read whole first."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
@@ -145,7 +131,7 @@ def create_app(engine: sa.Engine, secret: str, clock: Callable[[], dt.datetime])
         return JSONResponse({"approval": view})
 
     async def approvals_webhook(request: Request) -> JSONResponse:
-        body = await _body_within(request, MAX_BODY_BYTES)
+        body = await body_within(request, MAX_BODY_BYTES)
         if body is None:
             return _error(413, "too_large", f"the body is over {MAX_BODY_BYTES} bytes")
         timestamp = request.headers.get(TIMESTAMP_HEADER, "")

@@ -222,6 +222,26 @@ def update_schedule(
     return view
 
 
+def replace_schedule(
+    conn: sa.Connection,
+    schedule_id: str,
+    raw: dict[str, Any],
+    *,
+    limits: ScheduleLimits,
+    now: dt.datetime,
+    actor: str = "cli",
+) -> tuple[dict[str, Any], bool]:
+    """Set a schedule to the whole spec ``raw``, as upsert does.
+
+    Returns the view and whether anything changed. A field ``raw`` leaves out returns to its
+    default.
+    """
+    row = schedule_row(conn, schedule_id)
+    if raw.get("owner", row.owner) != row.owner:
+        raise InvalidInput("owner", "cannot change; create a schedule for the new owner")
+    return _apply_spec(conn, row, {**raw, "owner": row.owner}, limits=limits, now=now, actor=actor)
+
+
 def _apply_spec(
     conn: sa.Connection,
     row: Any,

@@ -159,6 +159,7 @@ def trigger_schedule(
     request_key: str | None = None,
     overlap: str = DEFAULT_MANUAL_OVERLAP,
     source: str = "cli",
+    actor: str | None = None,
 ) -> dict[str, Any]:
     """Run the schedule's graph once, now (kind ``manual``), paused or not.
 
@@ -179,7 +180,7 @@ def trigger_schedule(
         audit(
             conn,
             at=now,
-            actor=requested_by or source,
+            actor=actor or requested_by or source,
             action="schedule.trigger",
             entity_type="schedule",
             entity_id=schedule_id,
@@ -206,6 +207,7 @@ def backfill_schedule(
     overlap: str = DEFAULT_MANUAL_OVERLAP,
     requested_by: str | None = None,
     source: str = "cli",
+    actor: str | None = None,
 ) -> dict[str, Any]:
     """Run every slot of the schedule in ``[start, end]``, oldest first (kind ``backfill``).
 
@@ -295,7 +297,7 @@ def backfill_schedule(
     audit(
         conn,
         at=now,
-        actor=requested_by or source,
+        actor=actor or requested_by or source,
         action="schedule.backfill",
         entity_type="schedule",
         entity_id=schedule_id,

@@ -33,15 +33,22 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str) -> sa.Engine:
-    """Create an engine for ``url``, creating the SQLite file's folder if needed."""
+def make_engine(url: str, *, pool_size: int | None = None) -> sa.Engine:
+    """Create an engine for ``url``, creating the SQLite file's folder if needed.
+
+    ``pool_size`` sizes a server's pool (a server with many request threads); SQLite's
+    connections are not pooled that way.
+    """
     url = normalize_url(url)
     parsed = sa.make_url(url)
     if parsed.get_backend_name() != "sqlite":
         # values_plus_batch: a tick's batched UPDATEs (one per claimed schedule) go to the
         # server 100 at a time rather than one round trip each. Nothing reads the rowcount
         # of a batched statement, which this mode no longer makes exact.
-        return sa.create_engine(url, pool_pre_ping=True, executemany_mode="values_plus_batch")
+        pool: dict[str, int] = {} if pool_size is None else {"pool_size": pool_size}
+        return sa.create_engine(
+            url, pool_pre_ping=True, executemany_mode="values_plus_batch", **pool
+        )
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})

@@ -123,6 +123,9 @@ schedules = sa.Table(
         postgresql_where=ACTIVE_SCHEDULE,
     ),
     sa.Index("ix_schedules_owner", "owner"),
+    # Added by 0011: GET /v1/schedules pages by (created_at, id), by owner or not.
+    sa.Index("ix_schedules_created_id", "created_at", "id"),
+    sa.Index("ix_schedules_owner_created_id", "owner", "created_at", "id"),
     # Lets the sensor find schedules created or deleted since its last tick (partitions).
     sa.Index("ix_schedules_updated_at", "updated_at"),
     # An application's id for a schedule is unique per owner among schedules not deleted.
@@ -348,6 +351,39 @@ webhook_deliveries = sa.Table(
     sa.Column("received_at", UTCDateTime, nullable=False),
     sa.Column("approval_id", sa.String(40), nullable=False),
     sa.Column("decision", sa.String(20), nullable=False),
+)
+
+# Added by 0011: keys of the management API (graph_runs/access/api_keys.py); the secret is
+# kept as its SHA-256 only.
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    # NULL: the key acts for the app and may name any owner.
+    sa.Column("owner", sa.String(200)),
+    sa.Column("scopes", sa.JSON, nullable=False),
+    sa.Column("secret_hash", sa.String(64), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("created_by", sa.String(200), nullable=False),
+    sa.Column("revoked_at", UTCDateTime),
+    sa.Column("revoked_by", sa.String(200)),
+)
+
+# Added by 0011: the first answer to each POST with an Idempotency-Key, per API key
+# (graph_runs/api/idempotency.py).
+api_idempotency = sa.Table(
+    "api_idempotency",
+    metadata,
+    sa.Column("api_key_id", sa.String(40), primary_key=True),
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("request_hash", sa.String(64), nullable=False),
+    sa.Column("status_code", sa.Integer, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("headers", sa.JSON, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Index("ix_api_idempotency_expires", "expires_at"),
 )
 
 audit_log = sa.Table(
