@@ -218,8 +218,14 @@ def create_app(
 
         def check() -> list[str]:
             try:
+                with engine.connect() as conn:
+                    conn.exec_driver_sql("SELECT 1")
+            except UNAVAILABLE:
+                return ["the schedules database cannot be reached"]
+            try:
                 check_schema(engine)
             except SchemaError as exc:
+                # Its first clause: the rest names revisions and the fix, for operators.
                 return [str(exc).split(":")[0]]
             except UNAVAILABLE:
                 return ["the schedules database cannot be reached"]
