@@ -17,11 +17,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -e '.[dev]'
 	touch $(STAMP)
 
-# make dev PORT=3001 API_PORT=8766 when the defaults are taken.
+# make dev PORT=3001 API_PORT=8766 MANAGEMENT_PORT=8768 when the defaults are taken.
 PORT ?= 3000
 API_PORT ?=
+MANAGEMENT_PORT ?=
 dev: $(STAMP)
-	$(BIN)/graph-runs dev --port $(PORT) $(if $(API_PORT),--api-port $(API_PORT))
+	$(BIN)/graph-runs dev --port $(PORT) $(if $(API_PORT),--api-port $(API_PORT)) $(if $(MANAGEMENT_PORT),--management-port $(MANAGEMENT_PORT))
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -20,11 +20,14 @@ from urllib.parse import urlsplit
 import click
 import sqlalchemy as sa
 
+from graph_runs.access.api_keys import SCOPES, authenticate, create_api_key
 from graph_runs.access.grants import create_grant, list_grants
+from graph_runs.cli.api import DEFAULT_API_PORT
 from graph_runs.cli.support import json_option
 from graph_runs.cli.support import settings as load_settings
 from graph_runs.scheduling.schedules import create_schedule, list_schedules
 from graph_runs.settings import (
+    DAGSTER_UI_URL_VAR,
     EXECUTION_API_TOKEN_VAR,
     EXECUTION_API_URL_VAR,
     HOME_VAR,
@@ -88,16 +91,37 @@ def _dev_token(home: Path) -> str:
     return path.read_text().strip()
 
 
+def _dev_api_key(conn: sa.Connection, home: Path, now: dt.datetime) -> Path:
+    """A management API key with every scope, made once; its token is kept in a 0600 file."""
+    path = home / "dev-api-key"
+    if path.exists() and authenticate(conn, path.read_text().strip()) is not None:
+        return path
+    _, token = create_api_key(
+        conn, name="graph-runs dev", owner=None, scopes=list(SCOPES), now=now, by="graph-runs dev"
+    )
+    path.write_text(token)
+    path.chmod(0o600)
+    return path
+
+
 def _interrupt(signum: int, _frame: object) -> None:
     """Treat SIGTERM like Ctrl-C, so that the children are stopped either way."""
     raise KeyboardInterrupt
 
 
-def run_dev(settings: Settings, *, port: int, as_json: bool, api_port: int | None = None) -> int:
+def run_dev(
+    settings: Settings,
+    *,
+    port: int,
+    as_json: bool,
+    api_port: int | None = None,
+    management_port: int = DEFAULT_API_PORT,
+) -> int:
     """Run the local stack in the foreground; returns the exit status.
 
     ``api_port`` moves the local execution API (and every process's URL of it) to that
-    port of 127.0.0.1, for a machine where 8765 is taken.
+    port of 127.0.0.1, for a machine where 8765 is taken. ``management_port`` is the
+    management API's (``graph-runs api serve``).
     """
     if api_port is not None:
         settings = dataclasses.replace(settings, execution_api_url=f"http://127.0.0.1:{api_port}")
@@ -110,7 +134,9 @@ def run_dev(settings: Settings, *, port: int, as_json: bool, api_port: int | Non
     try:
         upgrade(engine)
         with engine.begin() as conn:
-            seeded = seed_demo(conn, settings, dt.datetime.now(dt.UTC).replace(microsecond=0))
+            started = dt.datetime.now(dt.UTC).replace(microsecond=0)
+            seeded = seed_demo(conn, settings, started)
+            key_file = _dev_api_key(conn, home, started)
     finally:
         engine.dispose()
 
@@ -122,6 +148,7 @@ def run_dev(settings: Settings, *, port: int, as_json: bool, api_port: int | Non
         EXECUTION_API_URL_VAR: settings.execution_api_url,
     }
     env.setdefault(SENSOR_INTERVAL_VAR, DEV_SENSOR_INTERVAL_SECONDS)
+    env.setdefault(DAGSTER_UI_URL_VAR, f"http://127.0.0.1:{port}")
     # Started in the background by a non-interactive shell, this process inherits SIGINT as
     # ignored, and so would the children, which then could not be stopped cleanly.
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -144,9 +171,18 @@ def run_dev(settings: Settings, *, port: int, as_json: bool, api_port: int | Non
                 env=env,
             )
         )
+    management = f"http://127.0.0.1:{management_port}"
+    children.append(
+        subprocess.Popen(
+            [str(bin_dir / "graph-runs"), "api", "serve", "--port", str(management_port)],
+            env=env,
+        )
+    )
     urls = {
         "dagster_ui": f"http://127.0.0.1:{port}",
         "execution_api": settings.execution_api_url,
+        "management_api": management,
+        "management_api_key_file": str(key_file),
         "schedules_database": sa.make_url(settings.database_url()).render_as_string(),
         "seeded": seeded,
     }
@@ -158,6 +194,10 @@ def run_dev(settings: Settings, *, port: int, as_json: bool, api_port: int | Non
         click.echo(
             f"graph-runs dev: Dagster UI on {urls['dagster_ui']}, execution API on "
             f"{urls['execution_api']}, schedules database {urls['schedules_database']}"
+        )
+        click.echo(
+            f"graph-runs dev: management API on {management} (docs {management}/docs), "
+            f"its key in {key_file}"
         )
     children.append(
         subprocess.Popen(
@@ -211,9 +251,22 @@ def run_dev(settings: Settings, *, port: int, as_json: bool, api_port: int | Non
         "GRAPH_RUNS_EXECUTION_API_URL's (make dev API_PORT=...)."
     ),
 )
+@click.option(
+    "--management-port",
+    type=click.IntRange(1, 65535),
+    default=DEFAULT_API_PORT,
+    show_default=True,
+    help="The management API's port (make dev MANAGEMENT_PORT=...).",
+)
 @json_option
-def dev(port: int, api_port: int | None, as_json: bool) -> None:
+def dev(port: int, api_port: int | None, management_port: int, as_json: bool) -> None:
     """Migrate, seed a demo, and run the execution API, the Dagster webserver and daemon."""
     raise click.exceptions.Exit(
-        run_dev(load_settings(), port=port, as_json=as_json, api_port=api_port)
+        run_dev(
+            load_settings(),
+            port=port,
+            as_json=as_json,
+            api_port=api_port,
+            management_port=management_port,
+        )
     )

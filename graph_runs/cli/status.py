@@ -3,11 +3,13 @@
 from typing import Any
 
 import click
+import httpx
 
 from graph_runs.cli.support import emit, json_option, now, transaction
 from graph_runs.operations.health import Thresholds, health
 
 _DEFAULTS = Thresholds()
+PROBE_TIMEOUT_SECONDS = 5
 
 
 def _limit(value: Any) -> Any:
@@ -37,7 +39,29 @@ def _human(data: dict[str, Any]) -> str:
     errors = data["schedules_in_error"]
     lines.append(f"  schedules in error: {errors['count']} {' '.join(errors['ids'])}".rstrip())
     lines.append(f"  accounts at budget: {', '.join(data['accounts_at_budget']) or 'none'}")
+    keys = data["api_keys"]
+    lines.append(f"  management API keys: {keys['live']} live, {keys['revoked']} revoked")
+    api = data.get("management_api")
+    if api is not None:
+        state = "ready" if api["ready"] else "NOT READY: " + "; ".join(api["problems"])
+        lines.append(f"  management API at {api['url']}: {state}")
     return "\n".join(lines)
+
+
+def probe_api(url: str) -> dict[str, Any]:
+    """The management API's /readyz, as ``status`` reports it."""
+    try:
+        answer = httpx.get(f"{url.rstrip('/')}/readyz", timeout=PROBE_TIMEOUT_SECONDS)
+    except httpx.HTTPError as exc:
+        return {"url": url, "ready": False, "problems": [f"unreachable ({type(exc).__name__})"]}
+    try:
+        problems = list(answer.json().get("problems", []))
+    except ValueError:
+        problems = []
+    ready = answer.status_code == 200
+    if not ready and not problems:
+        problems = [f"answered {answer.status_code}"]
+    return {"url": url, "ready": ready, "problems": problems}
 
 
 @click.command("status")
@@ -90,6 +114,10 @@ def _human(data: dict[str, Any]) -> str:
     show_default=True,
     help="Most schedules in error; -1: no limit.",
 )
+@click.option(
+    "--api-url",
+    help="Also probe the management API's /readyz at this URL (http://127.0.0.1:8767).",
+)
 @json_option
 def status(
     grace: int,
@@ -99,6 +127,7 @@ def status(
     max_failed: int,
     max_missed: int,
     max_in_error: int,
+    api_url: str | None,
     as_json: bool,
 ) -> None:
     """Health of the scheduler, from the schedules database; exit 1 when unhealthy."""
@@ -113,6 +142,12 @@ def status(
     )
     with transaction() as conn:
         report = health(conn, now=now(), thresholds=thresholds)
+    if api_url is not None:
+        probed = probe_api(api_url)
+        report["management_api"] = probed
+        if not probed["ready"]:
+            report["problems"].append(f"management API at {api_url}: not ready")
+            report["healthy"] = False
     emit(as_json, report, _human)
     if not report["healthy"]:
         click.get_current_context().exit(1)

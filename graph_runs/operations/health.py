@@ -29,7 +29,7 @@ from graph_runs.core.statuses import (
     SKIPPED_UNAPPROVED,
 )
 from graph_runs.money.budgets import exhausted_accounts
-from graph_runs.store.tables import ACTIVE_SCHEDULE, budgets, run_ledger, schedules
+from graph_runs.store.tables import ACTIVE_SCHEDULE, api_keys, budgets, run_ledger, schedules
 
 LAG_WINDOW = dt.timedelta(hours=1)
 OUTCOME_WINDOW = dt.timedelta(hours=24)
@@ -240,6 +240,13 @@ def health(conn: sa.Connection, *, now: dt.datetime, thresholds: Thresholds) -> 
         for name, value, limit in checks
         if limit is not None and value is not None and value > limit
     ]
+    keys = dict(
+        conn.execute(
+            sa.select(api_keys.c.revoked_at.is_(None), sa.func.count()).group_by(
+                api_keys.c.revoked_at.is_(None)
+            )
+        ).all()
+    )
     return {
         "at": format_utc(now),
         "healthy": not problems,
@@ -250,5 +257,6 @@ def health(conn: sa.Connection, *, now: dt.datetime, thresholds: Thresholds) -> 
         "approvals": _approvals(conn, now),
         "schedules_in_error": in_error,
         "accounts_at_budget": at_budget,
+        "api_keys": {"live": keys.get(True, 0), "revoked": keys.get(False, 0)},
         "thresholds": asdict(thresholds),
     }

@@ -68,7 +68,7 @@ def test_the_readme_tour_works_as_written(tmp_path: Path) -> None:
     commands = tour_commands()
     assert commands[0].startswith(".venv/bin/graph-runs grants create --owner alice")
     assert any("schedules create" in c and "--graph echo" in c for c in commands)
-    port, api_port = free_port(), free_port()
+    port, api_port, management_port = free_port(), free_port(), free_port()
     env = {
         k: v
         for k, v in os.environ.items()
@@ -80,7 +80,13 @@ def test_the_readme_tour_works_as_written(tmp_path: Path) -> None:
     log = tmp_path / "make-dev.log"
     with log.open("wb") as out:
         stack = subprocess.Popen(
-            ["make", "dev", f"PORT={port}", f"API_PORT={api_port}"],
+            [
+                "make",
+                "dev",
+                f"PORT={port}",
+                f"API_PORT={api_port}",
+                f"MANAGEMENT_PORT={management_port}",
+            ],
             cwd=REPO,
             env=env,
             stdout=out,
@@ -123,6 +129,15 @@ def test_the_readme_tour_works_as_written(tmp_path: Path) -> None:
         output = log.read_text()
         assert f"Dagster UI on http://127.0.0.1:{port}" in output
         assert f"execution API on http://127.0.0.1:{api_port}" in output
+        # The management API is up, with the key make dev made for it.
+        key = (tmp_path / "home" / "dev-api-key").read_text().strip()
+        listed = httpx.get(
+            f"http://127.0.0.1:{management_port}/v1/schedules",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=10,
+        )
+        assert listed.status_code == 200
+        assert ids["sch_..."] in {s["id"] for s in listed.json()["items"]}
         # The start-up warnings that misled (a dagster.yaml in the current folder) are gone.
         assert "Found a dagster instance configuration" not in output
     finally:
