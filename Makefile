@@ -45,6 +45,7 @@ typecheck: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
+# The management API's benchmark also needs Debian's wrk (apt-get install wrk).
 bench: $(STAMP)
 	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -e '.[dev,bench]'
 	$(BIN)/pytest tests/benchmarks --benchmark-only --benchmark-columns=median,min,max,rounds

@@ -5,9 +5,10 @@ that cannot be reached becomes 503 with Retry-After, and anything else one fixed
 log line names the exception's class only (its text may hold SQL or a value).
 """
 
+import contextlib
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from graph_runs.api.auth import KeyCache
 from graph_runs.api.context import ApiContext
 from graph_runs.api.idempotency import Idempotency
 from graph_runs.api.models import Health
@@ -149,18 +151,32 @@ def create_app(
     limits: ScheduleLimits,
     dagster_ui_url: str | None = None,
     idempotency_wait_seconds: float = 5.0,
+    dispose_engine: bool = False,
 ) -> FastAPI:
-    """The API on ``engine``; ``clock`` stamps every write (tests pass their own)."""
+    """The API on ``engine``; ``clock`` stamps every write (tests pass their own).
+
+    With ``dispose_engine``, the app's shutdown closes ``engine`` too (a server that made it).
+    """
+    context = ApiContext(engine, clock, limits, dagster_ui_url, idempotency_wait_seconds)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        context.dispose()
+        if dispose_engine:
+            engine.dispose()
+
     app = FastAPI(
         title="graph-runs management API",
         version=VERSION,
         docs_url="/docs",
         redoc_url=None,
         openapi_url="/openapi.json",
+        lifespan=lifespan,
     )
-    context = ApiContext(engine, clock, limits, dagster_ui_url, idempotency_wait_seconds)
     app.state.context = context
     app.state.idempotency = Idempotency(context)
+    app.state.keys = KeyCache(clock)
     for module in (schedules, actions, grants, billing):
         app.include_router(module.router)
 
@@ -218,8 +234,7 @@ def create_app(
 
         def check() -> list[str]:
             try:
-                with engine.connect() as conn:
-                    conn.exec_driver_sql("SELECT 1")
+                context.read(lambda conn: conn.exec_driver_sql("SELECT 1"))
             except UNAVAILABLE:
                 return ["the schedules database cannot be reached"]
             try:

@@ -232,6 +232,12 @@ class GrantOut(pydantic.BaseModel):
     revoked_by: str | None
 
 
+class RevokedGrantOut(GrantOut):
+    """A revoked grant, and how many of its schedules the revocation paused."""
+
+    paused_schedules: int
+
+
 class GrantList(pydantic.BaseModel):
     """Grants, oldest first."""
 
@@ -364,10 +370,15 @@ class BudgetIn(pydantic.BaseModel):
     period: Literal["month"] = "month"
 
 
-def spec_schema(*, partial: bool) -> dict[str, Any]:
-    """The JSON schema of a schedule's spec; ``partial`` for a merge patch (none required)."""
+def spec_schema(*, partial: bool, optional: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The JSON schema of a schedule's spec; ``partial`` for a merge patch (none required).
+
+    ``optional`` names required fields that the request may leave out: the path gives them
+    (an upsert's owner and external id), or the key does (an owner-scoped key's owner).
+    """
     schema = ScheduleSpec.model_json_schema(ref_template="#/components/schemas/{model}")
     schema.pop("$defs", None)
+    schema["required"] = [name for name in schema.get("required", []) if name not in optional]
     if partial:
         schema = {**schema, "required": [], "title": "ScheduleSpecPatch"}
         schema["properties"] = {

@@ -1,6 +1,5 @@
 """``graph-runs api serve`` and ``graph-runs api-keys``: the management API and its keys."""
 
-import datetime as dt
 from typing import Any
 
 import click
@@ -19,28 +18,36 @@ def api() -> None:
 @api.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=DEFAULT_API_PORT, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Server processes: one per core the API may use (docs/benchmarks.md).",
+)
 @json_option
-def api_serve(host: str, port: int, as_json: bool) -> None:
+def api_serve(host: str, port: int, workers: int, as_json: bool) -> None:
     """Serve the management API until stopped; the database must be migrated."""
     import uvicorn
 
-    from graph_runs.api.app import create_app
     from graph_runs.store.db import check_schema, make_engine
 
-    config = settings()
-    engine = make_engine(config.database_url(), pool_size=20)
-    check_schema(engine)
-    app = create_app(
-        engine,
-        clock=now_precise,
-        limits=config.schedule_limits,
-        dagster_ui_url=config.dagster_ui_url,
-    )
-    emit(as_json, {"url": f"http://{host}:{port}"}, lambda d: f"API listening on {d['url']}")
+    # Checked here, once, so that a missing schema is one line and exit 2, not a worker's
+    # crash; each worker makes its own app and engines (graph_runs/api/serve.py).
+    engine = make_engine(settings().database_url())
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        check_schema(engine)
     finally:
         engine.dispose()
+    emit(as_json, {"url": f"http://{host}:{port}"}, lambda d: f"API listening on {d['url']}")
+    uvicorn.run(
+        "graph_runs.api.serve:app_from_environment",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+    )
 
 
 @api.command("openapi")
@@ -49,11 +56,6 @@ def api_openapi() -> None:
     from graph_runs.api.document import openapi_text
 
     click.echo(openapi_text(), nl=False)
-
-
-def now_precise() -> dt.datetime:
-    """The wall clock to the microsecond: two edits in one second must differ."""
-    return dt.datetime.now(dt.UTC)
 
 
 def _key_line(k: dict[str, Any]) -> str:

@@ -56,15 +56,14 @@ async def budgets(
 ) -> JSONResponse:
     """What ``graph-runs budgets list`` shows."""
 
-    def work() -> list[dict[str, Any]]:
-        with context.engine.connect() as conn:
-            found = list_budgets(conn, context.clock())
-            if key.owner is None:
-                return found
-            mine = _accounts(conn, key.owner)
+    def work(conn: sa.Connection) -> list[dict[str, Any]]:
+        found = list_budgets(conn, context.clock())
+        if key.owner is None:
+            return found
+        mine = _accounts(conn, key.owner)
         return [b for b in found if b["billing_account"] in mine]
 
-    return JSONResponse({"items": await run_in_threadpool(work)})
+    return JSONResponse({"items": await run_in_threadpool(context.read, work)})
 
 
 @router.put(
@@ -126,15 +125,14 @@ async def spend(
 ) -> JSONResponse:
     """What ``graph-runs billing report --json`` prints; [from, to)."""
 
-    def work() -> dict[str, Any]:
-        with context.engine.connect() as conn:
-            _check_account(conn, key, billing_account)
-            return spend_report(
-                conn,
-                billing_account,
-                start=None if start is None else utc(start),
-                end=None if end is None else utc(end),
-                now=context.clock(),
-            )
+    def work(conn: sa.Connection) -> dict[str, Any]:
+        _check_account(conn, key, billing_account)
+        return spend_report(
+            conn,
+            billing_account,
+            start=None if start is None else utc(start),
+            end=None if end is None else utc(end),
+            now=context.clock(),
+        )
 
-    return JSONResponse(await run_in_threadpool(work))
+    return JSONResponse(await run_in_threadpool(context.read, work))

@@ -47,7 +47,7 @@ def validated(model: type[M], data: dict[str, Any]) -> M:
         raise first_error(exc, "body") from None
 
 
-def idempotency(request: Request) -> Idempotency:
+async def idempotency(request: Request) -> Idempotency:
     """The app's idempotency store (a FastAPI dependency)."""
     store: Idempotency = request.app.state.idempotency
     return store

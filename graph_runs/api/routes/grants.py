@@ -24,12 +24,14 @@ from graph_runs.api.models import (
     GrantIn,
     GrantList,
     GrantOut,
+    RevokedGrantOut,
 )
 from graph_runs.api.problems import answers
 from graph_runs.api.routes.common import idempotency, respond, utc, validated, who
 from graph_runs.api.routes.schedules import IdempotencyKey
 from graph_runs.approvals import decisions
 from graph_runs.core.errors import InvalidInput, NotFound
+from graph_runs.scheduling.revocation import revoke_and_pause
 
 router = APIRouter(prefix="/v1", tags=["grants and approvals"])
 
@@ -122,11 +124,10 @@ async def list_grants(
     if key.owner is not None and owner is not None and owner != key.owner:
         return JSONResponse({"items": []})
 
-    def work() -> list[dict[str, Any]]:
-        with context.engine.connect() as conn:
-            return [g.as_dict() for g in grants_api.list_grants(conn, key.owner or owner)]
+    def work(conn: sa.Connection) -> list[dict[str, Any]]:
+        return [g.as_dict() for g in grants_api.list_grants(conn, key.owner or owner)]
 
-    return JSONResponse({"items": await run_in_threadpool(work)})
+    return JSONResponse({"items": await run_in_threadpool(context.read, work)})
 
 
 @router.get(
@@ -143,18 +144,17 @@ async def get_grant(
 ) -> JSONResponse:
     """The grant, revoked or not."""
 
-    def work() -> dict[str, Any]:
-        with context.engine.connect() as conn:
-            return _owned_grant(conn, key, grant_id).as_dict()
+    def work(conn: sa.Connection) -> dict[str, Any]:
+        return _owned_grant(conn, key, grant_id).as_dict()
 
-    return JSONResponse(await run_in_threadpool(work))
+    return JSONResponse(await run_in_threadpool(context.read, work))
 
 
 @router.post(
     "/grants/{grant_id}/revoke",
     operation_id="revokeGrant",
-    summary="Revoke a grant: its schedules' next slots fail with grant_revoked",
-    response_model=GrantOut,
+    summary="Revoke a grant and pause its schedules",
+    response_model=RevokedGrantOut,
     responses=answers(403, 409, 422),
 )
 async def revoke_grant(
@@ -165,12 +165,12 @@ async def revoke_grant(
     store: Idempotency = Depends(idempotency),
     idempotency_key: str | None = IdempotencyKey,
 ) -> JSONResponse:
-    """Revoking a revoked grant changes nothing."""
+    """``paused_schedules`` counts the schedules it paused; revoking twice pauses nothing more."""
 
     def work(conn: sa.Connection) -> Answer:
         _owned_grant(conn, key, grant_id)
-        grant = grants_api.revoke_grant(conn, grant_id, now=context.clock(), by=key.actor)
-        return Answer(200, grant.as_dict())
+        grant, paused = revoke_and_pause(conn, grant_id, now=context.clock(), by=key.actor)
+        return Answer(200, {**grant.as_dict(), "paused_schedules": paused})
 
     answer = await run_in_threadpool(
         store.run,
@@ -201,17 +201,16 @@ async def list_approvals(
     if key.owner is not None and owner is not None and owner != key.owner:
         return JSONResponse({"items": []})
 
-    def work() -> list[dict[str, Any]]:
-        with context.engine.connect() as conn:
-            return decisions.list_approvals(
-                conn,
-                status=status,
-                schedule_id=schedule_id,
-                owner=key.owner or owner,
-                limit=limit,
-            )
+    def work(conn: sa.Connection) -> list[dict[str, Any]]:
+        return decisions.list_approvals(
+            conn,
+            status=status,
+            schedule_id=schedule_id,
+            owner=key.owner or owner,
+            limit=limit,
+        )
 
-    return JSONResponse({"items": await run_in_threadpool(work)})
+    return JSONResponse({"items": await run_in_threadpool(context.read, work)})
 
 
 @router.get(
@@ -228,13 +227,12 @@ async def get_approval(
 ) -> JSONResponse:
     """The approval and its slot's status."""
 
-    def work() -> dict[str, Any]:
-        with context.engine.connect() as conn:
-            approval = decisions.get_approval(conn, approval_id)
+    def work(conn: sa.Connection) -> dict[str, Any]:
+        approval = decisions.get_approval(conn, approval_id)
         check_owner(key, approval["owner"], f"approval {approval_id}")
         return approval
 
-    return JSONResponse(await run_in_threadpool(work))
+    return JSONResponse(await run_in_threadpool(context.read, work))
 
 
 async def _decide(

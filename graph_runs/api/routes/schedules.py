@@ -77,7 +77,15 @@ def _body_doc(schema: dict[str, Any], example: dict[str, Any], media: str) -> di
     }
 
 
-SPEC_BODY = _body_doc(spec_schema(partial=False), SPEC_EXAMPLE, "application/json")
+# The owner may be left out by an owner-scoped key, whose owner it then is.
+SPEC_BODY = _body_doc(
+    spec_schema(partial=False, optional=("owner",)), SPEC_EXAMPLE, "application/json"
+)
+UPSERT_BODY = _body_doc(
+    spec_schema(partial=False, optional=("owner", "external_id")),
+    {k: v for k, v in SPEC_EXAMPLE.items() if k not in ("owner", "external_id")},
+    "application/json",
+)
 PATCH_BODY = _body_doc(
     spec_schema(partial=True), {"cron": "30 9 * * 1-5"}, "application/merge-patch+json"
 )
@@ -130,7 +138,7 @@ async def create_schedule(
     summary="Create or set the owner's schedule with this external id",
     response_model=UpsertOut,
     responses={201: {"model": UpsertOut, "description": "Created"}, **answers(403, 409, 413, 415)},
-    openapi_extra=SPEC_BODY,
+    openapi_extra=UPSERT_BODY,
 )
 async def upsert_schedule(
     request: Request,
@@ -178,11 +186,10 @@ async def get_schedule(
 ) -> JSONResponse:
     """The schedule as ``schedules describe`` starts; its ETag is the one PATCH and PUT need."""
 
-    def work() -> Answer:
-        with context.engine.connect() as conn:
-            return _with_etag(200, view(owned_schedule(conn, key, schedule_id)))
+    def work(conn: sa.Connection) -> Answer:
+        return _with_etag(200, view(owned_schedule(conn, key, schedule_id)))
 
-    return respond(await run_in_threadpool(work))
+    return respond(await run_in_threadpool(context.read, work))
 
 
 @router.get(
@@ -199,12 +206,11 @@ async def describe(
 ) -> JSONResponse:
     """What ``graph-runs schedules describe --json`` prints."""
 
-    def work() -> dict[str, Any]:
-        with context.engine.connect() as conn:
-            owned_schedule(conn, key, schedule_id)
-            return describe_schedule(conn, schedule_id, now=context.clock())
+    def work(conn: sa.Connection) -> dict[str, Any]:
+        owned_schedule(conn, key, schedule_id)
+        return describe_schedule(conn, schedule_id, now=context.clock())
 
-    return JSONResponse(await run_in_threadpool(work))
+    return JSONResponse(await run_in_threadpool(context.read, work))
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -370,20 +376,19 @@ async def list_schedules(
     if key.owner is not None and owner is not None and owner != key.owner:
         return JSONResponse({"items": [], "next_cursor": None})
 
-    def work() -> listing.Page:
-        with context.engine.connect() as conn:
-            return listing.page_schedules(
-                conn,
-                limit=limit,
-                cursor=cursor,
-                owner=key.owner or owner,
-                status=status,
-                graph_id=graph_id,
-                external_id=external_id,
-                enabled=enabled,
-            )
+    def work(conn: sa.Connection) -> listing.Page:
+        return listing.page_schedules(
+            conn,
+            limit=limit,
+            cursor=cursor,
+            owner=key.owner or owner,
+            status=status,
+            graph_id=graph_id,
+            external_id=external_id,
+            enabled=enabled,
+        )
 
-    page = await run_in_threadpool(work)
+    page = await run_in_threadpool(context.read, work)
     return JSONResponse({"items": page.items, "next_cursor": page.next_cursor})
 
 
@@ -407,21 +412,20 @@ async def list_slots(
     """Each row: slot, trigger kind, status, reason, cost, tokens, API run, Dagster run."""
     bounds = [_utc(name, value) for name, value in (("from", start), ("to", end))]
 
-    def work() -> listing.Page:
-        with context.engine.connect() as conn:
-            owned_schedule(conn, key, schedule_id)
-            return listing.page_slots(
-                conn,
-                schedule_id,
-                limit=limit,
-                cursor=cursor,
-                status=status,
-                start=bounds[0],
-                end=bounds[1],
-                dagster_ui_url=context.dagster_ui_url,
-            )
+    def work(conn: sa.Connection) -> listing.Page:
+        owned_schedule(conn, key, schedule_id)
+        return listing.page_slots(
+            conn,
+            schedule_id,
+            limit=limit,
+            cursor=cursor,
+            status=status,
+            start=bounds[0],
+            end=bounds[1],
+            dagster_ui_url=context.dagster_ui_url,
+        )
 
-    page = await run_in_threadpool(work)
+    page = await run_in_threadpool(context.read, work)
     return JSONResponse({"items": page.items, "next_cursor": page.next_cursor})
 
 

@@ -96,3 +96,4 @@ def api(engine: sa.Engine) -> Iterator[Api]:
         yield running
         for client in running.clients:
             client.close()
+    app.state.context.dispose()

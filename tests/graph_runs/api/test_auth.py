@@ -5,9 +5,12 @@ read, list, change or trigger another owner's schedule, grant, slot or approval:
 answers as for an id that does not exist.
 """
 
+import datetime as dt
+
 import sqlalchemy as sa
 
 from graph_runs.access.api_keys import create_api_key, revoke_api_key
+from graph_runs.api.auth import KEY_CACHE_SECONDS
 from graph_runs.store.tables import approvals, execution_grants, schedules
 from tests.approval_helpers import CREATED, DUE
 from tests.graph_runs.api.conftest import Api
@@ -128,3 +131,18 @@ def test_owner_key_cannot_see_or_touch_another_owners_things(api: Api) -> None:
     # The app key sees Bob's approval.
     app = api.client(api.app_token)
     assert [a["id"] for a in app.get("/v1/approvals").json()["items"]] == [approval]
+
+
+def test_a_revoked_key_stops_working_within_the_cache_time(api: Api) -> None:
+    with api.engine.begin() as conn:
+        key, token = create_api_key(
+            conn, name="soon", owner=None, scopes=["schedules:read"], now=api.clock.now
+        )
+    client = api.client(token)
+    assert client.get("/v1/schedules").status_code == 200
+    with api.engine.begin() as conn:
+        revoke_api_key(conn, key.id, now=api.clock.now, by="test")
+    # Found live a moment ago, the key is trusted for KEY_CACHE_SECONDS of the API's clock.
+    assert client.get("/v1/schedules").status_code == 200
+    api.clock.now += dt.timedelta(seconds=KEY_CACHE_SECONDS)
+    assert client.get("/v1/schedules").status_code == 401

@@ -121,6 +121,7 @@ def test_a_database_outage_is_503_and_the_server_recovers(
             assert client.get("/v1/schedules").status_code == 200
             assert client.get("/readyz").status_code == 200
             client.close()
+        app.state.context.dispose()
         engine.dispose()
     finally:
         cluster.destroy()

@@ -24,8 +24,15 @@ def test_grants_create_list_get_revoke(api: Api) -> None:
     assert [
         g["id"] for g in client.get("/v1/grants", params={"owner": "carol"}).json()["items"]
     ] == [grant["id"]]
+    schedule = client.post(
+        "/v1/schedules",
+        json={"owner": "carol", "graph_id": "echo", "cron": "0 9 * * *", "grant_id": grant["id"]},
+    ).json()
     revoked = client.post(f"/v1/grants/{grant['id']}/revoke")
     assert revoked.json()["revoked_at"] == "2026-12-07T12:00:00Z"
+    # As `grants revoke` does, the grant's schedules are paused with it.
+    assert revoked.json()["paused_schedules"] == 1
+    assert client.get(f"/v1/schedules/{schedule['id']}").json()["enabled"] is False
     assert revoked.json()["revoked_by"].startswith("api:key_")
     bad = client.post(
         "/v1/grants", json={"owner": "carol", "billing_account": "a", "scopes": ["x"]}

@@ -78,6 +78,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> I
     app, _clock, app_token, _alice, _grants = make_api(engine)
     with serving(app) as url:
         yield Served(url, {"Authorization": f"Bearer {app_token}"})
+    app.state.context.dispose()
     engine.dispose()
 
 

@@ -48,4 +48,5 @@ def test_status_probes_the_management_api_when_asked(cli, database_url: str) -> 
     code, out, _ = cli("status", "--api-url", closed)
     assert code == 1
     assert f"management API at {closed}: NOT READY: unreachable (ConnectError)" in out
+    app.state.context.dispose()
     engine.dispose()
