@@ -123,7 +123,7 @@ def slot_view(row: Any, dagster_ui_url: str | None) -> dict[str, Any]:
         "reason_message": row.error_message,
         "cost_usd": None if cost is None else str(cost),
         "over_budget": bool(row.over_budget),
-        "tokens": None if row.total_tokens is None else row.total_tokens,
+        "tokens": row.total_tokens,
         "prompt_tokens": row.prompt_tokens,
         "completion_tokens": row.completion_tokens,
         "api_run_id": row.api_run_id,

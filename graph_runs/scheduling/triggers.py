@@ -164,7 +164,8 @@ def trigger_schedule(
     """Run the schedule's graph once, now (kind ``manual``), paused or not.
 
     The same ``request_key`` twice is one run: the second call returns the first row with
-    ``created`` false.
+    ``created`` false. ``actor`` is who the audit log names when that is not who asked (the
+    API key a request came with).
     """
     row = schedule_row(conn, schedule_id, lock=True)
     # Revalidated as the sensor would, whatever the row's status (``error`` included): the
@@ -211,7 +212,8 @@ def backfill_schedule(
 ) -> dict[str, Any]:
     """Run every slot of the schedule in ``[start, end]``, oldest first (kind ``backfill``).
 
-    Returns how many slots will run and how many already had a run, slot by slot.
+    Returns how many slots will run and how many already had a run, slot by slot. ``actor``
+    is who the audit log names when that is not who asked (the API key a request came with).
     """
     policy = checked_overlap(overlap)
     check_range(start, end)

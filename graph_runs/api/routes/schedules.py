@@ -37,7 +37,7 @@ from graph_runs.api.routes.common import (
     respond,
     utc,
 )
-from graph_runs.core.errors import InvalidInput, NotFound
+from graph_runs.core.errors import Conflict, InvalidInput, NotFound
 from graph_runs.core.schedule_spec import preview_fires, require_in_range, row_as_raw
 from graph_runs.scheduling import listing
 from graph_runs.scheduling import schedules as schedules_api
@@ -159,10 +159,18 @@ async def upsert_schedule(
     raw = {**data, "owner": owner, "external_id": external_id}
 
     def work() -> Answer:
-        with context.engine.begin() as conn:
-            stored, outcome = schedules_api.upsert_schedule(
-                conn, raw, limits=context.limits, now=context.clock(), actor=key.actor
-            )
+        for attempt in (1, 2):
+            try:
+                with context.engine.begin() as conn:
+                    stored, outcome = schedules_api.upsert_schedule(
+                        conn, raw, limits=context.limits, now=context.clock(), actor=key.actor
+                    )
+                break
+            except Conflict:
+                # Two PUTs of one new external id: the other created it between our read
+                # and our insert. Once more, this one finds it and updates it in place.
+                if attempt == 2:
+                    raise
         status = 201 if outcome == "created" else 200
         return _with_etag(status, {**stored, "upsert": outcome})
 

@@ -221,3 +221,25 @@ def test_preview_and_describe(api: Api) -> None:
     described = client.get(f"/v1/schedules/{sid}/describe").json()
     assert described["next_fire_times"][0]["slot"] == "2026-12-08T08:00:00Z"
     assert described["counts"]["runs"] == 0
+
+
+def test_concurrent_upserts_of_one_new_external_id_all_succeed_making_one(api: Api) -> None:
+    spec = api.spec()
+    del spec["owner"]
+    statuses: list[int] = []
+    barrier = threading.Barrier(8)
+
+    def put() -> None:
+        client = api.client(api.app_token)
+        barrier.wait(timeout=10)
+        answer = client.put("/v1/schedules/by-external-id/alice/race", json=spec)
+        statuses.append(answer.status_code)
+
+    threads = [threading.Thread(target=put) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(statuses) == [200] * 7 + [201]
+    with api.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(schedules)).scalar_one() == 1
