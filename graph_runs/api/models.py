@@ -11,11 +11,21 @@ from typing import Any, Literal
 
 import pydantic
 
+from graph_runs.api.examples import EXAMPLES
 from graph_runs.core.schedule_spec import ScheduleSpec
 
 Strict = pydantic.ConfigDict(extra="forbid")
 # An answer may grow fields: a client must ignore what it does not know.
 Open = pydantic.ConfigDict(extra="allow")
+
+
+def shown(model: type[pydantic.BaseModel]) -> type[pydantic.BaseModel]:
+    """Give an answer's model its example (graph_runs/api/examples.py) in the document."""
+    model.model_config["json_schema_extra"] = {"examples": [EXAMPLES[model.__name__]]}
+    model.model_rebuild(force=True)
+    return model
+
+
 Instant = str  # RFC 3339, UTC, e.g. "2026-12-07T09:00:00Z"
 Usd = str  # a decimal string, e.g. "0.0125"
 
@@ -37,27 +47,11 @@ class PoliciesOut(pydantic.BaseModel):
     on_approval_timeout: str
 
 
+@shown
 class ScheduleOut(pydantic.BaseModel):
     """A schedule, as ``schedules describe`` starts."""
 
-    model_config = pydantic.ConfigDict(
-        extra="allow",
-        json_schema_extra={
-            "examples": [
-                {
-                    "id": "sch_4f2c9a0e8b1d4e6f9a7b3c2d1e0f5a6b",
-                    "external_id": "digest-42",
-                    "owner": "alice",
-                    "graph_id": "daily-digest",
-                    "input": {"topic": "news"},
-                    "cron": "0 9 * * 1-5",
-                    "timezone": "Europe/Berlin",
-                    "status": "active",
-                    "enabled": True,
-                }
-            ]
-        },
-    )
+    model_config = Open
     id: str
     external_id: str | None
     owner: str
@@ -85,12 +79,14 @@ class ScheduleOut(pydantic.BaseModel):
     created_at: Instant | None
 
 
+@shown
 class UpsertOut(ScheduleOut):
     """A schedule after an upsert, with what the upsert did."""
 
     upsert: Literal["created", "updated", "unchanged"]
 
 
+@shown
 class SchedulePage(pydantic.BaseModel):
     """One page of schedules; pass ``next_cursor`` as ``cursor`` for the next."""
 
@@ -136,6 +132,7 @@ class PauseOut(pydantic.BaseModel):
     at: Instant | None
 
 
+@shown
 class DescribeOut(ScheduleOut):
     """What ``schedules describe`` shows."""
 
@@ -170,6 +167,7 @@ class SlotOut(pydantic.BaseModel):
     finished_at: Instant | None
 
 
+@shown
 class SlotPage(pydantic.BaseModel):
     """One page of a schedule's slots, newest first."""
 
@@ -178,6 +176,7 @@ class SlotPage(pydantic.BaseModel):
     next_cursor: str | None
 
 
+@shown
 class DeleteOut(pydantic.BaseModel):
     """Whether a delete found the schedule (deleting twice succeeds, finding nothing)."""
 
@@ -186,6 +185,7 @@ class DeleteOut(pydantic.BaseModel):
     deleted: bool
 
 
+@shown
 class TriggerOut(pydantic.BaseModel):
     """The run a trigger asked for."""
 
@@ -197,6 +197,7 @@ class TriggerOut(pydantic.BaseModel):
     created: bool
 
 
+@shown
 class BackfillOut(pydantic.BaseModel):
     """What a backfill will run, slot by slot."""
 
@@ -210,6 +211,7 @@ class BackfillOut(pydantic.BaseModel):
     detail: list[dict[str, Any]]
 
 
+@shown
 class PreviewOut(pydantic.BaseModel):
     """The next fire instants, in UTC."""
 
@@ -217,6 +219,7 @@ class PreviewOut(pydantic.BaseModel):
     fires: list[Instant]
 
 
+@shown
 class GrantOut(pydantic.BaseModel):
     """An execution grant."""
 
@@ -232,12 +235,14 @@ class GrantOut(pydantic.BaseModel):
     revoked_by: str | None
 
 
+@shown
 class RevokedGrantOut(GrantOut):
     """A revoked grant, and how many of its schedules the revocation paused."""
 
     paused_schedules: int
 
 
+@shown
 class GrantList(pydantic.BaseModel):
     """Grants, oldest first."""
 
@@ -245,6 +250,7 @@ class GrantList(pydantic.BaseModel):
     items: list[GrantOut]
 
 
+@shown
 class ApprovalOut(pydantic.BaseModel):
     """A slot waiting for, or given, a human's decision."""
 
@@ -261,6 +267,7 @@ class ApprovalOut(pydantic.BaseModel):
     run_status: str
 
 
+@shown
 class ApprovalList(pydantic.BaseModel):
     """Approvals, oldest first."""
 
@@ -268,6 +275,7 @@ class ApprovalList(pydantic.BaseModel):
     items: list[ApprovalOut]
 
 
+@shown
 class BudgetOut(pydantic.BaseModel):
     """A billing account's limit and its spend this period."""
 
@@ -280,6 +288,7 @@ class BudgetOut(pydantic.BaseModel):
     reached: bool
 
 
+@shown
 class BudgetList(pydantic.BaseModel):
     """Every budget this key may see."""
 
@@ -287,6 +296,7 @@ class BudgetList(pydantic.BaseModel):
     items: list[BudgetOut]
 
 
+@shown
 class SpendOut(pydantic.BaseModel):
     """A billing account's spend in a range, in total and by day, graph and schedule."""
 
@@ -298,6 +308,7 @@ class SpendOut(pydantic.BaseModel):
     by_schedule: list[dict[str, Any]]
 
 
+@shown
 class Health(pydantic.BaseModel):
     """Liveness or readiness, and what is wrong when not ready."""
 

@@ -20,14 +20,16 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from graph_runs.api import models
 from graph_runs.api.document import openapi_document
+from graph_runs.api.examples import EXAMPLES
 from graph_runs.store.db import make_engine
 from tests.conftest import serving
 from tests.graph_runs.api.conftest import Api, make_api
 
 REPO = Path(__file__).resolve().parents[3]
 # Examples per operation: 27 operations at 15 each run in about 30 s on two cores.
-EXAMPLES = 15
+EXAMPLES_PER_OPERATION = 15
 
 
 def test_committed_document_is_the_generated_one() -> None:
@@ -89,7 +91,7 @@ schema = schemathesis.openapi.from_dict(openapi_document())
 
 @schema.parametrize()
 @hypothesis.settings(
-    max_examples=EXAMPLES,
+    max_examples=EXAMPLES_PER_OPERATION,
     deadline=None,
     suppress_health_check=list(hypothesis.HealthCheck),
     database=None,
@@ -108,3 +110,19 @@ def test_no_operation_answers_5xx_or_off_its_schema(
             status_code_conformance,
         ],
     )
+
+
+def test_every_success_answer_has_an_example_of_its_own_shape() -> None:
+    document = openapi_document()
+    schemas = document["components"]["schemas"]
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            for status, answer in operation["responses"].items():
+                if not status.startswith("2"):
+                    continue
+                ref = answer["content"]["application/json"]["schema"]["$ref"]
+                name = ref.rsplit("/", 1)[1]
+                assert schemas[name].get("examples"), (method, path, status, name)
+    for name, example in EXAMPLES.items():
+        getattr(models, name).model_validate(example)
+    assert models.ApprovalOut.model_json_schema()["examples"][0]["run_status"]
