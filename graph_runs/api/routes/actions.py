@@ -29,6 +29,7 @@ from graph_runs.api.models import (
 )
 from graph_runs.api.problems import answers
 from graph_runs.api.routes.common import (
+    body_doc,
     etag_of,
     idempotency,
     owned_schedule,
@@ -47,14 +48,8 @@ Work = Callable[[sa.Connection, ApiKey, str, Any, ApiContext], Answer]
 
 
 def _body(model: type[pydantic.BaseModel], example: dict[str, Any]) -> dict[str, Any]:
-    schema = model.model_json_schema()
-    schema.pop("$defs", None)
-    return {
-        "requestBody": {
-            "required": False,
-            "content": {"application/json": {"schema": schema, "example": example}},
-        }
-    }
+    # An action's body is optional: an empty one takes the model's defaults.
+    return body_doc(model, example, required=False)
 
 
 async def _act(

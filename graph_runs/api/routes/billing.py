@@ -18,7 +18,7 @@ from graph_runs.api.bodies import json_body
 from graph_runs.api.context import ApiContext, api_context
 from graph_runs.api.models import BudgetIn, BudgetList, BudgetOut, SpendOut
 from graph_runs.api.problems import ProblemError, answers
-from graph_runs.api.routes.common import utc, validated
+from graph_runs.api.routes.common import body_doc, utc, validated
 from graph_runs.core.errors import NotFound
 from graph_runs.money.billing import spend_report
 from graph_runs.money.budgets import list_budgets, set_budget
@@ -72,17 +72,7 @@ async def budgets(
     summary="Set a billing account's limit for a period",
     response_model=BudgetOut,
     responses=answers(403, 413, 415),
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": BudgetIn.model_json_schema(),
-                    "example": {"limit_usd": "250.00", "period": "month"},
-                }
-            },
-        }
-    },
+    openapi_extra=body_doc(BudgetIn, {"limit_usd": "250.00", "period": "month"}),
 )
 async def put_budget(
     request: Request,

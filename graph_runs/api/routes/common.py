@@ -83,3 +83,32 @@ def who(key: ApiKey, given: str | None) -> str:
 def utc(value: dt.datetime) -> dt.datetime:
     """An instant in UTC; one without an offset is taken as UTC, as the CLI takes it."""
     return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+def body_doc(
+    body: type[pydantic.BaseModel] | dict[str, Any],
+    example: dict[str, Any],
+    *,
+    media: str = "application/json",
+    required: bool = True,
+) -> dict[str, Any]:
+    """The request body an operation documents: a model's schema (or the one given), an example.
+
+    The routes read their bodies themselves (``bodies.json_body``), so FastAPI cannot.
+    """
+    if isinstance(body, dict):
+        schema = body
+    else:
+        schema = body.model_json_schema()
+        schema.pop("$defs", None)
+    return {
+        "requestBody": {
+            "required": required,
+            "content": {media: {"schema": schema, "example": example}},
+        }
+    }
+
+
+def foreign_owner(key: ApiKey, owner: str | None) -> bool:
+    """Whether a list filter names an owner an owner-scoped key may not see: an empty list."""
+    return key.owner is not None and owner is not None and owner != key.owner

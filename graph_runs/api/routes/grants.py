@@ -27,7 +27,15 @@ from graph_runs.api.models import (
     RevokedGrantOut,
 )
 from graph_runs.api.problems import answers
-from graph_runs.api.routes.common import idempotency, respond, utc, validated, who
+from graph_runs.api.routes.common import (
+    body_doc,
+    foreign_owner,
+    idempotency,
+    respond,
+    utc,
+    validated,
+    who,
+)
 from graph_runs.api.routes.schedules import IdempotencyKey
 from graph_runs.approvals import decisions
 from graph_runs.core.errors import InvalidInput, NotFound
@@ -37,17 +45,6 @@ router = APIRouter(prefix="/v1", tags=["grants and approvals"])
 
 GrantId = Path(min_length=1, max_length=40)
 ApprovalId = Path(min_length=1, max_length=40)
-
-
-def _doc(model: Any, example: dict[str, Any]) -> dict[str, Any]:
-    schema = model.model_json_schema()
-    schema.pop("$defs", None)
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": schema, "example": example}},
-        }
-    }
 
 
 def _owned_grant(conn: sa.Connection, key: ApiKey, grant_id: str) -> grants_api.Grant:
@@ -65,7 +62,7 @@ def _owned_grant(conn: sa.Connection, key: ApiKey, grant_id: str) -> grants_api.
     status_code=201,
     response_model=GrantOut,
     responses=answers(403, 409, 413, 415, 422),
-    openapi_extra=_doc(
+    openapi_extra=body_doc(
         GrantIn,
         {"owner": "alice", "billing_account": "acme", "scopes": ["graph:execute:daily-digest"]},
     ),
@@ -121,7 +118,7 @@ async def list_grants(
     context: ApiContext = Depends(api_context),
 ) -> JSONResponse:
     """An owner-scoped key lists its owner's only."""
-    if key.owner is not None and owner is not None and owner != key.owner:
+    if foreign_owner(key, owner):
         return JSONResponse({"items": []})
 
     def work(conn: sa.Connection) -> list[dict[str, Any]]:
@@ -198,7 +195,7 @@ async def list_approvals(
     context: ApiContext = Depends(api_context),
 ) -> JSONResponse:
     """What ``graph-runs approvals list`` shows."""
-    if key.owner is not None and owner is not None and owner != key.owner:
+    if foreign_owner(key, owner):
         return JSONResponse({"items": []})
 
     def work(conn: sa.Connection) -> list[dict[str, Any]]:
@@ -272,7 +269,7 @@ async def _decide(
     return respond(answer)
 
 
-DECISION_DOC = _doc(DecisionIn, {"by": "bob", "note": "looks right"})
+DECISION_DOC = body_doc(DecisionIn, {"by": "bob", "note": "looks right"})
 
 
 @router.post(

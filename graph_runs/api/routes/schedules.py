@@ -30,7 +30,9 @@ from graph_runs.api.models import (
 )
 from graph_runs.api.problems import ProblemError, answers
 from graph_runs.api.routes.common import (
+    body_doc,
     etag_of,
+    foreign_owner,
     idempotency,
     matches,
     owned_schedule,
@@ -68,26 +70,14 @@ SPEC_EXAMPLE = {
 }
 
 
-def _body_doc(schema: dict[str, Any], example: dict[str, Any], media: str) -> dict[str, Any]:
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {media: {"schema": schema, "example": example}},
-        }
-    }
-
-
 # The owner may be left out by an owner-scoped key, whose owner it then is.
-SPEC_BODY = _body_doc(
-    spec_schema(partial=False, optional=("owner",)), SPEC_EXAMPLE, "application/json"
-)
-UPSERT_BODY = _body_doc(
+SPEC_BODY = body_doc(spec_schema(partial=False, optional=("owner",)), SPEC_EXAMPLE)
+UPSERT_BODY = body_doc(
     spec_schema(partial=False, optional=("owner", "external_id")),
     {k: v for k, v in SPEC_EXAMPLE.items() if k not in ("owner", "external_id")},
-    "application/json",
 )
-PATCH_BODY = _body_doc(
-    spec_schema(partial=True), {"cron": "30 9 * * 1-5"}, "application/merge-patch+json"
+PATCH_BODY = body_doc(
+    spec_schema(partial=True), {"cron": "30 9 * * 1-5"}, media="application/merge-patch+json"
 )
 
 
@@ -381,7 +371,7 @@ async def list_schedules(
     context: ApiContext = Depends(api_context),
 ) -> JSONResponse:
     """Each page ends where the next starts; rows added meanwhile are never shown twice."""
-    if key.owner is not None and owner is not None and owner != key.owner:
+    if foreign_owner(key, owner):
         return JSONResponse({"items": [], "next_cursor": None})
 
     def work(conn: sa.Connection) -> listing.Page:
