@@ -332,8 +332,10 @@ def _updated_values(
     return values
 
 
-def schedule_row(conn: sa.Connection, schedule_id: str, *, lock: bool = False) -> Any:
-    """The schedules row, unless deleted; raises NotFound.
+def schedule_row(
+    conn: sa.Connection, schedule_id: str, *, lock: bool = False, deleted: bool = False
+) -> Any:
+    """The schedules row, unless deleted (or even then, with ``deleted``); raises NotFound.
 
     With ``lock``, the row is held until the transaction ends (on Postgres; SQLite's write
     transactions are serial), as ``in_flight.lock_schedules`` explains.
@@ -342,7 +344,7 @@ def schedule_row(conn: sa.Connection, schedule_id: str, *, lock: bool = False) -
     if lock and conn.dialect.name == "postgresql":
         query = query.with_for_update()
     row = conn.execute(query).one_or_none()
-    if row is None or row.status == "deleted":
+    if row is None or (row.status == "deleted" and not deleted):
         raise NotFound(f"schedule {schedule_id} not found")
     return row
 

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from graph_runs.access.api_keys import ApiKey
-from graph_runs.api.auth import check_new_owner, require
+from graph_runs.api.auth import check_new_owner, check_owner, require
 from graph_runs.api.bodies import json_body
 from graph_runs.api.context import ApiContext, api_context
 from graph_runs.api.idempotency import Answer, Idempotency, checked_key, fingerprint
@@ -39,7 +39,7 @@ from graph_runs.api.routes.common import (
     respond,
     utc,
 )
-from graph_runs.core.errors import Conflict, InvalidInput, NotFound
+from graph_runs.core.errors import Conflict, InvalidInput
 from graph_runs.core.schedule_spec import preview_fires, require_in_range, row_as_raw
 from graph_runs.scheduling import listing
 from graph_runs.scheduling import schedules as schedules_api
@@ -320,7 +320,7 @@ async def replace_schedule(
     operation_id="deleteSchedule",
     summary="Delete a schedule (idempotent); its ledger and receipts stay",
     response_model=DeleteOut,
-    responses=answers(403, 412),
+    responses=answers(403, 404, 412),
 )
 async def delete_schedule(
     schedule_id: str = ScheduleId,
@@ -329,16 +329,18 @@ async def delete_schedule(
     key: ApiKey = Depends(require("schedules:write")),
     context: ApiContext = Depends(api_context),
 ) -> JSONResponse:
-    """Deleting an unknown or deleted schedule answers ``deleted: false`` and changes nothing.
+    """Deleting a deleted schedule again answers ``deleted: false`` and changes nothing.
 
-    Another owner's schedule, for an owner-scoped key, gets that same answer.
+    So a client whose first DELETE lost its answer may retry it. The deleted row stays (the
+    ledger keeps its schedule), which is how a repeat is told from an id that never
+    existed: that one, and another owner's schedule for an owner-scoped key, get ``404``.
     """
 
     def work() -> dict[str, Any]:
         with context.engine.begin() as conn:
-            try:
-                row = owned_schedule(conn, key, schedule_id, lock=True)
-            except NotFound:
+            row = schedules_api.schedule_row(conn, schedule_id, lock=True, deleted=True)
+            check_owner(key, row.owner, f"schedule {schedule_id}")
+            if row.status == "deleted":
                 return {"id": schedule_id, "deleted": False}
             if if_match is not None and not matches(if_match, etag_of(view(row))):
                 raise ProblemError(

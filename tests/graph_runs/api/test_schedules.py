@@ -123,8 +123,18 @@ def test_delete_is_idempotent_and_honours_if_match(api: Api) -> None:
     stale = client.delete(path, headers={"If-Match": '"not-it"'})
     assert stale.status_code == 412
     assert client.delete(path).json() == {"id": created.json()["id"], "deleted": True}
-    assert client.delete(path).json()["deleted"] is False
+    # A retried DELETE (its first answer lost) succeeds, even with the ETag it held.
+    again = client.delete(path, headers={"If-Match": created.headers["etag"]})
+    assert again.status_code == 200 and again.json()["deleted"] is False
     assert client.get(path).status_code == 404
+    # An id that never existed is not a repeat: it is unknown.
+    unknown = client.delete("/v1/schedules/sch_" + "0" * 32)
+    assert unknown.status_code == 404 and unknown.json()["type"].endswith("not_found")
+    with api.engine.connect() as conn:
+        deletes = conn.execute(
+            sa.select(sa.func.count()).where(audit_log.c.action == "schedule.delete")
+        ).scalar_one()
+    assert deletes == 1
 
 
 def test_list_pages_by_cursor_never_repeating_under_inserts(api: Api) -> None:
