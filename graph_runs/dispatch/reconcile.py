@@ -40,7 +40,7 @@ class Reconciled:
 
 
 def runs_to_reconcile(conn: sa.Connection, limit: int) -> list[Any]:
-    """In-flight rows that have a Dagster run of their own, oldest first."""
+    """In-flight rows that have a Dagster run of their own, oldest first, in a fixed order."""
     return list(
         conn.execute(
             sa.select(
@@ -69,7 +69,9 @@ def runs_to_reconcile(conn: sa.Connection, limit: int) -> list[Any]:
                     ),
                 ),
             )
-            .order_by(run_ledger.c.created_at)
+            # Rows claimed in one tick share created_at: the slot and the id break the tie,
+            # so that the schedule's last_error is its latest slot's, on any database.
+            .order_by(run_ledger.c.created_at, run_ledger.c.scheduled_for, run_ledger.c.id)
             .limit(limit)
         )
     )

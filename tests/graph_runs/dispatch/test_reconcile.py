@@ -25,10 +25,13 @@ def test_runs_that_ended_without_an_outcome_are_settled(engine: sa.Engine) -> No
             conn, CREATED, grant, overlap="allow_all", catchup="all", pause_after_failures=0
         )
         claim_at(conn, at("2026-11-22T10:04:05Z"))
-        set_run_status(conn, view["id"], "2026-11-22T10:01:00Z", "queued", "run-failed")
-        set_run_status(conn, view["id"], "2026-11-22T10:02:00Z", "running", "run-canceled")
-        set_run_status(conn, view["id"], "2026-11-22T10:03:00Z", "running", "run-gone")
+        # Latest slot first: on Postgres an update moves a row, so the table's order is not
+        # the slots' order, and the rows of one claim share created_at. The last error must
+        # still be the latest slot's (10:03's), not whichever row a scan met last.
         set_run_status(conn, view["id"], "2026-11-22T10:04:00Z", "running", "run-going")
+        set_run_status(conn, view["id"], "2026-11-22T10:03:00Z", "running", "run-gone")
+        set_run_status(conn, view["id"], "2026-11-22T10:02:00Z", "running", "run-canceled")
+        set_run_status(conn, view["id"], "2026-11-22T10:01:00Z", "queued", "run-failed")
         rows = runs_to_reconcile(conn, 100)
         done = apply_run_statuses(
             conn,
