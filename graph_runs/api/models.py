@@ -178,7 +178,7 @@ class SlotPage(pydantic.BaseModel):
 
 @shown
 class DeleteOut(pydantic.BaseModel):
-    """Whether a delete found the schedule (deleting twice succeeds, finding nothing)."""
+    """Whether this DELETE deleted the schedule: false when an earlier one had."""
 
     model_config = Open
     id: str
