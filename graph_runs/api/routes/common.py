@@ -54,10 +54,13 @@ async def idempotency(request: Request) -> Idempotency:
 
 
 def owned_schedule(
-    conn: sa.Connection, key: ApiKey, schedule_id: str, *, lock: bool = False
+    conn: sa.Connection, key: ApiKey, schedule_id: str, *, lock: bool = False, deleted: bool = False
 ) -> Any:
-    """The schedule's row, if this key may see it; NotFound as for a missing id otherwise."""
-    row = schedule_row(conn, schedule_id, lock=lock)
+    """The schedule's row, if this key may see it; NotFound as for a missing id otherwise.
+
+    With ``deleted``, a deleted row is found too (``schedule_row``'s ``deleted``).
+    """
+    row = schedule_row(conn, schedule_id, lock=lock, deleted=deleted)
     check_owner(key, row.owner, f"schedule {schedule_id}")
     return row
 

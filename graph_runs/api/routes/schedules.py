@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from graph_runs.access.api_keys import ApiKey
-from graph_runs.api.auth import check_new_owner, check_owner, require
+from graph_runs.api.auth import check_new_owner, require
 from graph_runs.api.bodies import json_body
 from graph_runs.api.context import ApiContext, api_context
 from graph_runs.api.idempotency import Answer, Idempotency, checked_key, fingerprint
@@ -338,8 +338,7 @@ async def delete_schedule(
 
     def work() -> dict[str, Any]:
         with context.engine.begin() as conn:
-            row = schedules_api.schedule_row(conn, schedule_id, lock=True, deleted=True)
-            check_owner(key, row.owner, f"schedule {schedule_id}")
+            row = owned_schedule(conn, key, schedule_id, lock=True, deleted=True)
             if row.status == "deleted":
                 return {"id": schedule_id, "deleted": False}
             if if_match is not None and not matches(if_match, etag_of(view(row))):
